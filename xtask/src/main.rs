@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's developer commands (codegen, gen-library, bench, ci, demo).
 #![allow(clippy::unwrap_used)]
 
+mod codegen;
 mod genlib;
 
 use std::path::PathBuf;
@@ -19,17 +20,19 @@ struct Cli {
 enum Task {
     /// Generate a synthetic music library with realistic and tricky tags.
     GenLibrary(genlib::Args),
+    /// Regenerate the checked-in Cap'n Proto code (needs the `capnp` tool).
+    Codegen,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::GenLibrary(args) => genlib::run(&args),
+        Task::Codegen => codegen::run(),
     }
 }
 
 /// The workspace root (the parent of xtask/).
-#[allow(dead_code)]
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -1,0 +1,93 @@
+//! The `musicfs` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "musicfs", version, about = "A read-only filesystem that shows a music library as a tree made from its tags")]
+pub struct Cli {
+    /// Extra configuration file (merged over /etc/musicfs and ~/.config/musicfs).
+    #[arg(long, global = true, env = "MUSICFS_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct LibraryArgs {
+    /// An origin directory holding music (repeat for several, in priority order).
+    #[arg(long = "origin", value_name = "DIR")]
+    pub origins: Vec<PathBuf>,
+    /// Path template, e.g. '{artist}/{album}/{track:02 - }{title}.{ext}'.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Directory for the catalog and the engine socket.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl LibraryArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            origins: (!self.origins.is_empty()).then(|| self.origins.clone()),
+            template: self.template.clone(),
+            state_dir: self.state_dir.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount a library and serve it in the foreground until Ctrl-C or SIGTERM.
+    Mount {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root).
+        #[arg(long)]
+        allow_other: bool,
+        /// Where to mount (default: `mountpoint` from the configuration).
+        mountpoint: Option<PathBuf>,
+    },
+    /// Unmount a mounted library.
+    Unmount {
+        /// Detach now even if files are open (they keep working until closed).
+        #[arg(long)]
+        lazy: bool,
+        mountpoint: PathBuf,
+    },
+    /// Run the engine alone (normally started by `musicfs mount` or systemd).
+    Engine {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Unix socket for the data plane (default: STATE_DIR/engine.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Scan the origins once and print what was found (JSON), without mounting.
+    Scan {
+        #[command(flatten)]
+        library: LibraryArgs,
+    },
+}
+
+pub fn load_config(cli: &Cli) -> Result<Config> {
+    let overrides = match &cli.command {
+        Command::Mount {
+            library,
+            allow_other,
+            mountpoint,
+        } => Overrides {
+            mountpoint: mountpoint.clone(),
+            allow_other: allow_other.then_some(true),
+            ..library.overrides()
+        },
+        Command::Engine { library, .. } | Command::Scan { library } => library.overrides(),
+        Command::Unmount { .. } => Overrides::default(),
+    };
+    Config::load(cli.config.as_deref(), &overrides)
+}

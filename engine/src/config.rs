@@ -1,0 +1,216 @@
+//! Configuration, layered with figment: built-in defaults <
+//! `/etc/musicfs/config.toml` < `$XDG_CONFIG_HOME/musicfs/config.toml`
+//! (`~/.config/...`) < an explicit `--config FILE` < `MUSICFS_*` environment <
+//! command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::template::{DEFAULT_TEMPLATE, Template};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the library is mounted.
+    pub mountpoint: Option<PathBuf>,
+    /// Origin directories, in priority order.
+    pub origins: Vec<PathBuf>,
+    /// Path template (see the `template` module for the syntax).
+    pub template: String,
+    /// Where the catalog and the engine socket live. Default:
+    /// `$XDG_STATE_HOME/musicfs/<mountpoint, escaped>` (`~/.local/state/...`).
+    pub state_dir: Option<PathBuf>,
+    /// Let other users see the mount (FUSE `allow_other`).
+    pub allow_other: bool,
+    /// Log filter, e.g. "info" or "musicfs_engine=debug".
+    pub log_level: String,
+    /// Scan worker threads (0 = two per core).
+    pub scan_threads: usize,
+    /// How long the kernel may cache names and attributes, in milliseconds.
+    pub entry_ttl_ms: u32,
+    /// Deadline for one request from the shim to the engine, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mountpoint: None,
+            origins: Vec::new(),
+            template: DEFAULT_TEMPLATE.to_string(),
+            state_dir: None,
+            allow_other: false,
+            log_level: "info".to_string(),
+            scan_threads: 0,
+            entry_ttl_ms: 60_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origins: Option<Vec<PathBuf>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_other: Option<bool>,
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn xdg(var: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(fallback)))
+}
+
+impl Config {
+    /// Loads the layered configuration.
+    pub fn load(explicit_file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file("/etc/musicfs/config.toml"));
+        if let Some(dir) = xdg("XDG_CONFIG_HOME", ".config") {
+            fig = fig.merge(Toml::file(dir.join("musicfs/config.toml")));
+        }
+        if let Some(file) = explicit_file {
+            if !file.is_file() {
+                bail!("config file {} does not exist", file.display());
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        // MUSICFS_ORIGINS is a ':'-separated list, like PATH.
+        let env = Env::prefixed("MUSICFS_").ignore(&["ORIGINS", "CONFIG", "LOG"]);
+        fig = fig.merge(env);
+        if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
+            let origins: Vec<PathBuf> = std::env::split_paths(&list).collect();
+            fig = fig.merge(Serialized::default("origins", origins));
+        }
+        fig = fig.merge(Serialized::defaults(overrides));
+        let config: Config = fig.extract().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        Template::parse(&self.template)?;
+        if self.request_timeout_ms == 0 {
+            bail!("request_timeout_ms must be > 0");
+        }
+        Ok(())
+    }
+
+    /// Every origin must be an existing directory.
+    pub fn check_origins(&self) -> Result<()> {
+        if self.origins.is_empty() {
+            bail!("no origin directory given (use --origin DIR or `origins` in the config file)");
+        }
+        for o in &self.origins {
+            match std::fs::metadata(o) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => bail!("origin {} is not a directory", o.display()),
+                Err(e) => bail!("origin directory {} cannot be used: {e}", o.display()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The state directory: the configured one, or a per-mountpoint default.
+    pub fn resolved_state_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.state_dir {
+            return Ok(d.clone());
+        }
+        let base = if nix::unistd::geteuid().is_root() && std::env::var_os("XDG_STATE_HOME").is_none() {
+            PathBuf::from("/var/lib/musicfs")
+        } else {
+            xdg("XDG_STATE_HOME", ".local/state")
+                .map(|d| d.join("musicfs"))
+                .context("cannot find a state directory: set HOME, XDG_STATE_HOME or state_dir")?
+        };
+        let name = match &self.mountpoint {
+            Some(m) => escape_path(m),
+            None => "default".to_string(),
+        };
+        Ok(base.join(name))
+    }
+}
+
+/// `/mnt/my music` -> `mnt-my\x20music`, like systemd-escape --path.
+pub fn escape_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        return "-".to_string();
+    }
+    let mut out = String::new();
+    for (i, c) in trimmed.chars().enumerate() {
+        match c {
+            '/' => out.push('-'),
+            c if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && i > 0) => out.push(c),
+            c => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape() {
+        assert_eq!(escape_path(Path::new("/mnt/music")), "mnt-music");
+        assert_eq!(escape_path(Path::new("/mnt/my music/")), "mnt-my\\x20music");
+        assert_eq!(escape_path(Path::new("/")), "-");
+    }
+
+    #[test]
+    fn layers_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "origins = [\"/a\"]\nallow_other = true\nentry_ttl_ms = 5\n").unwrap();
+        let c = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(c.origins, [PathBuf::from("/a")]);
+        assert!(c.allow_other);
+        assert_eq!(c.entry_ttl_ms, 5);
+        let o = Overrides {
+            origins: Some(vec!["/b".into()]),
+            allow_other: Some(false),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&file), &o).unwrap();
+        assert_eq!(c.origins, [PathBuf::from("/b")]);
+        assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "template = \"{nosuch}\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(&file), &Overrides::default()).unwrap_err());
+        assert!(e.contains("unknown field"), "{e}");
+        std::fs::write(&file, "typo_key = 1\n").unwrap();
+        assert!(Config::load(Some(&file), &Overrides::default()).is_err());
+    }
+}

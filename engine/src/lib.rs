@@ -1,0 +1,14 @@
+//! The MusicFS engine: scans origins, keeps the catalog (redb), builds the
+//! virtual tree and serves the data plane to the shim over Cap'n Proto.
+//! Also the `musicfs` command line (mount, unmount, engine, scan).
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod mount;
+pub mod scan;
+pub mod server;
+pub mod template;
+pub mod tree;

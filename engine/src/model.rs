@@ -1,0 +1,67 @@
+//! The catalog's record types: what the engine knows about one origin file.
+
+use serde::{Deserialize, Serialize};
+
+/// Tags read from an audio file. Every field is optional: untagged and
+/// unreadable files still get a record, with everything `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    pub artist: Option<String>,
+    pub album_artist: Option<String>,
+    pub album: Option<String>,
+    pub title: Option<String>,
+    pub year: Option<u32>,
+    pub track: Option<u32>,
+    pub track_total: Option<u32>,
+    pub disc: Option<u32>,
+    pub disc_total: Option<u32>,
+    pub genre: Option<String>,
+    pub compilation: bool,
+}
+
+/// Audio properties read from the stream headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioProps {
+    pub duration_ms: u64,
+    pub bitrate_kbps: Option<u32>,
+    pub sample_rate_hz: Option<u32>,
+    pub channels: Option<u8>,
+}
+
+/// One audio file in one origin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Index of the origin in the configured origin list.
+    pub origin: u32,
+    /// Path relative to the origin root, raw bytes (may be non-UTF-8).
+    pub rel_path: Vec<u8>,
+    pub size_bytes: u64,
+    pub mtime_ns: i64,
+    /// Inode number of the origin file on its own filesystem.
+    pub origin_ino: u64,
+    /// Detected content format (e.g. "flac"), if the probe recognised it.
+    pub format: Option<String>,
+    pub tags: Tags,
+    pub props: AudioProps,
+    /// Why the tags could not be read, if they could not.
+    pub probe_error: Option<String>,
+}
+
+impl FileRecord {
+    /// A content version for open handles: changes whenever the origin file does.
+    pub fn version(&self) -> u64 {
+        // FNV-1a over (size, mtime, origin inode): cheap and stable across restarts.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .size_bytes
+            .to_le_bytes()
+            .iter()
+            .chain(self.mtime_ns.to_le_bytes().iter())
+            .chain(self.origin_ino.to_le_bytes().iter())
+        {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h | 1 // never 0, so 0 can mean "no handle"
+    }
+}

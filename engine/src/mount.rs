@@ -1,0 +1,276 @@
+//! `musicfs mount`: runs the engine and the shim as a supervised pair in the
+//! foreground, and takes the mount down cleanly on Ctrl-C or SIGTERM.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::engine::socket_path;
+
+/// How long the engine may take to scan and start serving.
+const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the shim may take to mount once the engine serves.
+const SHIM_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child gets to stop after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the shim binary is: `$MUSICFS_SHIM`, next to this binary, or on PATH.
+pub fn shim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MUSICFS_SHIM") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let sibling = exe.with_file_name("musicfs-shim");
+        if sibling.is_file() {
+            return sibling;
+        }
+    }
+    PathBuf::from("musicfs-shim")
+}
+
+/// Whether `path` is the root of a mount (its device differs from its parent's).
+pub fn is_mountpoint(path: &Path) -> std::io::Result<bool> {
+    let meta = std::fs::metadata(path)?;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let pmeta = std::fs::metadata(parent)?;
+    Ok(meta.dev() != pmeta.dev() || meta.ino() == pmeta.ino())
+}
+
+/// Checks the mountpoint, cleaning a stale FUSE mount left by a crash.
+pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(
+                mountpoint = %mountpoint.display(),
+                "stale mount found (transport endpoint is not connected); unmounting it"
+            );
+            lazy_unmount(mountpoint)?;
+        }
+        Err(e) => bail!("mountpoint {} cannot be used: {e}", mountpoint.display()),
+    }
+    if is_mountpoint(mountpoint).unwrap_or(false) {
+        bail!(
+            "{} is already a mountpoint; unmount it first (musicfs unmount {})",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// Detaches a mount (MNT_DETACH as root, `fusermount3 -uz` otherwise).
+pub fn lazy_unmount(mountpoint: &Path) -> Result<()> {
+    unmount(mountpoint, true)
+}
+
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
+        return nix::mount::umount2(mountpoint, flags).map_err(|e| match e {
+            nix::errno::Errno::EINVAL => anyhow::anyhow!("{} is not mounted", mountpoint.display()),
+            nix::errno::Errno::EBUSY => anyhow::anyhow!(
+                "{} is busy (files are open); close them or use --lazy",
+                mountpoint.display()
+            ),
+            e => anyhow::anyhow!("cannot unmount {}: {e}", mountpoint.display()),
+        });
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg(if lazy { "-uz" } else { "-u" }).arg(mountpoint);
+    let out = cmd
+        .output()
+        .context("cannot run fusermount3 (install fuse3)")?;
+    if !out.status.success() {
+        bail!(
+            "cannot unmount {}: {}",
+            mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn engine_command(config: &Config, state_dir: &Path, socket: &Path) -> Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the musicfs binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("engine")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--template")
+        .arg(&config.template);
+    for o in &config.origins {
+        cmd.arg("--origin").arg(o);
+    }
+    cmd.env("MUSICFS_LOG", &config.log_level)
+        .env("MUSICFS_ENTRY_TTL_MS", config.entry_ttl_ms.to_string())
+        .env("MUSICFS_SCAN_THREADS", config.scan_threads.to_string())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new(shim_binary());
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--mountpoint")
+        .arg(mountpoint)
+        .arg("--request-timeout-ms")
+        .arg(config.request_timeout_ms.to_string());
+    if config.allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.env("MUSICFS_LOG", &config.log_level)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn wait_until(
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited before it was ready ({status}); see the log above");
+        }
+        if Instant::now() >= deadline {
+            bail!("{what} was not ready after {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stop_child(child: &mut Child, what: &str) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            warn!("{what} did not stop within {} s; killing it", STOP_TIMEOUT.as_secs());
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Runs the pair until a signal, an external unmount or a fatal error.
+pub fn run(config: &Config) -> Result<()> {
+    let mountpoint = config
+        .mountpoint
+        .clone()
+        .context("no mountpoint given (musicfs mount [--origin DIR]... MOUNTPOINT)")?;
+    config.check_origins()?;
+    prepare_mountpoint(&mountpoint)?;
+    let mountpoint = mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    let state_dir = config.resolved_state_dir()?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let socket = socket_path(&state_dir);
+    if socket.as_os_str().len() >= 108 {
+        bail!(
+            "socket path {} is too long for a unix socket; choose a shorter state_dir",
+            socket.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(supervise(config, &mountpoint, &state_dir, &socket))
+}
+
+async fn supervise(config: &Config, mountpoint: &Path, state_dir: &Path, socket: &Path) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    let _ = std::fs::remove_file(socket);
+    let started = Instant::now();
+    let mut engine = engine_command(config, state_dir, socket)?
+        .spawn()
+        .context("cannot start the engine")?;
+    let engine_ready = wait_until(&mut engine, "the engine", ENGINE_START_TIMEOUT, || {
+        std::os::unix::net::UnixStream::connect(socket).is_ok()
+    });
+    tokio::select! {
+        r = engine_ready => r?,
+        _ = sigterm.recv() => { stop_child(&mut engine, "engine").await; return Ok(()); }
+        _ = sigint.recv() => { stop_child(&mut engine, "engine").await; return Ok(()); }
+    }
+    let mut shim = match shim_command(config, mountpoint, socket).spawn() {
+        Ok(s) => s,
+        Err(e) => {
+            stop_child(&mut engine, "engine").await;
+            bail!("cannot start {}: {e}", shim_binary().display());
+        }
+    };
+    if let Err(e) = wait_until(&mut shim, "the shim", SHIM_START_TIMEOUT, || {
+        is_mountpoint(mountpoint).unwrap_or(false)
+    })
+    .await
+    {
+        stop_child(&mut shim, "shim").await;
+        stop_child(&mut engine, "engine").await;
+        return Err(e);
+    }
+    info!(
+        mountpoint = %mountpoint.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "mounted; Ctrl-C or `musicfs unmount` to stop"
+    );
+    eprintln!("musicfs: mounted at {} (Ctrl-C to unmount)", mountpoint.display());
+
+    let result = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: unmounting"); Ok(()) }
+        _ = sigint.recv() => { info!("interrupted: unmounting"); Ok(()) }
+        status = shim.wait() => {
+            match status {
+                Ok(s) if s.success() => { info!("unmounted"); Ok(()) }
+                Ok(s) => { error!("the shim exited ({s})"); Err(anyhow::anyhow!("the shim exited ({s})")) }
+                Err(e) => Err(e.into()),
+            }
+        }
+        status = engine.wait() => {
+            error!("the engine exited ({status:?}); unmounting");
+            Err(anyhow::anyhow!("the engine exited ({status:?})"))
+        }
+    };
+    stop_child(&mut shim, "shim").await;
+    if matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+        || is_mountpoint(mountpoint).unwrap_or(false)
+    {
+        warn!("the mount is still there after the shim stopped; detaching it");
+        let _ = lazy_unmount(mountpoint);
+    }
+    stop_child(&mut engine, "engine").await;
+    result
+}

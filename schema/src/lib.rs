@@ -1,0 +1,54 @@
+//! The Cap'n Proto protocol between `musicfs-shim` and the engine.
+//!
+//! `musicfs_capnp.rs` is generated from `../musicfs.capnp` by `cargo xtask codegen`
+//! and checked in, so building needs no capnp compiler; the `generated_code_is_fresh`
+//! test fails when it is stale.
+
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, unused, unsafe_op_in_unsafe_fn)]
+#[rustfmt::skip]
+pub mod musicfs_capnp;
+
+pub use musicfs_capnp::*;
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = musicfs_capnp::PROTOCOL_VERSION;
+/// Oldest peer protocol version this build still accepts.
+pub const MIN_PROTOCOL_VERSION: u32 = musicfs_capnp::MIN_PROTOCOL_VERSION;
+
+/// Whether two peers with the given `[min, max]` protocol ranges can talk.
+pub fn compatible(ours: (u32, u32), theirs: (u32, u32)) -> bool {
+    ours.0 <= theirs.1 && theirs.0 <= ours.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_ranges() {
+        assert!(compatible((1, 1), (1, 1)));
+        assert!(compatible((1, 3), (2, 5)));
+        assert!(!compatible((1, 1), (2, 2)));
+        assert!(MIN_PROTOCOL_VERSION <= PROTOCOL_VERSION);
+    }
+
+    /// Regenerates the code into a temporary directory and compares it with the
+    /// checked-in copy. Needs the `capnp` tool (CI installs `capnproto`).
+    #[test]
+    fn generated_code_is_fresh() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tmp = tempfile::tempdir().unwrap();
+        capnpc::CompilerCommand::new()
+            .src_prefix(root)
+            .file(root.join("musicfs.capnp"))
+            .output_path(tmp.path())
+            .run()
+            .expect("capnp compile failed: install the `capnp` tool (apt-get install capnproto)");
+        let fresh = std::fs::read_to_string(tmp.path().join("musicfs_capnp.rs")).unwrap();
+        let checked_in = std::fs::read_to_string(root.join("src/musicfs_capnp.rs")).unwrap();
+        assert!(
+            fresh == checked_in,
+            "schema/src/musicfs_capnp.rs is stale: run `cargo xtask codegen` and commit the result"
+        );
+    }
+}
