@@ -166,13 +166,17 @@ mod tests {
         };
         let first = {
             let c = Catalog::open(&path).unwrap();
-            let tree = c.rebuild(vec![rec("a.mp3", "One"), rec("b.mp3", "Two")], &t).unwrap();
+            let tree = c
+                .rebuild(vec![rec("a.mp3", "One"), rec("b.mp3", "Two")], &t)
+                .unwrap();
             ino_of(&tree, "One.mp3").unwrap()
         };
         let c = Catalog::open(&path).unwrap();
         assert_eq!(c.load_files().unwrap().len(), 2);
         // "Two" disappears, "Three" appears: it must not get Two's inode.
-        let tree = c.rebuild(vec![rec("a.mp3", "One"), rec("c.mp3", "Three")], &t).unwrap();
+        let tree = c
+            .rebuild(vec![rec("a.mp3", "One"), rec("c.mp3", "Three")], &t)
+            .unwrap();
         assert_eq!(ino_of(&tree, "One.mp3"), Some(first));
         assert!(ino_of(&tree, "Two.mp3").is_none());
         let three = ino_of(&tree, "Three.mp3").unwrap();

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
-#[command(name = "musicfs", version, about = "A read-only filesystem that shows a music library as a tree made from its tags")]
+#[command(
+    name = "musicfs",
+    version,
+    about = "A read-only filesystem that shows a music library as a tree made from its tags"
+)]
 pub struct Cli {
     /// Extra configuration file (merged over /etc/musicfs and ~/.config/musicfs).
     #[arg(long, global = true, env = "MUSICFS_CONFIG")]

@@ -135,7 +135,9 @@ impl Config {
         if let Some(d) = &self.state_dir {
             return Ok(d.clone());
         }
-        let base = if nix::unistd::geteuid().is_root() && std::env::var_os("XDG_STATE_HOME").is_none() {
+        let base = if nix::unistd::geteuid().is_root()
+            && std::env::var_os("XDG_STATE_HOME").is_none()
+        {
             PathBuf::from("/var/lib/musicfs")
         } else {
             xdg("XDG_STATE_HOME", ".local/state")
@@ -188,7 +190,11 @@ mod tests {
     fn layers_file_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "origins = [\"/a\"]\nallow_other = true\nentry_ttl_ms = 5\n").unwrap();
+        std::fs::write(
+            &file,
+            "origins = [\"/a\"]\nallow_other = true\nentry_ttl_ms = 5\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&file), &Overrides::default()).unwrap();
         assert_eq!(c.origins, [PathBuf::from("/a")]);
         assert!(c.allow_other);
@@ -208,7 +214,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "template = \"{nosuch}\"\n").unwrap();
-        let e = format!("{:#}", Config::load(Some(&file), &Overrides::default()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::load(Some(&file), &Overrides::default()).unwrap_err()
+        );
         assert!(e.contains("unknown field"), "{e}");
         std::fs::write(&file, "typo_key = 1\n").unwrap();
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());

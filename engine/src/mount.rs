@@ -174,7 +174,10 @@ async fn stop_child(child: &mut Child, what: &str) {
     match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
         Ok(_) => {}
         Err(_) => {
-            warn!("{what} did not stop within {} s; killing it", STOP_TIMEOUT.as_secs());
+            warn!(
+                "{what} did not stop within {} s; killing it",
+                STOP_TIMEOUT.as_secs()
+            );
             let _ = child.kill().await;
         }
     }
@@ -208,7 +211,12 @@ pub fn run(config: &Config) -> Result<()> {
     rt.block_on(supervise(config, &mountpoint, &state_dir, &socket))
 }
 
-async fn supervise(config: &Config, mountpoint: &Path, state_dir: &Path, socket: &Path) -> Result<()> {
+async fn supervise(
+    config: &Config,
+    mountpoint: &Path,
+    state_dir: &Path,
+    socket: &Path,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -247,7 +255,10 @@ async fn supervise(config: &Config, mountpoint: &Path, state_dir: &Path, socket:
         elapsed_ms = started.elapsed().as_millis() as u64,
         "mounted; Ctrl-C or `musicfs unmount` to stop"
     );
-    eprintln!("musicfs: mounted at {} (Ctrl-C to unmount)", mountpoint.display());
+    eprintln!(
+        "musicfs: mounted at {} (Ctrl-C to unmount)",
+        mountpoint.display()
+    );
 
     let result = tokio::select! {
         _ = sigterm.recv() => { info!("SIGTERM: unmounting"); Ok(()) }

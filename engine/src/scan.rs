@@ -92,7 +92,10 @@ pub fn scan_origins(origins: &[PathBuf], threads: usize) -> ScanOutcome {
                     Ok(e) => e,
                     Err(e) => {
                         unreadable_dirs.fetch_add(1, Ordering::Relaxed);
-                        let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+                        let path = e
+                            .path()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default();
                         warn!(path, "skipped unreadable directory entry: {e}");
                         continue;
                     }
@@ -115,7 +118,9 @@ pub fn scan_origins(origins: &[PathBuf], threads: usize) -> ScanOutcome {
         for w in workers {
             match w.join() {
                 Ok(mut out) => files.append(&mut out),
-                Err(_) => warn!("a scan worker panicked; its files are missing until the next scan"),
+                Err(_) => {
+                    warn!("a scan worker panicked; its files are missing until the next scan")
+                }
             }
         }
     });
@@ -167,7 +172,10 @@ pub fn probe_file(origin: u32, abs: &Path, rel_path: Vec<u8>) -> io::Result<File
 }
 
 fn read_tags(file: File) -> Result<(String, Tags, AudioProps), String> {
-    let reader = BoundedReader::new(BufReader::with_capacity(64 * 1024, file), MAX_HEADER_READ_BYTES);
+    let reader = BoundedReader::new(
+        BufReader::with_capacity(64 * 1024, file),
+        MAX_HEADER_READ_BYTES,
+    );
     let options = ParseOptions::new()
         .read_cover_art(false)
         .parsing_mode(ParsingMode::Relaxed);

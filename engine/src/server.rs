@@ -119,7 +119,9 @@ fn fill_attr(mut a: musicfs_schema::attr::Builder<'_>, tree: &Tree, ino: u64, no
             a.set_perm(0o555);
             let subdirs = children
                 .iter()
-                .filter(|(_, c)| matches!(tree.get(*c).map(|n| &n.kind), Some(NodeKind::Dir { .. })))
+                .filter(|(_, c)| {
+                    matches!(tree.get(*c).map(|n| &n.kind), Some(NodeKind::Dir { .. }))
+                })
                 .count();
             a.set_nlink(2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2));
             a.set_size_bytes(4096);
@@ -136,7 +138,13 @@ fn fill_attr(mut a: musicfs_schema::attr::Builder<'_>, tree: &Tree, ino: u64, no
     }
 }
 
-fn fill_entry(mut e: musicfs_schema::entry::Builder<'_>, tree: &Tree, ino: u64, node: &Node, ttl_ms: u32) {
+fn fill_entry(
+    mut e: musicfs_schema::entry::Builder<'_>,
+    tree: &Tree,
+    ino: u64,
+    node: &Node,
+    ttl_ms: u32,
+) {
     e.set_generation(1);
     e.set_entry_ttl_ms(ttl_ms);
     e.set_attr_ttl_ms(ttl_ms);
@@ -163,7 +171,10 @@ impl engine::Server for EngineImpl {
         r.set_engine_version(env!("CARGO_PKG_VERSION"));
         // A client speaks exactly its own version; we accept it if it is in our range.
         if !musicfs_schema::compatible(
-            (musicfs_schema::MIN_PROTOCOL_VERSION, musicfs_schema::PROTOCOL_VERSION),
+            (
+                musicfs_schema::MIN_PROTOCOL_VERSION,
+                musicfs_schema::PROTOCOL_VERSION,
+            ),
             (client, client),
         ) {
             let msg = format!(
@@ -205,8 +216,14 @@ impl data_plane::Server for DataPlaneImpl {
             .and_then(|n| tree.lookup(parent, n))
             .and_then(|ino| tree.get(ino).map(|node| (ino, node)));
         match found {
-            Some((ino, node)) => fill_entry(r.init_entry(), &tree, ino, node, self.shared.entry_ttl_ms),
-            None => r.set_errno(if tree.get(parent).is_some() { libc::ENOENT } else { libc::ESTALE }),
+            Some((ino, node)) => {
+                fill_entry(r.init_entry(), &tree, ino, node, self.shared.entry_ttl_ms)
+            }
+            None => r.set_errno(if tree.get(parent).is_some() {
+                libc::ENOENT
+            } else {
+                libc::ESTALE
+            }),
         }
         Ok(())
     }
@@ -287,9 +304,17 @@ impl data_plane::Server for DataPlaneImpl {
             let mut e = list.reborrow().get(u32::try_from(i).unwrap_or(0));
             e.set_name(name.as_bytes());
             e.set_offset(pos as u64 + 1);
-            let Some(child_node) = tree.get(child) else { continue };
+            let Some(child_node) = tree.get(child) else {
+                continue;
+            };
             if plus {
-                fill_entry(e.init_entry(), &tree, child, child_node, self.shared.entry_ttl_ms);
+                fill_entry(
+                    e.init_entry(),
+                    &tree,
+                    child,
+                    child_node,
+                    self.shared.entry_ttl_ms,
+                );
             } else {
                 let mut a = e.init_entry().init_attr();
                 a.set_ino(child);
@@ -346,7 +371,9 @@ impl data_plane::Server for DataPlaneImpl {
         drop(tree);
         // Open now, so that a vanished origin file fails the open(2), not a later read.
         let shared = self.shared.clone();
-        let opened = tokio::task::spawn_blocking(move || shared.fds.get(ino, version, &path).map(|_| ())).await;
+        let opened =
+            tokio::task::spawn_blocking(move || shared.fds.get(ino, version, &path).map(|_| ()))
+                .await;
         match opened {
             Ok(Ok(())) => {
                 r.set_fh(version);
@@ -448,7 +475,10 @@ impl data_plane::Server for DataPlaneImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let (ino, name) = (p.get_ino(), p.get_name()?);
-        let value = self.xattrs(ino).into_iter().find(|(n, _)| n.as_bytes() == name);
+        let value = self
+            .xattrs(ino)
+            .into_iter()
+            .find(|(n, _)| n.as_bytes() == name);
         let mut r = results.get();
         match value {
             Some((_, v)) => r.set_value(&v),
@@ -464,7 +494,9 @@ impl data_plane::Server for DataPlaneImpl {
     ) -> Result<(), capnp::Error> {
         let ino = params.get()?.get_ino();
         let attrs = self.xattrs(ino);
-        let mut list = results.get().init_names(u32::try_from(attrs.len()).unwrap_or(0));
+        let mut list = results
+            .get()
+            .init_names(u32::try_from(attrs.len()).unwrap_or(0));
         for (i, (n, _)) in attrs.iter().enumerate() {
             list.set(u32::try_from(i).unwrap_or(0), n.as_bytes());
         }
@@ -486,7 +518,9 @@ impl DataPlaneImpl {
     /// The `user.musicfs.*` extended attributes of a node.
     fn xattrs(&self, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
         let tree = self.shared.tree();
-        let Some(rec) = tree.file_of(ino) else { return Vec::new() };
+        let Some(rec) = tree.file_of(ino) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         if let Some(path) = self.shared.origin_path(rec.origin, &rec.rel_path) {
             out.push(("user.musicfs.origin", path.as_os_str().as_bytes().to_vec()));

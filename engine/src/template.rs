@@ -140,7 +140,9 @@ impl Template {
         }
         flush_literal(&mut literal, components.last_mut());
         if components.iter().any(Vec::is_empty) {
-            return Err(err("empty path component (leading, trailing or double '/')".into()));
+            return Err(err(
+                "empty path component (leading, trailing or double '/')".into(),
+            ));
         }
         Ok(Template {
             source: source.to_string(),
@@ -232,7 +234,9 @@ fn parse_alt(alt: &str) -> Result<Alt, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(after.len());
         if digits == 0 {
-            return Err(format!("':' after {name:?} needs a pad width, e.g. {name}:02"));
+            return Err(format!(
+                "':' after {name:?} needs a pad width, e.g. {name}:02"
+            ));
         }
         pad = after[..digits]
             .parse()
@@ -446,7 +450,11 @@ mod tests {
         tags.track = Some(7);
         assert_eq!(
             t.render(&rec("a.flac", tags.clone())),
-            ["Various Artists", "OK Computer (1997)", "2-07 - Airbag.flac"]
+            [
+                "Various Artists",
+                "OK Computer (1997)",
+                "2-07 - Airbag.flac"
+            ]
         );
         tags.disc = Some(1);
         tags.disc_total = Some(1);

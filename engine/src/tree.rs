@@ -327,11 +327,15 @@ mod tests {
         // Same names map to the same origin files whatever the input order.
         for name in names(&t1, album) {
             let f1 = t1.file_of(t1.lookup(album, &name).unwrap()).unwrap();
-            let a2 = t2.lookup(t2.lookup(ROOT_INO, "A").unwrap(), "Album").unwrap();
+            let a2 = t2
+                .lookup(t2.lookup(ROOT_INO, "A").unwrap(), "Album")
+                .unwrap();
             let f2 = t2.file_of(t2.lookup(a2, &name).unwrap()).unwrap();
             assert_eq!(f1.rel_path, f2.rel_path);
         }
-        let first = t1.file_of(t1.lookup(album, "01 - Song.flac").unwrap()).unwrap();
+        let first = t1
+            .file_of(t1.lookup(album, "01 - Song.flac").unwrap())
+            .unwrap();
         assert_eq!(first.rel_path, b"a.flac");
     }
 

@@ -1,1 +1,139 @@
-fn main() {}
+//! `musicfs-shim`: holds the kernel FUSE session and forwards every request to
+//! the engine over Cap'n Proto. Deliberately small: no tree, no cache, no
+//! origins. It never uses `AutoUnmount`.
+
+mod fs;
+mod rpc;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "musicfs-shim",
+    version,
+    about = "The FUSE half of MusicFS (started by `musicfs mount`)"
+)]
+struct Args {
+    /// The engine's data-plane socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Where to mount.
+    #[arg(long)]
+    mountpoint: PathBuf,
+    /// Let other users read the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// Deadline for one request to the engine, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// How long to wait for the first engine before giving up, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    connect_timeout_ms: u64,
+    /// FUSE worker threads (they only parse and queue requests).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn init_logging() {
+    let filter = std::env::var("MUSICFS_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(args: Args) -> Result<()> {
+    // Block the stop signals in every thread; one thread waits for them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    signals.thread_block().context("cannot block signals")?;
+
+    let (jobs, first) = rpc::start(
+        args.socket.clone(),
+        Duration::from_millis(args.request_timeout_ms),
+    )
+    .context("cannot start the RPC thread")?;
+    match first.recv_timeout(Duration::from_millis(args.connect_timeout_ms)) {
+        Ok(Ok(())) => {}
+        Ok(Err(msg)) => bail!("the engine refused this shim: {msg}"),
+        Err(_) => bail!(
+            "no engine answered at {} within {} ms",
+            args.socket.display(),
+            args.connect_timeout_ms
+        ),
+    }
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("musicfs".into()),
+        MountOption::Subtype("musicfs".into()),
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(fs::ShimFs::new(jobs), &args.mountpoint, &config)
+        .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    info!(mountpoint = %args.mountpoint.display(), "mounted");
+
+    std::thread::Builder::new()
+        .name("musicfs-signals".into())
+        .spawn(move || {
+            loop {
+                match signals.wait() {
+                    Ok(Signal::SIGHUP) => {
+                        info!("SIGHUP ignored by the shim (reload is the engine's job)")
+                    }
+                    Ok(sig) => {
+                        info!("{sig}: unmounting");
+                        if let Err(e) = unmounter.unmount() {
+                            error!("unmount failed: {e}");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        error!("sigwait failed: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+
+    session.run().context("FUSE session failed")?;
+    info!("unmounted; shim exiting");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("musicfs-shim: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
