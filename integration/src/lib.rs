@@ -1,1 +1,280 @@
-pub fn placeholder() {}
+//! Test harness for black-box tests on a real kernel mount: finds the built
+//! binaries, generates (and caches) libraries with `xtask gen-library`, and
+//! runs `musicfs mount` as a child process that is always cleaned up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Directory holding `musicfs` and `musicfs-shim` (`MUSICFS_BIN_DIR`, or target/debug).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("MUSICFS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug"))
+}
+
+pub fn musicfs_bin() -> PathBuf {
+    let p = bin_dir().join("musicfs");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask ci does)",
+        p.display()
+    );
+    p
+}
+
+fn xtask_bin() -> PathBuf {
+    let p = std::env::var_os("MUSICFS_XTASK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/xtask"));
+    assert!(p.is_file(), "{} is missing: build it with `cargo build -p xtask`", p.display());
+    p
+}
+
+/// A generated library, cached across test runs under target/integration-cache.
+pub fn generated_library(tracks: usize, seed: u64) -> PathBuf {
+    let cache = target_dir().join("integration-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let dir = cache.join(format!("lib-{tracks}-{seed}"));
+    if dir.join(".complete").exists() {
+        return dir;
+    }
+    let tmp = cache.join(format!("tmp-{tracks}-{seed}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = Command::new(xtask_bin())
+        .args(["gen-library", "--tracks", &tracks.to_string(), "--seed", &seed.to_string(), "--out"])
+        .arg(&tmp)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen-library failed");
+    std::fs::write(tmp.join(".complete"), b"").unwrap();
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test generated it first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(dir.join(".complete").exists());
+    dir
+}
+
+/// One line of the generator's manifest.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    pub path_hex: String,
+    pub format: String,
+    pub ext: String,
+    pub kind: String,
+    pub size: u64,
+    pub tags: ManifestTags,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ManifestTags {
+    pub artist: Option<String>,
+    pub album_artist: Option<String>,
+    pub album: Option<String>,
+    pub title: Option<String>,
+    pub year: Option<u32>,
+    pub track: Option<u32>,
+    pub track_total: Option<u32>,
+    pub disc: Option<u32>,
+    pub disc_total: Option<u32>,
+    pub genre: Option<String>,
+    pub compilation: Option<bool>,
+}
+
+impl ManifestEntry {
+    pub fn raw_path(&self) -> Vec<u8> {
+        (0..self.path_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&self.path_hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}
+
+pub fn read_manifest(lib: &Path) -> Vec<ManifestEntry> {
+    std::fs::read_to_string(lib.join(".musicfs-manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// blake3 of a whole file.
+pub fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize())
+}
+
+/// An extended attribute of `path`, if it has it.
+pub fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and buf is valid for buf.len() bytes.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}
+
+/// Whether `path` is the root of a mount.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let (Ok(m), Ok(p)) = (std::fs::metadata(path), std::fs::metadata(path.join(".."))) else {
+        return false;
+    };
+    m.dev() != p.dev()
+}
+
+/// A running `musicfs mount`, unmounted and reaped on drop.
+pub struct Mount {
+    pub root: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `origins` with a fresh state directory.
+    pub fn start(origins: &[&Path]) -> Mount {
+        Self::start_with(origins, None, &[])
+    }
+
+    /// Mounts with an optional existing state directory and extra environment.
+    pub fn start_with(origins: &[&Path], state: Option<&Path>, env: &[(&str, &str)]) -> Mount {
+        let root = tempfile::Builder::new().prefix("mfs").tempdir_in("/tmp").unwrap();
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let state = state.map_or_else(|| root.path().join("state"), Path::to_path_buf);
+        let log = root.path().join("musicfs.log");
+        let mut cmd = Command::new(musicfs_bin());
+        cmd.arg("mount").arg("--state-dir").arg(&state);
+        for o in origins {
+            cmd.arg("--origin").arg(o);
+        }
+        cmd.arg(&mnt)
+            .env("MUSICFS_LOG", "info")
+            .env("HOME", root.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut m = Mount {
+            root,
+            mnt,
+            state,
+            child: Some(child),
+            log,
+        };
+        m.wait_mounted(Duration::from_secs(300));
+        m
+    }
+
+    fn wait_mounted(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !is_mountpoint(&self.mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("musicfs exited before mounting ({status}):\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "not mounted after {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts with `musicfs unmount` and waits for `musicfs mount` to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.stop_inner().expect("musicfs mount did not exit")
+    }
+
+    fn stop_inner(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new(musicfs_bin())
+            .arg("unmount")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop_inner();
+        }
+    }
+}
+
+/// Every regular file below `root` (paths relative to it), sorted.
+pub fn list_files(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(root).unwrap().to_path_buf())
+        .collect();
+    out.sort();
+    out
+}

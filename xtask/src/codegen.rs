@@ -11,7 +11,9 @@ pub fn generate(schema_dir: &Path, out_dir: &Path) -> Result<()> {
         .file(schema_dir.join("musicfs.capnp"))
         .output_path(out_dir)
         .run()
-        .context("capnp compile failed (is the `capnp` tool installed? apt-get install capnproto)")?;
+        .context(
+            "capnp compile failed (is the `capnp` tool installed? apt-get install capnproto)",
+        )?;
     Ok(())
 }
 

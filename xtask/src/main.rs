@@ -1,7 +1,9 @@
 //! `cargo xtask <task>`: the project's developer commands (codegen, gen-library, bench, ci, demo).
 #![allow(clippy::unwrap_used)]
 
+mod ci;
 mod codegen;
+mod demo;
 mod genlib;
 
 use std::path::PathBuf;
@@ -22,6 +24,10 @@ enum Task {
     GenLibrary(genlib::Args),
     /// Regenerate the checked-in Cap'n Proto code (needs the `capnp` tool).
     Codegen,
+    /// The whole test suite: fmt, clippy, build, unit and integration tests.
+    Ci,
+    /// Mount a library (a generated demo library unless --origin is given) and show it.
+    Demo(demo::Args),
 }
 
 fn main() -> Result<()> {
@@ -29,6 +35,8 @@ fn main() -> Result<()> {
     match cli.task {
         Task::GenLibrary(args) => genlib::run(&args),
         Task::Codegen => codegen::run(),
+        Task::Ci => ci::run(),
+        Task::Demo(args) => demo::run(&args),
     }
 }
 
@@ -38,4 +46,26 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// Cargo's target directory (CARGO_TARGET_DIR or <workspace>/target).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() { d } else { workspace_root().join(d) }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {cmd:?}: {e}"))?;
+    if !status.success() {
+        anyhow::bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
 }

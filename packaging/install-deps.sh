@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what MusicFS and its test suite need on Debian/Ubuntu.
+# Run as root (or through sudo). Idempotent.
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo "$0" "$@"
+fi
+export DEBIAN_FRONTEND=noninteractive
+# fuse3: fusermount3 and /etc/fuse.conf        capnproto: schema freshness test
+# ffmpeg: gen-library templates, ffprobe tests  bindfs: the benchmark's baseline
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs ca-certificates >/dev/null
+# The toolchain components the suite uses (rustup installs; harmless if present).
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+[ -e /dev/fuse ] || { echo "install-deps: /dev/fuse is missing (modprobe fuse?)" >&2; exit 1; }
+echo "install-deps: ok"
