@@ -226,10 +226,10 @@ fn read_tags(file: File) -> Result<(String, Tags, AudioProps), String> {
 }
 
 fn fill(slot: &mut Option<String>, value: Option<std::borrow::Cow<'_, str>>) {
-    if slot.is_none() {
-        if let Some(v) = value.filter(|v| !v.is_empty()) {
-            *slot = Some(v.into_owned());
-        }
+    if slot.is_none()
+        && let Some(v) = value.filter(|v| !v.is_empty())
+    {
+        *slot = Some(v.into_owned());
     }
 }
 

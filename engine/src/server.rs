@@ -81,24 +81,23 @@ impl FdCache {
             let mut inner = self.inner.lock();
             inner.clock += 1;
             let now = inner.clock;
-            if let Some((f, v, used)) = inner.files.get_mut(&ino) {
-                if *v == version {
-                    *used = now;
-                    return Ok(f.clone());
-                }
+            if let Some((f, v, used)) = inner.files.get_mut(&ino)
+                && *v == version
+            {
+                *used = now;
+                return Ok(f.clone());
             }
         }
         let file = Arc::new(File::open(path)?);
         let mut inner = self.inner.lock();
-        if inner.files.len() >= FD_CACHE_CAPACITY {
-            if let Some(oldest) = inner
+        if inner.files.len() >= FD_CACHE_CAPACITY
+            && let Some(oldest) = inner
                 .files
                 .iter()
                 .min_by_key(|(_, (_, _, used))| *used)
                 .map(|(k, _)| *k)
-            {
-                inner.files.remove(&oldest);
-            }
+        {
+            inner.files.remove(&oldest);
         }
         let now = inner.clock;
         inner.files.insert(ino, (file.clone(), version, now));

@@ -182,10 +182,10 @@ impl Template {
 }
 
 fn flush_literal(literal: &mut String, parts: Option<&mut Vec<Part>>) {
-    if !literal.is_empty() {
-        if let Some(parts) = parts {
-            parts.push(Part::Literal(std::mem::take(literal)));
-        }
+    if !literal.is_empty()
+        && let Some(parts) = parts
+    {
+        parts.push(Part::Literal(std::mem::take(literal)));
     }
 }
 

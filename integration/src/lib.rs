@@ -56,7 +56,11 @@ fn xtask_bin() -> PathBuf {
     let p = std::env::var_os("MUSICFS_XTASK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("debug/xtask"));
-    assert!(p.is_file(), "{} is missing: build it with `cargo build -p xtask`", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p xtask`",
+        p.display()
+    );
     p
 }
 
@@ -71,7 +75,14 @@ pub fn generated_library(tracks: usize, seed: u64) -> PathBuf {
     let tmp = cache.join(format!("tmp-{tracks}-{seed}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let status = Command::new(xtask_bin())
-        .args(["gen-library", "--tracks", &tracks.to_string(), "--seed", &seed.to_string(), "--out"])
+        .args([
+            "gen-library",
+            "--tracks",
+            &tracks.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
         .arg(&tmp)
         .stdout(Stdio::null())
         .status()
@@ -185,7 +196,10 @@ impl Mount {
 
     /// Mounts with an optional existing state directory and extra environment.
     pub fn start_with(origins: &[&Path], state: Option<&Path>, env: &[(&str, &str)]) -> Mount {
-        let root = tempfile::Builder::new().prefix("mfs").tempdir_in("/tmp").unwrap();
+        let root = tempfile::Builder::new()
+            .prefix("mfs")
+            .tempdir_in("/tmp")
+            .unwrap();
         let mnt = root.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let state = state.map_or_else(|| root.path().join("state"), Path::to_path_buf);
@@ -220,9 +234,16 @@ impl Mount {
         let deadline = Instant::now() + timeout;
         while !is_mountpoint(&self.mnt) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("musicfs exited before mounting ({status}):\n{}", self.log_text());
+                panic!(
+                    "musicfs exited before mounting ({status}):\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "not mounted after {timeout:?}:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after {timeout:?}:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

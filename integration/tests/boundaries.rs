@@ -21,7 +21,10 @@ fn lock_graph() -> HashMap<String, Vec<String>> {
                     .collect()
             })
             .unwrap_or_default();
-        graph.entry(name).or_insert_with(Vec::new).extend::<Vec<String>>(deps);
+        graph
+            .entry(name)
+            .or_insert_with(Vec::new)
+            .extend::<Vec<String>>(deps);
     }
     graph
 }
@@ -42,8 +45,18 @@ fn closure(graph: &HashMap<String, Vec<String>>, root: &str) -> BTreeSet<String>
 fn shim_depends_on_none_of_the_engine_crates() {
     let graph = lock_graph();
     let deps = closure(&graph, "musicfs-shim");
-    assert!(deps.contains("fuser") && deps.contains("capnp-rpc"), "{deps:?}");
-    for banned in ["redb", "tantivy", "lofty", "opendal", "musicfs-engine", "figment"] {
+    assert!(
+        deps.contains("fuser") && deps.contains("capnp-rpc"),
+        "{deps:?}"
+    );
+    for banned in [
+        "redb",
+        "tantivy",
+        "lofty",
+        "opendal",
+        "musicfs-engine",
+        "figment",
+    ] {
         assert!(!deps.contains(banned), "musicfs-shim depends on {banned}");
     }
 }
@@ -56,7 +69,11 @@ fn shim_never_uses_auto_unmount() {
         let entry = entry.unwrap();
         if entry.path().extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(entry.path()).unwrap();
-            assert!(!text.contains("MountOption::AutoUnmount"), "{} uses MountOption::AutoUnmount", entry.path().display());
+            assert!(
+                !text.contains("MountOption::AutoUnmount"),
+                "{} uses MountOption::AutoUnmount",
+                entry.path().display()
+            );
         }
     }
 }

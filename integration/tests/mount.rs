@@ -70,7 +70,11 @@ fn path_matches(actual: &Path, expected: &[String]) -> bool {
 fn every_file_is_at_its_template_path_with_identical_bytes() {
     let lib = library();
     let manifest = read_manifest(lib);
-    assert!(manifest.len() >= TRACKS, "manifest has {} entries", manifest.len());
+    assert!(
+        manifest.len() >= TRACKS,
+        "manifest has {} entries",
+        manifest.len()
+    );
     let formats: HashSet<&str> = manifest.iter().map(|e| e.format.as_str()).collect();
     assert!(formats.len() >= 6, "only formats {formats:?}");
 
@@ -78,21 +82,41 @@ fn every_file_is_at_its_template_path_with_identical_bytes() {
     let template = Template::parse(DEFAULT_TEMPLATE).unwrap();
     let by_origin: HashMap<Vec<u8>, &ManifestEntry> = manifest
         .iter()
-        .map(|e| (lib.join(OsStr::from_bytes(&e.raw_path())).as_os_str().as_bytes().to_vec(), e))
+        .map(|e| {
+            (
+                lib.join(OsStr::from_bytes(&e.raw_path()))
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+                e,
+            )
+        })
         .collect();
 
     let files = list_files(&mount.mnt);
-    assert_eq!(files.len(), manifest.len(), "mount shows a different number of files");
+    assert_eq!(
+        files.len(),
+        manifest.len(),
+        "mount shows a different number of files"
+    );
     let mut seen = HashSet::new();
     let mut checked_paths = 0;
     for rel in &files {
         let path = mount.mnt.join(rel);
         let origin = getxattr(&path, "user.musicfs.origin")
             .unwrap_or_else(|| panic!("{} has no user.musicfs.origin", rel.display()));
-        let entry = by_origin
-            .get(&origin)
-            .unwrap_or_else(|| panic!("{} maps to unknown origin {:?}", rel.display(), String::from_utf8_lossy(&origin)));
-        assert!(seen.insert(origin.clone()), "origin listed twice: {}", entry.path);
+        let entry = by_origin.get(&origin).unwrap_or_else(|| {
+            panic!(
+                "{} maps to unknown origin {:?}",
+                rel.display(),
+                String::from_utf8_lossy(&origin)
+            )
+        });
+        assert!(
+            seen.insert(origin.clone()),
+            "origin listed twice: {}",
+            entry.path
+        );
 
         // Path: the template applied to the tags that were written.
         let with_tags = template.render(&record(entry));
@@ -103,10 +127,21 @@ fn every_file_is_at_its_template_path_with_identical_bytes() {
             "normal" | "misnamed" => path_matches(rel, &with_tags),
             "corrupt" | "empty" | "untagged" => path_matches(rel, &fallback),
             // A cut file keeps the tags stored at its start and loses the others.
-            "truncated" => path_matches(rel, &with_tags) || path_matches(rel, &fallback) || rel.components().count() == 3,
+            "truncated" => {
+                path_matches(rel, &with_tags)
+                    || path_matches(rel, &fallback)
+                    || rel.components().count() == 3
+            }
             k => panic!("unknown kind {k}"),
         };
-        assert!(ok, "{} ({} file {}) is not at its template path {:?}", rel.display(), entry.kind, entry.path, with_tags);
+        assert!(
+            ok,
+            "{} ({} file {}) is not at its template path {:?}",
+            rel.display(),
+            entry.kind,
+            entry.path,
+            with_tags
+        );
         checked_paths += 1;
 
         // Size and bytes.
@@ -125,20 +160,35 @@ fn every_file_is_at_its_template_path_with_identical_bytes() {
     assert_eq!(seen.len(), manifest.len());
 
     // The tricky cases are really in this library and really in the mount.
-    let names: Vec<String> = files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     assert!(names.iter().any(|n| !n.is_ascii()), "no unicode names");
-    assert!(names.iter().any(|n| n.contains(" (2).")), "no collision suffix");
     assert!(
-        manifest.iter().any(|e| std::str::from_utf8(&e.raw_path()).is_err()),
+        names.iter().any(|n| n.contains(" (2).")),
+        "no collision suffix"
+    );
+    assert!(
+        manifest
+            .iter()
+            .any(|e| std::str::from_utf8(&e.raw_path()).is_err()),
         "generator made no non-UTF-8 file name"
     );
     for kind in ["corrupt", "truncated", "empty", "untagged", "misnamed"] {
-        assert!(manifest.iter().any(|e| e.kind == kind), "generator made no {kind} file");
+        assert!(
+            manifest.iter().any(|e| e.kind == kind),
+            "generator made no {kind} file"
+        );
     }
     // Every name is a valid component: not too long, no '/' (walkdir would split), not "."/"..".
     for rel in &files {
         for c in rel.iter() {
-            assert!(c.len() <= 255, "{} is longer than 255 bytes", c.to_string_lossy());
+            assert!(
+                c.len() <= 255,
+                "{} is longer than 255 bytes",
+                c.to_string_lossy()
+            );
             assert!(c != "." && c != "..");
         }
     }
@@ -174,7 +224,12 @@ fn ffprobe_reports_the_same_tags_and_duration() {
             .arg(p)
             .output()
             .expect("ffprobe is installed (apt-get install ffmpeg)");
-        assert!(out.status.success(), "ffprobe failed on {}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ffprobe failed on {}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     for e in sample {
@@ -182,7 +237,11 @@ fn ffprobe_reports_the_same_tags_and_duration() {
         let mounted = &by_origin[origin.as_os_str().as_bytes()];
         let (a, b) = (probe(&origin), probe(mounted));
         assert_eq!(a, b, "ffprobe differs for {} ({})", e.path, e.format);
-        assert!(a["format"]["duration"].as_str().is_some(), "no duration for {}", e.path);
+        assert!(
+            a["format"]["duration"].as_str().is_some(),
+            "no duration for {}",
+            e.path
+        );
     }
     assert!(mount.stop().success());
 }
@@ -203,29 +262,66 @@ fn writes_fail_with_erofs() {
     let dir = file.parent().unwrap().to_path_buf();
     let before = hash_file(&file).unwrap();
 
-    expect_erofs("open for write", std::fs::OpenOptions::new().write(true).open(&file));
-    expect_erofs("open O_RDWR", std::fs::OpenOptions::new().read(true).write(true).open(&file));
-    expect_erofs("truncate", std::fs::OpenOptions::new().write(true).truncate(true).open(&file));
+    expect_erofs(
+        "open for write",
+        std::fs::OpenOptions::new().write(true).open(&file),
+    );
+    expect_erofs(
+        "open O_RDWR",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file),
+    );
+    expect_erofs(
+        "truncate",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&file),
+    );
     expect_erofs("create", std::fs::File::create(dir.join("new.mp3")));
-    expect_erofs("create excl", std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(dir.join("n2")));
+    expect_erofs(
+        "create excl",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(dir.join("n2")),
+    );
     expect_erofs("unlink", std::fs::remove_file(&file));
     expect_erofs("rename", std::fs::rename(&file, dir.join("renamed.mp3")));
     expect_erofs("mkdir", std::fs::create_dir(dir.join("sub")));
     expect_erofs("rmdir", std::fs::remove_dir(&dir));
-    expect_erofs("chmod (setattr)", std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)));
+    expect_erofs(
+        "chmod (setattr)",
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)),
+    );
     expect_erofs("symlink", std::os::unix::fs::symlink("x", dir.join("link")));
     expect_erofs("hard link", std::fs::hard_link(&file, dir.join("hl")));
     let c = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
     // SAFETY: c is a valid NUL-terminated path.
     let rc = unsafe { libc::truncate(c.as_ptr(), 0) };
     assert_eq!(rc, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EROFS), "truncate(2)");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS),
+        "truncate(2)"
+    );
     // SAFETY: as above; the value pointer is valid for 1 byte.
     let rc = unsafe { libc::setxattr(c.as_ptr(), c"user.x".as_ptr(), c"1".as_ptr().cast(), 1, 0) };
     assert_eq!(rc, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EROFS), "setxattr");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS),
+        "setxattr"
+    );
 
-    assert_eq!(hash_file(&file).unwrap(), before, "a failed write changed the file");
+    assert_eq!(
+        hash_file(&file).unwrap(),
+        before,
+        "a failed write changed the file"
+    );
     assert!(!dir.join("new.mp3").exists());
     // Reading still works after all that.
     let mut f = std::fs::File::open(&file).unwrap();
@@ -250,7 +346,11 @@ fn readdir_of_a_directory_with_20000_entries() {
         f.write_all(&(i as u32).to_le_bytes()).unwrap();
         expected.insert(name);
     }
-    let mount = Mount::start_with(&[&origin], None, &[("MUSICFS_LOG", "warn,musicfs_engine::scan=error")]);
+    let mount = Mount::start_with(
+        &[&origin],
+        None,
+        &[("MUSICFS_LOG", "warn,musicfs_engine::scan=error")],
+    );
     let album = mount.mnt.join("Unknown Artist/Unknown Album");
     let names: Vec<String> = std::fs::read_dir(&album)
         .unwrap()
@@ -262,7 +362,10 @@ fn readdir_of_a_directory_with_20000_entries() {
     // `ls -f` (plain getdents, includes . and ..) agrees.
     let out = Command::new("ls").arg("-f").arg(&album).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), N + 2);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().count(),
+        N + 2
+    );
     // Spot-check contents at the start, middle and end.
     for i in [0, N / 2, N - 1] {
         let data = std::fs::read(album.join(format!("track {i:05} é.mp3"))).unwrap();
@@ -282,7 +385,12 @@ fn inode_numbers_are_stable_across_restarts() {
             .min_depth(1)
             .into_iter()
             .map(|e| e.unwrap())
-            .map(|e| (e.path().strip_prefix(&m.mnt).unwrap().to_path_buf(), e.metadata().unwrap().ino()))
+            .map(|e| {
+                (
+                    e.path().strip_prefix(&m.mnt).unwrap().to_path_buf(),
+                    e.metadata().unwrap().ino(),
+                )
+            })
             .collect()
     };
     let m1 = Mount::start_with(&[lib], Some(&state), &[]);
@@ -309,17 +417,36 @@ fn bad_arguments_give_clear_errors() {
             .env("HOME", dir.path())
             .output()
             .unwrap();
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let missing = dir.path().join("no-such-dir");
-    let (status, err) = run(&["mount".as_ref(), "--origin".as_ref(), missing.as_os_str(), mnt.as_os_str()]);
+    let (status, err) = run(&[
+        "mount".as_ref(),
+        "--origin".as_ref(),
+        missing.as_os_str(),
+        mnt.as_os_str(),
+    ]);
     assert!(!status.success());
-    assert!(err.contains("no-such-dir") && err.contains("origin"), "unclear: {err}");
+    assert!(
+        err.contains("no-such-dir") && err.contains("origin"),
+        "unclear: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
-    let (status, err) = run(&["mount".as_ref(), "--origin".as_ref(), dir.path().as_os_str(), missing.as_os_str()]);
+    let (status, err) = run(&[
+        "mount".as_ref(),
+        "--origin".as_ref(),
+        dir.path().as_os_str(),
+        missing.as_os_str(),
+    ]);
     assert!(!status.success());
-    assert!(err.contains("mountpoint") && err.contains("no-such-dir"), "unclear: {err}");
+    assert!(
+        err.contains("mountpoint") && err.contains("no-such-dir"),
+        "unclear: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     let (status, err) = run(&["mount".as_ref(), mnt.as_os_str()]);
@@ -341,7 +468,11 @@ fn unreadable_directory_is_skipped() {
     std::fs::create_dir_all(origin.join("open")).unwrap();
     std::fs::write(origin.join("open/a.mp3"), b"x").unwrap();
     std::fs::write(origin.join("locked/b.mp3"), b"y").unwrap();
-    std::fs::set_permissions(origin.join("locked"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(
+        origin.join("locked"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
     for p in [dir.path(), origin.as_path(), &origin.join("open")] {
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
@@ -364,5 +495,8 @@ fn unreadable_directory_is_skipped() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["tracks"], 1, "{report}");
     assert_eq!(report["unreadable_dirs"], 1, "{report}");
-    assert!(stderr.contains("locked"), "the skipped directory is not named in the log: {stderr}");
+    assert!(
+        stderr.contains("locked"),
+        "the skipped directory is not named in the log: {stderr}"
+    );
 }

@@ -29,7 +29,7 @@ mod tests {
         assert!(compatible((1, 1), (1, 1)));
         assert!(compatible((1, 3), (2, 5)));
         assert!(!compatible((1, 1), (2, 2)));
-        assert!(MIN_PROTOCOL_VERSION <= PROTOCOL_VERSION);
+        const { assert!(MIN_PROTOCOL_VERSION <= PROTOCOL_VERSION) };
     }
 
     /// Regenerates the code into a temporary directory and compares it with the

@@ -243,15 +243,16 @@ async fn connect_once(
     Ok((fs, done_rx))
 }
 
+/// Reports the outcome of the first connection: Ok once an engine serves,
+/// or the reason the engine refused this shim.
+pub type FirstConnection = std::sync::mpsc::Receiver<Result<(), String>>;
+
 /// Starts the RPC thread. Returns the job sender and a receiver that reports
 /// the first connection attempt's outcome (Ok once an engine is ready).
 pub fn start(
     socket: PathBuf,
     request_timeout: Duration,
-) -> std::io::Result<(
-    mpsc::Sender<Job>,
-    std::sync::mpsc::Receiver<Result<(), String>>,
-)> {
+) -> std::io::Result<(mpsc::Sender<Job>, FirstConnection)> {
     let (tx, mut rx) = mpsc::channel::<Job>(JOB_QUEUE_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Builder::new_current_thread()
