@@ -223,3 +223,18 @@ mod tests {
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example parses and holds every key.
+    #[test]
+    fn packaged_example_is_valid() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.example.toml");
+        let c = Config::load(Some(&example), &Overrides::default()).unwrap();
+        assert_eq!(c.origins, [PathBuf::from("/srv/music")]);
+        assert_eq!(c.template, DEFAULT_TEMPLATE);
+    }
+}

@@ -252,6 +252,29 @@ impl Mount {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `signal` to `musicfs mount` and waits (bounded) for it to exit.
+    pub fn stop_with_signal(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                panic!(
+                    "musicfs mount did not exit within 20 s of signal {signal}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Unmounts with `musicfs unmount` and waits for `musicfs mount` to exit.
     pub fn stop(mut self) -> ExitStatus {
         self.stop_inner().expect("musicfs mount did not exit")

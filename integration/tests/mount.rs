@@ -500,3 +500,29 @@ fn unreadable_directory_is_skipped() {
         "the skipped directory is not named in the log: {stderr}"
     );
 }
+
+/// Ctrl-C and SIGTERM unmount cleanly: exit 0, no mount left, no stray processes.
+#[test]
+fn ctrl_c_and_sigterm_unmount_cleanly() {
+    let lib = library();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut mount = Mount::start(&[lib]);
+        let mnt = mount.mnt.clone();
+        let state = mount.state.clone();
+        assert!(!list_files(&mnt).is_empty());
+        let status = mount.stop_with_signal(signal);
+        assert!(
+            status.success(),
+            "exit status {status} after signal {signal}"
+        );
+        assert!(!is_mountpoint(&mnt), "still mounted after signal {signal}");
+        assert!(std::fs::read_dir(&mnt).is_ok(), "mountpoint left broken");
+        assert!(
+            !state.join("engine.sock").exists(),
+            "engine socket left behind"
+        );
+        // The catalog opens again (no other process holds it).
+        let catalog = musicfs_engine::catalog::Catalog::open(&state.join("catalog.redb")).unwrap();
+        assert!(!catalog.load_files().unwrap().is_empty());
+    }
+}
