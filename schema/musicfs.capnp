@@ -1,15 +1,21 @@
 @0xbec1ef41e61df56d;
-# The MusicFS protocol between the shim (holds /dev/fuse) and the engine (holds
-# everything else), over a unix socket with Cap'n Proto RPC.
+# The MusicFS data plane between the shim (holds /dev/fuse) and the engine
+# (holds everything else), over a unix stream socket.
+#
+# Framing: a stream of Cap'n Proto messages in the standard stream framing
+# (capnp::serialize). The shim sends `Request`s, the engine answers each with a
+# `Response` carrying the same `id`, in any order. The first request on a
+# connection must be `hello`; the engine answers it before reading anything else.
+#
+# `forget`, `release` and `releasedir` are one-way: the engine sends no
+# response (the kernel ignores their results), and the shim does not replay them.
 #
 # Rules:
-# - Every data-plane call is idempotent: the shim may replay it against a new
+# - Every data-plane request is idempotent: the shim may send it again to a new
 #   engine after a crash. Handles (`fh`) describe the file by themselves.
-# - Errors that the FUSE caller should see come back as `errno` (0 = success),
-#   never as RPC exceptions; an RPC exception means "engine trouble" and the
-#   shim treats it as such.
-# - Bump `protocolVersion` on any incompatible change. The engine accepts any
-#   client version in [minProtocolVersion, protocolVersion].
+# - FUSE-visible errors come back as `errno` (0 = success).
+# - Bump `protocolVersion` on any incompatible change. A peer accepts the other
+#   when their [min, max] version ranges overlap.
 
 const protocolVersion :UInt32 = 1;
 const minProtocolVersion :UInt32 = 1;
@@ -39,7 +45,7 @@ struct Entry {
 
 struct DirEntry {
   name @0 :Data;          # raw bytes, never contains '/' or NUL
-  offset @1 :UInt64;      # opaque cookie: pass it back to continue after this entry
+  offset @1 :UInt64;      # cookie: pass it back to continue after this entry
   entry @2 :Entry;        # ino and kind live in entry.attr
 }
 
@@ -59,36 +65,52 @@ struct Statfs {
   frsize @7 :UInt32;
 }
 
-# The bootstrap capability of the engine's data-plane socket.
-interface Engine {
-  # Version negotiation. The engine answers with its own range; the shim
-  # refuses to go on when the ranges do not overlap (errno = EPROTO and a
-  # message that says why).
-  hello @0 (clientProtocol :UInt32, clientName :Text)
-      -> (errno :Int32, message :Text, serverProtocol :UInt32,
-          minServerProtocol :UInt32, engineVersion :Text, fs :DataPlane);
+struct Hello {
+  minProtocol @0 :UInt32;
+  maxProtocol @1 :UInt32;
+  peerName @2 :Text;      # e.g. "musicfs-shim 0.1.0"
 }
 
-interface DataPlane {
-  lookup @0 (parent :UInt64, name :Data) -> (errno :Int32, entry :Entry);
-  forget @1 (items :List(Forget)) -> ();
-  getattr @2 (ino :UInt64) -> (errno :Int32, attr :Attr, attrTtlMs :UInt32);
-  opendir @3 (ino :UInt64, flags :UInt32) -> (errno :Int32, fh :UInt64);
-  # Entries after `offset` (0 = from the start), at most `maxEntries`.
-  # `plus` asks for full entries (readdirplus); otherwise only ino and kind
-  # in entry.attr are meaningful.
-  readdir @4 (ino :UInt64, fh :UInt64, offset :UInt64, maxEntries :UInt32, plus :Bool)
-      -> (errno :Int32, entries :List(DirEntry));
-  releasedir @5 (ino :UInt64, fh :UInt64) -> (errno :Int32);
-  # `fh` is self-describing (content version of the file), so a new engine can
-  # serve it without the old one's memory.
-  open @6 (ino :UInt64, flags :UInt32) -> (errno :Int32, fh :UInt64, keepCache :Bool);
-  read @7 (ino :UInt64, fh :UInt64, offset :UInt64, size :UInt32) -> (errno :Int32, data :Data);
-  release @8 (ino :UInt64, fh :UInt64) -> (errno :Int32);
-  statfs @9 (ino :UInt64) -> (errno :Int32, statfs :Statfs);
-  readlink @10 (ino :UInt64) -> (errno :Int32, target :Data);
-  getxattr @11 (ino :UInt64, name :Data) -> (errno :Int32, value :Data);
-  listxattr @12 (ino :UInt64) -> (errno :Int32, names :List(Data));
-  # Liveness probe; answered on the request path, so a hung engine misses it.
-  ping @13 () -> (uptimeMs :UInt64);
+struct Request {
+  id @0 :UInt64;
+  union {
+    hello @1 :Hello;
+    lookup :group { parent @2 :UInt64; name @3 :Data; }
+    forget @4 :List(Forget);
+    getattr @5 :UInt64;                      # ino
+    opendir :group { ino @6 :UInt64; flags @7 :UInt32; }
+    # Entries after `offset` (0 = from the start), at most `maxEntries`;
+    # `plus` asks for full entries (readdirplus).
+    readdir :group { ino @8 :UInt64; fh @9 :UInt64; offset @10 :UInt64;
+                     maxEntries @11 :UInt32; plus @12 :Bool; }
+    releasedir :group { ino @13 :UInt64; fh @14 :UInt64; }
+    open :group { ino @15 :UInt64; flags @16 :UInt32; }
+    read :group { ino @17 :UInt64; fh @18 :UInt64; offset @19 :UInt64; size @20 :UInt32; }
+    release :group { ino @21 :UInt64; fh @22 :UInt64; }
+    statfs @23 :UInt64;                      # ino
+    readlink @24 :UInt64;                    # ino
+    getxattr :group { ino @25 :UInt64; name @26 :Data; }
+    listxattr @27 :UInt64;                   # ino
+    ping @28 :Void;
+  }
+}
+
+struct Response {
+  id @0 :UInt64;
+  errno @1 :Int32;         # 0 = success; otherwise the body is `none`
+  union {
+    none @2 :Void;
+    hello :group {
+      hello @3 :Hello;
+      message @4 :Text;    # why the engine refuses, when errno = EPROTO
+    }
+    entry @5 :Entry;                         # lookup
+    attr :group { attr @6 :Attr; ttlMs @7 :UInt32; }   # getattr
+    opened :group { fh @8 :UInt64; keepCache @9 :Bool; }  # open, opendir
+    entries @10 :List(DirEntry);             # readdir
+    data @11 :Data;                          # read, readlink, getxattr
+    statfs @12 :Statfs;
+    names @13 :List(Data);                   # listxattr
+    pong :group { uptimeMs @14 :UInt64; engineVersion @15 :Text; }
+  }
 }

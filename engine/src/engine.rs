@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
 use tracing::info;
 
 use crate::catalog::Catalog;
@@ -26,6 +27,11 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 
 /// Runs the engine until SIGTERM/SIGINT.
 pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
+    // Block the stop signals before any thread starts; the main thread waits for them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("cannot block signals")?;
     config.check_origins()?;
     let template = Template::parse(&config.template)?;
     let state_dir = config.resolved_state_dir()?;
@@ -44,28 +50,10 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         "tree ready"
     );
     let shared = Shared::new(tree, config.origins.clone(), config.entry_ttl_ms);
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(64)
-        .build()
-        .context("cannot start the engine runtime")?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            info!("engine stopping on signal");
-        };
-        serve(shared, &socket, shutdown).await
-    })?;
+    let _socket_guard = serve(shared.clone(), &socket)?;
+    let sig = signals.wait().context("sigwait")?;
+    info!("engine stopping on {sig}");
+    shared.log_counters();
     drop(catalog);
     info!("engine stopped");
     Ok(())

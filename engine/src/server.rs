@@ -1,10 +1,12 @@
-//! The data plane over Cap'n Proto: answers the shim's requests from the
-//! current tree snapshot and the origin files.
+//! The data plane: answers the shim's requests (Cap'n Proto frames on a unix
+//! socket, see `schema/musicfs.capnp`) from the current tree snapshot and the
+//! origin files.
 //!
-//! capnp-rpc is single-threaded (`!Send`), so the server runs on one thread
-//! with a current-thread runtime and a `LocalSet`. Metadata requests are
-//! answered inline (they only read the in-memory snapshot); origin reads run on
-//! tokio's blocking pool so that a slow disk never stalls metadata.
+//! One thread per connection reads requests. Metadata requests are answered
+//! inline (they only read the in-memory snapshot, microseconds); `open` and
+//! `read` touch origin files and go to a bounded pool of I/O threads, so a
+//! slow disk never stalls metadata. Responses are written whole under the
+//! connection's write lock, in whatever order they finish.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -15,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::io::{BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc;
+
 use anyhow::{Context, Result};
-use capnp::capability::Rc;
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use futures::AsyncReadExt;
-use musicfs_schema::{data_plane, engine};
+use musicfs_schema::{request, response};
 use parking_lot::{Mutex, RwLock};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 use tracing::{debug, info, warn};
 
 use crate::tree::{Node, NodeKind, Tree};
@@ -32,29 +34,77 @@ pub const MAX_READ_BYTES: u32 = 4 * 1024 * 1024;
 pub const MAX_READDIR_ENTRIES: u32 = 1024;
 /// Origin files kept open for reads.
 const FD_CACHE_CAPACITY: usize = 256;
+/// Threads that open and read origin files.
+const IO_THREADS: usize = 8;
+/// Origin I/O jobs queued before a connection's reader waits (back-pressure).
+const IO_QUEUE_CAPACITY: usize = 1024;
 
 /// State shared by every connection.
 pub struct Shared {
     tree: RwLock<Arc<Tree>>,
     origins: Vec<PathBuf>,
+    /// Per origin: on a local filesystem, so opens and cached reads may run
+    /// inline on the connection thread without risking a long stall.
+    origin_is_local: Vec<bool>,
     started: Instant,
     entry_ttl_ms: u32,
     fds: FdCache,
+    pub counters: Counters,
+}
+
+/// Request counters, for the log, the status and counter-based tests.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub opens: std::sync::atomic::AtomicU64,
+    pub reads: std::sync::atomic::AtomicU64,
+    pub read_bytes: std::sync::atomic::AtomicU64,
+    /// Origin files actually opened (fd cache misses).
+    pub origin_opens: std::sync::atomic::AtomicU64,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
+    c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Shared {
+    /// One log line with the counters.
+    pub fn log_counters(&self) {
+        let c = &self.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        info!(
+            requests = get(&c.requests),
+            opens = get(&c.opens),
+            reads = get(&c.reads),
+            read_bytes = get(&c.read_bytes),
+            origin_opens = get(&self.fds.origin_opens),
+            "request counters"
+        );
+    }
+
     pub fn new(tree: Tree, origins: Vec<PathBuf>, entry_ttl_ms: u32) -> Arc<Shared> {
+        let origin_is_local = origins.iter().map(|o| is_local_fs(o)).collect();
         Arc::new(Shared {
             tree: RwLock::new(Arc::new(tree)),
+            origin_is_local,
             origins,
             started: Instant::now(),
             entry_ttl_ms,
             fds: FdCache::default(),
+            counters: Counters::default(),
         })
     }
 
     pub fn tree(&self) -> Arc<Tree> {
         self.tree.read().clone()
+    }
+
+    /// Whether the file behind `ino` lives on a local filesystem.
+    fn is_local(&self, ino: u64) -> bool {
+        let tree = self.tree();
+        tree.file_of(ino)
+            .and_then(|r| self.origin_is_local.get(r.origin as usize).copied())
+            .unwrap_or(false)
     }
 
     pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
@@ -67,6 +117,7 @@ impl Shared {
 #[derive(Default)]
 struct FdCache {
     inner: Mutex<FdCacheInner>,
+    origin_opens: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -89,6 +140,7 @@ impl FdCache {
             }
         }
         let file = Arc::new(File::open(path)?);
+        bump(&self.origin_opens, 1);
         let mut inner = self.inner.lock();
         if inner.files.len() >= FD_CACHE_CAPACITY
             && let Some(oldest) = inner
@@ -102,6 +154,44 @@ impl FdCache {
         let now = inner.clock;
         inner.files.insert(ino, (file.clone(), version, now));
         Ok(file)
+    }
+}
+
+/// Whether `path` is on a local filesystem (not NFS, SMB, FUSE, ...), where a
+/// syscall cannot hang for long.
+pub fn is_local_fs(path: &Path) -> bool {
+    const NETWORK_MAGICS: &[i64] = &[
+        0x6969,      // NFS
+        0x517b,      // SMB
+        0xff53_4d42, // CIFS
+        0xfe53_4d42, // SMB2
+        0x6573_5546, // FUSE (sshfs, rclone, ...)
+        0x00c3_6400, // Ceph
+        0x5346_414f, // AFS
+        0x0102_1997, // 9p
+        0x0bd0_0bd0, // Lustre
+    ];
+    match nix::sys::statfs::statfs(path) {
+        Ok(s) => !NETWORK_MAGICS.contains(&s.filesystem_type().0),
+        Err(_) => false,
+    }
+}
+
+/// `pread` that never waits for the disk: RWF_NOWAIT fails with EAGAIN unless
+/// the data is already in the page cache.
+fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: iov points into `buf`, which outlives the call; the fd is open.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -150,149 +240,322 @@ fn fill_entry(
     fill_attr(e.init_attr(), tree, ino, node);
 }
 
-/// Bootstrap object: version negotiation, then the data plane.
-pub struct EngineImpl {
-    shared: Arc<Shared>,
-}
+/// A connection's write half; responses are written whole under its lock.
+type Writer = Arc<Mutex<UnixStream>>;
 
-impl engine::Server for EngineImpl {
-    async fn hello(
-        self: Rc<Self>,
-        params: engine::HelloParams,
-        mut results: engine::HelloResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let client = p.get_client_protocol();
-        let name = p.get_client_name()?.to_str().unwrap_or("?").to_string();
-        let mut r = results.get();
-        r.set_server_protocol(musicfs_schema::PROTOCOL_VERSION);
-        r.set_min_server_protocol(musicfs_schema::MIN_PROTOCOL_VERSION);
-        r.set_engine_version(env!("CARGO_PKG_VERSION"));
-        // A client speaks exactly its own version; we accept it if it is in our range.
-        if !musicfs_schema::compatible(
-            (
-                musicfs_schema::MIN_PROTOCOL_VERSION,
-                musicfs_schema::PROTOCOL_VERSION,
-            ),
-            (client, client),
-        ) {
-            let msg = format!(
-                "protocol version {client} of {name} is not supported by this engine (supports {}..={})",
-                musicfs_schema::MIN_PROTOCOL_VERSION,
-                musicfs_schema::PROTOCOL_VERSION
-            );
-            warn!("{msg}");
-            r.set_errno(libc::EPROTO);
-            r.set_message(&msg);
-            return Ok(());
-        }
-        info!(client = %name, protocol = client, "client connected");
-        let fs: data_plane::Client = capnp_rpc::new_client(DataPlaneImpl {
-            shared: self.shared.clone(),
-        });
-        r.set_fs(fs);
-        Ok(())
+fn send(writer: &Writer, frame: &[u8]) {
+    let mut w = writer.lock();
+    if let Err(e) = w.write_all(frame) {
+        // The reader sees the same broken socket and ends the connection.
+        debug!("response not delivered: {e}");
     }
 }
 
-pub struct DataPlaneImpl {
-    shared: Arc<Shared>,
+/// Builds one response frame.
+fn respond(id: u64, errno: i32, fill: impl FnOnce(response::Builder<'_>)) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut r = msg.init_root::<response::Builder<'_>>();
+    r.set_id(id);
+    r.set_errno(errno);
+    if errno == 0 {
+        fill(r);
+    } else {
+        r.set_none(());
+    }
+    musicfs_schema::to_frame(&msg)
 }
 
-impl data_plane::Server for DataPlaneImpl {
-    async fn lookup(
-        self: Rc<Self>,
-        params: data_plane::LookupParams,
-        mut results: data_plane::LookupResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let parent = p.get_parent();
-        let name = p.get_name()?;
-        let tree = self.shared.tree();
-        let mut r = results.get();
-        let found = std::str::from_utf8(name)
-            .ok()
-            .and_then(|n| tree.lookup(parent, n))
-            .and_then(|ino| tree.get(ino).map(|node| (ino, node)));
-        match found {
-            Some((ino, node)) => {
-                fill_entry(r.init_entry(), &tree, ino, node, self.shared.entry_ttl_ms)
+fn error_frame(id: u64, errno: i32) -> Vec<u8> {
+    respond(id, errno, |_| {})
+}
+
+type IoJob = Box<dyn FnOnce() + Send>;
+
+/// The bounded pool that runs origin I/O.
+struct IoPool {
+    tx: mpsc::SyncSender<IoJob>,
+}
+
+impl IoPool {
+    fn start(threads: usize) -> Result<IoPool> {
+        let (tx, rx) = mpsc::sync_channel::<IoJob>(IO_QUEUE_CAPACITY);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("musicfs-io-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().recv();
+                        match job {
+                            Ok(job) => {
+                                // A panicking job must not take the pool down.
+                                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                                    warn!("an origin I/O job panicked; its request gets no answer from this engine");
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .context("cannot start an I/O thread")?;
+        }
+        Ok(IoPool { tx })
+    }
+
+    fn submit(&self, job: IoJob) {
+        if self.tx.send(job).is_err() {
+            warn!("the I/O pool is gone");
+        }
+    }
+}
+
+/// Serves the data plane on `socket` from a background thread. The returned
+/// guard removes the socket file when dropped.
+pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
+    if socket.exists() {
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove old socket {}", socket.display()))?;
+    }
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let pool = Arc::new(IoPool::start(IO_THREADS)?);
+    info!(socket = %socket.display(), "engine serving");
+    std::thread::Builder::new()
+        .name("musicfs-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        let shared = shared.clone();
+                        let pool = pool.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("musicfs-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = connection(&shared, &pool, stream) {
+                                    warn!("connection ended: {e:#}");
+                                }
+                            });
+                        if let Err(e) = spawned {
+                            warn!("cannot start a connection thread: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
             }
-            None => r.set_errno(if tree.get(parent).is_some() {
-                libc::ENOENT
-            } else {
-                libc::ESTALE
+        })
+        .context("cannot start the accept thread")?;
+    Ok(SocketGuard(socket.to_path_buf()))
+}
+
+/// Removes the socket file on drop, so no client connects to a dead engine.
+pub struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
+    let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut greeted = false;
+    loop {
+        let Some(msg) = musicfs_schema::read_frame(&mut reader)? else {
+            debug!("client closed the connection");
+            return Ok(());
+        };
+        let req = msg.get_root::<request::Reader<'_>>()?;
+        let id = req.get_id();
+        bump(&shared.counters.requests, 1);
+        let which = req.which()?;
+        if !greeted {
+            let request::Hello(hello) = which else {
+                send(&writer, &error_frame(id, libc::EPROTO));
+                anyhow::bail!("the first request was not hello");
+            };
+            let (frame, ok) = hello_response(id, hello?);
+            send(&writer, &frame);
+            if !ok {
+                anyhow::bail!("incompatible client");
+            }
+            greeted = true;
+            continue;
+        }
+        match which {
+            // One-way: the kernel ignores their answers and inodes are stable
+            // for ever, so there is nothing to do and nothing to answer.
+            request::Forget(_) | request::Release(_) | request::Releasedir(_) => {}
+            request::Open(o) => {
+                let (ino, flags) = (o.get_ino(), o.get_flags());
+                if shared.is_local(ino) {
+                    send(&writer, &open(shared, id, ino, flags));
+                } else {
+                    let (shared, writer) = (shared.clone(), writer.clone());
+                    pool.submit(Box::new(move || {
+                        send(&writer, &open(&shared, id, ino, flags))
+                    }));
+                }
+            }
+            request::Read(r) => {
+                let (ino, offset, size) = (r.get_ino(), r.get_offset(), r.get_size());
+                // Page-cache hits on local origins are answered here; the rest waits
+                // for the disk on the pool.
+                if let Some(frame) = read_cached(shared, id, ino, offset, size) {
+                    send(&writer, &frame);
+                } else {
+                    let (shared, writer) = (shared.clone(), writer.clone());
+                    pool.submit(Box::new(move || {
+                        send(&writer, &read(&shared, id, ino, offset, size))
+                    }));
+                }
+            }
+            other => send(&writer, &metadata(shared, id, other)),
+        }
+    }
+}
+
+fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>, bool) {
+    let theirs = (hello.get_min_protocol(), hello.get_max_protocol());
+    let ours = (
+        musicfs_schema::MIN_PROTOCOL_VERSION,
+        musicfs_schema::PROTOCOL_VERSION,
+    );
+    let name = hello
+        .get_peer_name()
+        .ok()
+        .and_then(|n| n.to_str().ok())
+        .unwrap_or("?")
+        .to_string();
+    let ok = musicfs_schema::compatible(ours, theirs);
+    let mut msg = capnp::message::Builder::new_default();
+    let mut r = msg.init_root::<response::Builder<'_>>();
+    r.set_id(id);
+    let mut h = r.reborrow().init_hello();
+    {
+        let mut mine = h.reborrow().init_hello();
+        mine.set_min_protocol(ours.0);
+        mine.set_max_protocol(ours.1);
+        mine.set_peer_name(concat!("musicfs engine ", env!("CARGO_PKG_VERSION")));
+    }
+    if ok {
+        info!(client = %name, "client connected");
+    } else {
+        let why = format!(
+            "{name} speaks protocol {}..={}, this engine {}..={}: no common version",
+            theirs.0, theirs.1, ours.0, ours.1
+        );
+        warn!("{why}");
+        h.set_message(&why);
+        r.set_errno(libc::EPROTO);
+    }
+    (musicfs_schema::to_frame(&msg), ok)
+}
+
+fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8> {
+    let result = (|| -> capnp::Result<Vec<u8>> {
+        let tree = shared.tree();
+        let ttl = shared.entry_ttl_ms;
+        Ok(match which {
+            request::Lookup(l) => {
+                let (parent, name) = (l.get_parent(), l.get_name()?);
+                let found = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| tree.lookup(parent, n))
+                    .and_then(|ino| tree.get(ino).map(|node| (ino, node)));
+                match found {
+                    Some((ino, node)) => {
+                        respond(id, 0, |r| fill_entry(r.init_entry(), &tree, ino, node, ttl))
+                    }
+                    None if tree.get(parent).is_some() => error_frame(id, libc::ENOENT),
+                    None => error_frame(id, libc::ESTALE),
+                }
+            }
+            request::Forget(_) | request::Releasedir(_) | request::Release(_) => {
+                respond(id, 0, |mut r| r.set_none(()))
+            }
+            request::Getattr(ino) => match tree.get(ino) {
+                Some(node) => respond(id, 0, |r| {
+                    let mut a = r.init_attr();
+                    a.set_ttl_ms(ttl);
+                    fill_attr(a.init_attr(), &tree, ino, node);
+                }),
+                None => error_frame(id, libc::ESTALE),
+            },
+            request::Opendir(o) => match tree.get(o.get_ino()).map(|n| &n.kind) {
+                Some(NodeKind::Dir { .. }) => respond(id, 0, |r| {
+                    let mut o = r.init_opened();
+                    o.set_fh(0);
+                    o.set_keep_cache(true);
+                }),
+                Some(NodeKind::File { .. }) => error_frame(id, libc::ENOTDIR),
+                None => error_frame(id, libc::ESTALE),
+            },
+            request::Readdir(rd) => readdir(&tree, id, rd, ttl),
+            request::Statfs(_) => respond(id, 0, |r| {
+                let mut s = r.init_statfs();
+                s.set_bsize(4096);
+                s.set_frsize(4096);
+                s.set_blocks(tree.total_bytes().div_ceil(4096));
+                s.set_files(tree.node_count() as u64);
+                s.set_namelen(crate::template::NAME_MAX_BYTES as u32);
             }),
-        }
-        Ok(())
-    }
-
-    async fn forget(
-        self: Rc<Self>,
-        _params: data_plane::ForgetParams,
-        _results: data_plane::ForgetResults,
-    ) -> Result<(), capnp::Error> {
-        // Inodes are stable for ever, so there is no lookup count to keep.
-        Ok(())
-    }
-
-    async fn getattr(
-        self: Rc<Self>,
-        params: data_plane::GetattrParams,
-        mut results: data_plane::GetattrResults,
-    ) -> Result<(), capnp::Error> {
-        let ino = params.get()?.get_ino();
-        let tree = self.shared.tree();
-        let mut r = results.get();
-        match tree.get(ino) {
-            Some(node) => {
-                r.set_attr_ttl_ms(self.shared.entry_ttl_ms);
-                fill_attr(r.init_attr(), &tree, ino, node);
+            request::Readlink(_) => error_frame(id, libc::EINVAL),
+            request::Getxattr(g) => {
+                let name = g.get_name()?;
+                match xattrs(shared, &tree, g.get_ino())
+                    .into_iter()
+                    .find(|(n, _)| n.as_bytes() == name)
+                {
+                    Some((_, v)) => respond(id, 0, |mut r| r.set_data(&v)),
+                    None => error_frame(id, libc::ENODATA),
+                }
             }
-            None => r.set_errno(libc::ESTALE),
-        }
-        Ok(())
-    }
+            request::Listxattr(ino) => {
+                let attrs = xattrs(shared, &tree, ino);
+                respond(id, 0, |r| {
+                    let mut list = r.init_names(u32::try_from(attrs.len()).unwrap_or(0));
+                    for (i, (n, _)) in attrs.iter().enumerate() {
+                        list.set(u32::try_from(i).unwrap_or(0), n.as_bytes());
+                    }
+                })
+            }
+            request::Ping(()) => respond(id, 0, |r| {
+                let mut p = r.init_pong();
+                p.set_uptime_ms(
+                    u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                );
+                p.set_engine_version(env!("CARGO_PKG_VERSION"));
+            }),
+            request::Hello(_) => error_frame(id, libc::EPROTO),
+            request::Open(_) | request::Read(_) => error_frame(id, libc::EIO),
+        })
+    })();
+    result.unwrap_or_else(|e| {
+        warn!("malformed request {id}: {e}");
+        error_frame(id, libc::EIO)
+    })
+}
 
-    async fn opendir(
-        self: Rc<Self>,
-        params: data_plane::OpendirParams,
-        mut results: data_plane::OpendirResults,
-    ) -> Result<(), capnp::Error> {
-        let ino = params.get()?.get_ino();
-        let tree = self.shared.tree();
-        let mut r = results.get();
-        match tree.get(ino).map(|n| &n.kind) {
-            Some(NodeKind::Dir { .. }) => r.set_fh(0),
-            Some(NodeKind::File { .. }) => r.set_errno(libc::ENOTDIR),
-            None => r.set_errno(libc::ESTALE),
-        }
-        Ok(())
-    }
-
-    async fn readdir(
-        self: Rc<Self>,
-        params: data_plane::ReaddirParams,
-        mut results: data_plane::ReaddirResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let (ino, offset, plus) = (p.get_ino(), p.get_offset(), p.get_plus());
-        let max = p.get_max_entries().clamp(1, MAX_READDIR_ENTRIES) as usize;
-        let tree = self.shared.tree();
-        let mut r = results.get();
-        let Some(node) = tree.get(ino) else {
-            r.set_errno(libc::ESTALE);
-            return Ok(());
-        };
-        let NodeKind::Dir { children } = &node.kind else {
-            r.set_errno(libc::ENOTDIR);
-            return Ok(());
-        };
-        // Positions: 0 = ".", 1 = "..", 2.. = children. An entry's offset
-        // cookie is its position + 1, i.e. where the next call starts.
-        let total = children.len() + 2;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
-        let end = (start + max).min(total);
+fn readdir(tree: &Tree, id: u64, rd: request::readdir::Reader<'_>, ttl: u32) -> Vec<u8> {
+    let (ino, offset, plus) = (rd.get_ino(), rd.get_offset(), rd.get_plus());
+    let max = rd.get_max_entries().clamp(1, MAX_READDIR_ENTRIES) as usize;
+    let Some(node) = tree.get(ino) else {
+        return error_frame(id, libc::ESTALE);
+    };
+    let NodeKind::Dir { children } = &node.kind else {
+        return error_frame(id, libc::ENOTDIR);
+    };
+    // Positions: 0 = ".", 1 = "..", 2.. = children. An entry's offset cookie
+    // is its position + 1, i.e. where the next call starts.
+    let total = children.len() + 2;
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
+    let end = (start + max).min(total);
+    respond(id, 0, |r| {
         let mut list = r.init_entries(u32::try_from(end - start).unwrap_or(0));
         for (i, pos) in (start..end).enumerate() {
             let (name, child): (&str, u64) = match pos {
@@ -307,13 +570,7 @@ impl data_plane::Server for DataPlaneImpl {
                 continue;
             };
             if plus {
-                fill_entry(
-                    e.init_entry(),
-                    &tree,
-                    child,
-                    child_node,
-                    self.shared.entry_ttl_ms,
-                );
+                fill_entry(e.init_entry(), tree, child, child_node, ttl);
             } else {
                 let mut a = e.init_entry().init_attr();
                 a.set_ino(child);
@@ -323,261 +580,131 @@ impl data_plane::Server for DataPlaneImpl {
                 });
             }
         }
-        Ok(())
-    }
+    })
+}
 
-    async fn releasedir(
-        self: Rc<Self>,
-        _params: data_plane::ReleasedirParams,
-        _results: data_plane::ReleasedirResults,
-    ) -> Result<(), capnp::Error> {
-        Ok(())
+/// The origin file behind a file inode: (path, content version).
+fn origin_of(shared: &Shared, ino: u64) -> Result<(PathBuf, u64), i32> {
+    let tree = shared.tree();
+    match tree.get(ino).map(|n| &n.kind) {
+        Some(NodeKind::File { .. }) => {}
+        Some(NodeKind::Dir { .. }) => return Err(libc::EISDIR),
+        None => return Err(libc::ESTALE),
     }
+    let rec = tree.file_of(ino).ok_or(libc::ESTALE)?;
+    let path = shared
+        .origin_path(rec.origin, &rec.rel_path)
+        .ok_or(libc::EIO)?;
+    Ok((path, rec.version()))
+}
 
-    async fn open(
-        self: Rc<Self>,
-        params: data_plane::OpenParams,
-        mut results: data_plane::OpenResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let (ino, flags) = (p.get_ino(), p.get_flags());
-        let tree = self.shared.tree();
-        let mut r = results.get();
-        if flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 != 0 {
-            r.set_errno(libc::EROFS);
-            return Ok(());
+fn open(shared: &Shared, id: u64, ino: u64, flags: u32) -> Vec<u8> {
+    bump(&shared.counters.opens, 1);
+    if flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 != 0 {
+        return error_frame(id, libc::EROFS);
+    }
+    let (path, version) = match origin_of(shared, ino) {
+        Ok(v) => v,
+        Err(errno) => return error_frame(id, errno),
+    };
+    // Open now, so that a vanished origin file fails the open(2), not a later read.
+    match shared.fds.get(ino, version, &path) {
+        Ok(_) => respond(id, 0, |r| {
+            let mut o = r.init_opened();
+            o.set_fh(version);
+            o.set_keep_cache(true);
+        }),
+        Err(e) => {
+            debug!(ino, path = %path.display(), "open failed: {e}");
+            error_frame(id, errno_of(&e))
         }
-        match tree.get(ino).map(|n| &n.kind) {
-            Some(NodeKind::File { .. }) => {}
-            Some(NodeKind::Dir { .. }) => {
-                r.set_errno(libc::EISDIR);
-                return Ok(());
-            }
-            None => {
-                r.set_errno(libc::ESTALE);
-                return Ok(());
-            }
-        }
-        let Some(rec) = tree.file_of(ino) else {
-            r.set_errno(libc::ESTALE);
-            return Ok(());
-        };
-        let version = rec.version();
-        let Some(path) = self.shared.origin_path(rec.origin, &rec.rel_path) else {
-            r.set_errno(libc::EIO);
-            return Ok(());
-        };
-        drop(tree);
-        // Open now, so that a vanished origin file fails the open(2), not a later read.
-        let shared = self.shared.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || shared.fds.get(ino, version, &path).map(|_| ()))
-                .await;
-        match opened {
-            Ok(Ok(())) => {
-                r.set_fh(version);
-                r.set_keep_cache(true);
-            }
-            Ok(Err(e)) => {
-                debug!(ino, "open failed: {e}");
-                r.set_errno(errno_of(&e));
-            }
-            Err(_) => r.set_errno(libc::EIO),
-        }
-        Ok(())
-    }
-
-    async fn read(
-        self: Rc<Self>,
-        params: data_plane::ReadParams,
-        mut results: data_plane::ReadResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let (ino, offset) = (p.get_ino(), p.get_offset());
-        let size = p.get_size().min(MAX_READ_BYTES) as usize;
-        let tree = self.shared.tree();
-        let Some(rec) = tree.file_of(ino) else {
-            results.get().set_errno(libc::ESTALE);
-            return Ok(());
-        };
-        let version = rec.version();
-        let Some(path) = self.shared.origin_path(rec.origin, &rec.rel_path) else {
-            results.get().set_errno(libc::EIO);
-            return Ok(());
-        };
-        drop(tree);
-        let shared = self.shared.clone();
-        let res = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-            let file = shared.fds.get(ino, version, &path)?;
-            let mut buf = vec![0u8; size];
-            let mut filled = 0;
-            while filled < size {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            buf.truncate(filled);
-            Ok(buf)
-        })
-        .await;
-        let mut r = results.get();
-        match res {
-            Ok(Ok(buf)) => r.set_data(&buf),
-            Ok(Err(e)) => {
-                warn!(ino, path = ?e, "origin read failed");
-                r.set_errno(errno_of(&e));
-            }
-            Err(_) => r.set_errno(libc::EIO),
-        }
-        Ok(())
-    }
-
-    async fn release(
-        self: Rc<Self>,
-        _params: data_plane::ReleaseParams,
-        _results: data_plane::ReleaseResults,
-    ) -> Result<(), capnp::Error> {
-        Ok(())
-    }
-
-    async fn statfs(
-        self: Rc<Self>,
-        _params: data_plane::StatfsParams,
-        mut results: data_plane::StatfsResults,
-    ) -> Result<(), capnp::Error> {
-        let tree = self.shared.tree();
-        let mut s = results.get().init_statfs();
-        s.set_bsize(4096);
-        s.set_frsize(4096);
-        s.set_blocks(tree.total_bytes().div_ceil(4096));
-        s.set_files(tree.node_count() as u64);
-        s.set_namelen(crate::template::NAME_MAX_BYTES as u32);
-        Ok(())
-    }
-
-    async fn readlink(
-        self: Rc<Self>,
-        _params: data_plane::ReadlinkParams,
-        mut results: data_plane::ReadlinkResults,
-    ) -> Result<(), capnp::Error> {
-        results.get().set_errno(libc::EINVAL);
-        Ok(())
-    }
-
-    async fn getxattr(
-        self: Rc<Self>,
-        params: data_plane::GetxattrParams,
-        mut results: data_plane::GetxattrResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let (ino, name) = (p.get_ino(), p.get_name()?);
-        let value = self
-            .xattrs(ino)
-            .into_iter()
-            .find(|(n, _)| n.as_bytes() == name);
-        let mut r = results.get();
-        match value {
-            Some((_, v)) => r.set_value(&v),
-            None => r.set_errno(libc::ENODATA),
-        }
-        Ok(())
-    }
-
-    async fn listxattr(
-        self: Rc<Self>,
-        params: data_plane::ListxattrParams,
-        mut results: data_plane::ListxattrResults,
-    ) -> Result<(), capnp::Error> {
-        let ino = params.get()?.get_ino();
-        let attrs = self.xattrs(ino);
-        let mut list = results
-            .get()
-            .init_names(u32::try_from(attrs.len()).unwrap_or(0));
-        for (i, (n, _)) in attrs.iter().enumerate() {
-            list.set(u32::try_from(i).unwrap_or(0), n.as_bytes());
-        }
-        Ok(())
-    }
-
-    async fn ping(
-        self: Rc<Self>,
-        _params: data_plane::PingParams,
-        mut results: data_plane::PingResults,
-    ) -> Result<(), capnp::Error> {
-        let ms = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        results.get().set_uptime_ms(ms);
-        Ok(())
     }
 }
 
-impl DataPlaneImpl {
-    /// The `user.musicfs.*` extended attributes of a node.
-    fn xattrs(&self, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
-        let tree = self.shared.tree();
-        let Some(rec) = tree.file_of(ino) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        if let Some(path) = self.shared.origin_path(rec.origin, &rec.rel_path) {
-            out.push(("user.musicfs.origin", path.as_os_str().as_bytes().to_vec()));
+/// Answers a read from the page cache without waiting, if the origin is local
+/// and every requested byte is cached; `None` means "send it to the pool".
+fn read_cached(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
+    let (path, version, file_size) = {
+        let tree = shared.tree();
+        let rec = tree.file_of(ino)?;
+        if !shared
+            .origin_is_local
+            .get(rec.origin as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            return None;
         }
-        if let Some(f) = &rec.format {
-            out.push(("user.musicfs.format", f.as_bytes().to_vec()));
+        (
+            shared.origin_path(rec.origin, &rec.rel_path)?,
+            rec.version(),
+            rec.size_bytes,
+        )
+    };
+    let want = (size.min(MAX_READ_BYTES) as u64).min(file_size.saturating_sub(offset)) as usize;
+    let file = shared.fds.get(ino, version, &path).ok()?;
+    let mut buf = vec![0u8; want];
+    let n = if want == 0 {
+        0
+    } else {
+        pread_nowait(&file, &mut buf, offset).ok()?
+    };
+    if n != want {
+        return None;
+    }
+    bump(&shared.counters.reads, 1);
+    bump(&shared.counters.read_bytes, n as u64);
+    Some(respond(id, 0, |mut r| r.set_data(&buf)))
+}
+
+fn read(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Vec<u8> {
+    bump(&shared.counters.reads, 1);
+    let size = size.min(MAX_READ_BYTES) as usize;
+    let (path, version) = match origin_of(shared, ino) {
+        Ok(v) => v,
+        Err(errno) => return error_frame(id, errno),
+    };
+    let result = (|| -> io::Result<Vec<u8>> {
+        let file = shared.fds.get(ino, version, &path)?;
+        let mut buf = vec![0u8; size];
+        let mut filled = 0;
+        while filled < size {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(e) = &rec.probe_error {
-            out.push(("user.musicfs.error", e.as_bytes().to_vec()));
+        buf.truncate(filled);
+        Ok(buf)
+    })();
+    match result {
+        Ok(buf) => {
+            bump(&shared.counters.read_bytes, buf.len() as u64);
+            respond(id, 0, |mut r| r.set_data(&buf))
         }
-        out
+        Err(e) => {
+            warn!(ino, path = %path.display(), "origin read failed: {e}");
+            error_frame(id, errno_of(&e))
+        }
     }
 }
 
-/// Serves the data plane on `socket` until `shutdown` resolves. Must run
-/// inside a `LocalSet`.
-pub async fn serve(
-    shared: Arc<Shared>,
-    socket: &Path,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
-    if socket.exists() {
-        std::fs::remove_file(socket)
-            .with_context(|| format!("cannot remove old socket {}", socket.display()))?;
+/// The `user.musicfs.*` extended attributes of a node.
+fn xattrs(shared: &Shared, tree: &Tree, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
+    let Some(rec) = tree.file_of(ino) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(path) = shared.origin_path(rec.origin, &rec.rel_path) {
+        out.push(("user.musicfs.origin", path.as_os_str().as_bytes().to_vec()));
     }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let client: engine::Client = capnp_rpc::new_client(EngineImpl { shared });
-    info!(socket = %socket.display(), "engine serving");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (reader, writer) = stream.compat().split();
-                let network = twoparty::VatNetwork::new(
-                    futures::io::BufReader::new(reader),
-                    futures::io::BufWriter::new(writer),
-                    rpc_twoparty_capnp::Side::Server,
-                    Default::default(),
-                );
-                let rpc = RpcSystem::new(Box::new(network), Some(client.clone().client));
-                tokio::task::spawn_local(async move {
-                    if let Err(e) = rpc.await {
-                        debug!("connection ended: {e}");
-                    }
-                });
-            }
-        }
+    if let Some(f) = &rec.format {
+        out.push(("user.musicfs.format", f.as_bytes().to_vec()));
     }
-    let _ = std::fs::remove_file(socket);
-    Ok(())
+    if let Some(e) = &rec.probe_error {
+        out.push(("user.musicfs.error", e.as_bytes().to_vec()));
+    }
+    out
 }

@@ -1,4 +1,5 @@
-//! The Cap'n Proto protocol between `musicfs-shim` and the engine.
+//! The Cap'n Proto protocol between `musicfs-shim` and the engine, and its
+//! framing helpers.
 //!
 //! `musicfs_capnp.rs` is generated from `../musicfs.capnp` by `cargo xtask codegen`
 //! and checked in, so building needs no capnp compiler; the `generated_code_is_fresh`
@@ -14,6 +15,30 @@ pub use musicfs_capnp::*;
 pub const PROTOCOL_VERSION: u32 = musicfs_capnp::PROTOCOL_VERSION;
 /// Oldest peer protocol version this build still accepts.
 pub const MIN_PROTOCOL_VERSION: u32 = musicfs_capnp::MIN_PROTOCOL_VERSION;
+
+/// Largest frame either side accepts, in 8-byte words (64 MiB): a read of at
+/// most a few MiB or a readdir batch always fits; anything larger is a bug or
+/// an attack and closes the connection.
+pub const MAX_FRAME_WORDS: usize = 8 * 1024 * 1024;
+
+/// Reader options for one frame.
+pub fn reader_options() -> capnp::message::ReaderOptions {
+    let mut o = capnp::message::ReaderOptions::new();
+    o.traversal_limit_in_words(Some(MAX_FRAME_WORDS));
+    o
+}
+
+/// Serialises a message into one buffer (written with one `write_all`).
+pub fn to_frame<A: capnp::message::Allocator>(message: &capnp::message::Builder<A>) -> Vec<u8> {
+    capnp::serialize::write_message_to_words(message)
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream.
+pub fn read_frame<R: std::io::BufRead>(
+    reader: &mut R,
+) -> capnp::Result<Option<capnp::message::Reader<capnp::serialize::OwnedSegments>>> {
+    capnp::serialize::try_read_message(reader, reader_options())
+}
 
 /// Whether two peers with the given `[min, max]` protocol ranges can talk.
 pub fn compatible(ours: (u32, u32), theirs: (u32, u32)) -> bool {

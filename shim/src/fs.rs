@@ -1,11 +1,11 @@
-//! The FUSE side: every operation is turned into a job for the RPC thread and
-//! answered from there after the round trip. FUSE threads never wait on the
-//! engine. Write-type operations are answered here with EROFS.
+//! The FUSE side: every operation becomes a request to the engine whose
+//! completion (run by the transport's reader thread) sends the FUSE reply.
+//! FUSE threads never wait on the engine. Write-type operations are answered
+//! here with EROFS.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -14,11 +14,10 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use musicfs_schema::{NodeKind, attr, entry};
-use tokio::sync::mpsc;
-use tracing::{debug, error};
+use musicfs_schema::{NodeKind, attr, entry, response};
+use tracing::debug;
 
-use crate::rpc::{CallError, Job, Link};
+use crate::rpc::{CallError, Transport};
 
 /// Entries asked for per readdir round trip; the kernel's buffer (usually one
 /// page) takes what fits and asks again from the next offset.
@@ -26,40 +25,35 @@ const READDIR_BATCH: u32 = 128;
 const READDIRPLUS_BATCH: u32 = 48;
 
 pub struct ShimFs {
-    jobs: mpsc::Sender<Job>,
+    t: Transport,
     uid: u32,
     gid: u32,
 }
 
 impl ShimFs {
-    pub fn new(jobs: mpsc::Sender<Job>) -> ShimFs {
+    pub fn new(t: Transport) -> ShimFs {
         ShimFs {
-            jobs,
+            t,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
         }
     }
-
-    /// Queues a job for the RPC thread. If that thread is gone the job, and the
-    /// reply inside it, is dropped, which answers the kernel with EIO.
-    fn submit<F, Fut>(&self, f: F)
-    where
-        F: FnOnce(Rc<Link>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + 'static,
-    {
-        let job: Job = Box::new(move |link| Box::pin(f(link)));
-        if self.jobs.blocking_send(job).is_err() {
-            error!("the RPC thread is gone; failing the request with EIO");
-        }
-    }
 }
 
-/// Converts a wire result: the outer error is engine trouble, the inner an errno.
-fn finish<T>(res: Result<Result<T, i32>, CallError>) -> Result<T, Errno> {
-    match res {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(errno)) => Err(Errno::from_i32(errno)),
-        Err(e) => Err(e.errno()),
+/// The body of a successful response, or the errno for the caller.
+fn body(res: Result<response::Reader<'_>, CallError>) -> Result<response::WhichReader<'_>, Errno> {
+    let r = res.map_err(CallError::errno)?;
+    if r.get_errno() != 0 {
+        return Err(Errno::from_i32(r.get_errno()));
+    }
+    r.which().map_err(|_| Errno::EIO)
+}
+
+fn kind_of(a: attr::Reader<'_>) -> FileType {
+    match a.get_kind() {
+        Ok(NodeKind::Directory) => FileType::Directory,
+        Ok(NodeKind::Symlink) => FileType::Symlink,
+        _ => FileType::RegularFile,
     }
 }
 
@@ -79,11 +73,7 @@ struct Owner {
 
 fn attr_from(a: attr::Reader<'_>, owner: Owner) -> FileAttr {
     let t = to_time(a.get_mtime_ns());
-    let kind = match a.get_kind() {
-        Ok(NodeKind::Directory) => FileType::Directory,
-        Ok(NodeKind::Symlink) => FileType::Symlink,
-        _ => FileType::RegularFile,
-    };
+    let kind = kind_of(a);
     FileAttr {
         ino: INodeNo(a.get_ino()),
         size: a.get_size_bytes(),
@@ -141,92 +131,68 @@ impl Filesystem for ShimFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.as_bytes().to_vec();
         let owner = self.owner();
-        self.submit(move |link| async move {
-            let res = link
-                .call("lookup", |fs| {
-                    let mut req = fs.lookup_request();
-                    req.get().set_parent(parent.0);
-                    req.get().set_name(&name);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        Ok(Ok(entry_from(r.get_entry()?, owner)?))
-                    }
-                })
-                .await;
-            match finish(res) {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(e.generation)),
+        self.t.call(
+            "lookup",
+            |r| {
+                let mut l = r.init_lookup();
+                l.set_parent(parent.0);
+                l.set_name(name.as_bytes());
+            },
+            move |res| match body(res) {
+                Ok(response::Entry(Ok(e))) => match entry_from(e, owner) {
+                    Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(e.generation)),
+                    Err(_) => reply.error(Errno::EIO),
+                },
+                Ok(_) => reply.error(Errno::EIO),
                 Err(errno) => reply.error(errno),
-            }
-        });
+            },
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.submit(move |link| async move {
-            let _ = link
-                .call("forget", |fs| {
-                    let mut req = fs.forget_request();
-                    let mut items = req.get().init_items(1);
-                    items.reborrow().get(0).set_ino(ino.0);
-                    items.reborrow().get(0).set_nlookup(nlookup);
-                    async move { req.send().promise.await.map(|_| ()) }
-                })
-                .await;
+        self.t.send_oneway(|r| {
+            let mut items = r.init_forget(1);
+            items.reborrow().get(0).set_ino(ino.0);
+            items.reborrow().get(0).set_nlookup(nlookup);
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let owner = self.owner();
-        self.submit(move |link| async move {
-            let res = link
-                .call("getattr", |fs| {
-                    let mut req = fs.getattr_request();
-                    req.get().set_ino(ino.0);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        let ttl = Duration::from_millis(u64::from(r.get_attr_ttl_ms()));
-                        Ok(Ok((attr_from(r.get_attr()?, owner), ttl)))
-                    }
-                })
-                .await;
-            match finish(res) {
-                Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+        self.t.call(
+            "getattr",
+            |mut r| r.set_getattr(ino.0),
+            move |res| match body(res) {
+                Ok(response::Attr(a)) => match a.get_attr() {
+                    Ok(attr) => reply.attr(
+                        &Duration::from_millis(u64::from(a.get_ttl_ms())),
+                        &attr_from(attr, owner),
+                    ),
+                    Err(_) => reply.error(Errno::EIO),
+                },
+                Ok(_) => reply.error(Errno::EIO),
                 Err(errno) => reply.error(errno),
-            }
-        });
+            },
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.submit(move |link| async move {
-            let res = link
-                .call("opendir", |fs| {
-                    let mut req = fs.opendir_request();
-                    req.get().set_ino(ino.0);
-                    req.get().set_flags(flags.0 as u32);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        Ok(Ok(r.get_fh()))
-                    }
-                })
-                .await;
-            match finish(res) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        self.t.call(
+            "opendir",
+            |r| {
+                let mut o = r.init_opendir();
+                o.set_ino(ino.0);
+                o.set_flags(flags.0 as u32);
+            },
+            move |res| match body(res) {
+                Ok(response::Opened(o)) => {
+                    reply.opened(FileHandle(o.get_fh()), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Ok(_) => reply.error(Errno::EIO),
                 Err(errno) => reply.error(errno),
-            }
-        });
+            },
+        );
     }
 
     fn readdir(
@@ -237,56 +203,39 @@ impl Filesystem for ShimFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.submit(move |link| async move {
-            let res = link
-                .call("readdir", |fs| {
-                    let mut req = fs.readdir_request();
-                    {
-                        let mut p = req.get();
-                        p.set_ino(ino.0);
-                        p.set_fh(fh.0);
-                        p.set_offset(offset);
-                        p.set_max_entries(READDIR_BATCH);
-                        p.set_plus(false);
+        self.t.call(
+            "readdir",
+            |r| {
+                let mut p = r.init_readdir();
+                p.set_ino(ino.0);
+                p.set_fh(fh.0);
+                p.set_offset(offset);
+                p.set_max_entries(READDIR_BATCH);
+                p.set_plus(false);
+            },
+            move |res| {
+                let entries = match body(res) {
+                    Ok(response::Entries(Ok(e))) => e,
+                    Ok(_) => return reply.error(Errno::EIO),
+                    Err(errno) => return reply.error(errno),
+                };
+                for e in entries.iter() {
+                    let (Ok(name), Ok(entry)) = (e.get_name(), e.get_entry()) else {
+                        continue;
+                    };
+                    let Ok(a) = entry.get_attr() else { continue };
+                    if reply.add(
+                        INodeNo(a.get_ino()),
+                        e.get_offset(),
+                        kind_of(a),
+                        OsStr::from_bytes(name),
+                    ) {
+                        break;
                     }
-                    async move { req.send().promise.await }
-                })
-                .await;
-            let resp = match res {
-                Ok(resp) => resp,
-                Err(e) => return reply.error(e.errno()),
-            };
-            let r = match resp.get() {
-                Ok(r) => r,
-                Err(_) => return reply.error(Errno::EIO),
-            };
-            if r.get_errno() != 0 {
-                return reply.error(Errno::from_i32(r.get_errno()));
-            }
-            let Ok(entries) = r.get_entries() else {
-                return reply.error(Errno::EIO);
-            };
-            for e in entries.iter() {
-                let (Ok(name), Ok(entry)) = (e.get_name(), e.get_entry()) else {
-                    continue;
-                };
-                let Ok(a) = entry.get_attr() else { continue };
-                let kind = match a.get_kind() {
-                    Ok(NodeKind::Directory) => FileType::Directory,
-                    Ok(NodeKind::Symlink) => FileType::Symlink,
-                    _ => FileType::RegularFile,
-                };
-                if reply.add(
-                    INodeNo(a.get_ino()),
-                    e.get_offset(),
-                    kind,
-                    OsStr::from_bytes(name),
-                ) {
-                    break;
                 }
-            }
-            reply.ok();
-        });
+                reply.ok();
+            },
+        );
     }
 
     fn readdirplus(
@@ -298,55 +247,43 @@ impl Filesystem for ShimFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let owner = self.owner();
-        self.submit(move |link| async move {
-            let res = link
-                .call("readdirplus", |fs| {
-                    let mut req = fs.readdir_request();
-                    {
-                        let mut p = req.get();
-                        p.set_ino(ino.0);
-                        p.set_fh(fh.0);
-                        p.set_offset(offset);
-                        p.set_max_entries(READDIRPLUS_BATCH);
-                        p.set_plus(true);
+        self.t.call(
+            "readdirplus",
+            |r| {
+                let mut p = r.init_readdir();
+                p.set_ino(ino.0);
+                p.set_fh(fh.0);
+                p.set_offset(offset);
+                p.set_max_entries(READDIRPLUS_BATCH);
+                p.set_plus(true);
+            },
+            move |res| {
+                let entries = match body(res) {
+                    Ok(response::Entries(Ok(e))) => e,
+                    Ok(_) => return reply.error(Errno::EIO),
+                    Err(errno) => return reply.error(errno),
+                };
+                for e in entries.iter() {
+                    let (Ok(name), Ok(entry)) = (e.get_name(), e.get_entry()) else {
+                        continue;
+                    };
+                    let Ok(entry) = entry_from(entry, owner) else {
+                        continue;
+                    };
+                    if reply.add(
+                        entry.attr.ino,
+                        e.get_offset(),
+                        OsStr::from_bytes(name),
+                        &entry.ttl,
+                        &entry.attr,
+                        Generation(entry.generation),
+                    ) {
+                        break;
                     }
-                    async move { req.send().promise.await }
-                })
-                .await;
-            let resp = match res {
-                Ok(resp) => resp,
-                Err(e) => return reply.error(e.errno()),
-            };
-            let r = match resp.get() {
-                Ok(r) => r,
-                Err(_) => return reply.error(Errno::EIO),
-            };
-            if r.get_errno() != 0 {
-                return reply.error(Errno::from_i32(r.get_errno()));
-            }
-            let Ok(entries) = r.get_entries() else {
-                return reply.error(Errno::EIO);
-            };
-            for e in entries.iter() {
-                let (Ok(name), Ok(entry)) = (e.get_name(), e.get_entry()) else {
-                    continue;
-                };
-                let Ok(entry) = entry_from(entry, owner) else {
-                    continue;
-                };
-                if reply.add(
-                    entry.attr.ino,
-                    e.get_offset(),
-                    OsStr::from_bytes(name),
-                    &entry.ttl,
-                    &entry.attr,
-                    Generation(entry.generation),
-                ) {
-                    break;
                 }
-            }
-            reply.ok();
-        });
+                reply.ok();
+            },
+        );
     }
 
     fn releasedir(
@@ -357,16 +294,12 @@ impl Filesystem for ShimFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.submit(move |link| async move {
-            let _ = link
-                .call("releasedir", |fs| {
-                    let mut req = fs.releasedir_request();
-                    req.get().set_ino(ino.0);
-                    req.get().set_fh(fh.0);
-                    async move { req.send().promise.await.map(|_| ()) }
-                })
-                .await;
-            reply.ok();
+        // The kernel ignores releasedir errors: answer now, tell the engine after.
+        reply.ok();
+        self.t.send_oneway(|r| {
+            let mut p = r.init_releasedir();
+            p.set_ino(ino.0);
+            p.set_fh(fh.0);
         });
     }
 
@@ -375,34 +308,26 @@ impl Filesystem for ShimFs {
         if raw & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) != 0 {
             return reply.error(Errno::EROFS);
         }
-        self.submit(move |link| async move {
-            let res = link
-                .call("open", |fs| {
-                    let mut req = fs.open_request();
-                    req.get().set_ino(ino.0);
-                    req.get().set_flags(raw as u32);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        Ok(Ok((r.get_fh(), r.get_keep_cache())))
-                    }
-                })
-                .await;
-            match finish(res) {
-                Ok((fh, keep)) => {
-                    let flags = if keep {
+        self.t.call(
+            "open",
+            |r| {
+                let mut o = r.init_open();
+                o.set_ino(ino.0);
+                o.set_flags(raw as u32);
+            },
+            move |res| match body(res) {
+                Ok(response::Opened(o)) => {
+                    let flags = if o.get_keep_cache() {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
-                    reply.opened(FileHandle(fh), flags);
+                    reply.opened(FileHandle(o.get_fh()), flags);
                 }
+                Ok(_) => reply.error(Errno::EIO),
                 Err(errno) => reply.error(errno),
-            }
-        });
+            },
+        );
     }
 
     fn read(
@@ -416,33 +341,21 @@ impl Filesystem for ShimFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.submit(move |link| async move {
-            let res = link
-                .call("read", |fs| {
-                    let mut req = fs.read_request();
-                    {
-                        let mut p = req.get();
-                        p.set_ino(ino.0);
-                        p.set_fh(fh.0);
-                        p.set_offset(offset);
-                        p.set_size(size);
-                    }
-                    async move { req.send().promise.await }
-                })
-                .await;
-            let resp = match res {
-                Ok(resp) => resp,
-                Err(e) => return reply.error(e.errno()),
-            };
-            match resp.get() {
-                Ok(r) if r.get_errno() != 0 => reply.error(Errno::from_i32(r.get_errno())),
-                Ok(r) => match r.get_data() {
-                    Ok(data) => reply.data(data),
-                    Err(_) => reply.error(Errno::EIO),
-                },
-                Err(_) => reply.error(Errno::EIO),
-            }
-        });
+        self.t.call(
+            "read",
+            |r| {
+                let mut p = r.init_read();
+                p.set_ino(ino.0);
+                p.set_fh(fh.0);
+                p.set_offset(offset);
+                p.set_size(size);
+            },
+            move |res| match body(res) {
+                Ok(response::Data(Ok(data))) => reply.data(data),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(errno) => reply.error(errno),
+            },
+        );
     }
 
     fn release(
@@ -455,130 +368,81 @@ impl Filesystem for ShimFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // The kernel ignores release errors; answer at once and tell the engine after.
+        // The kernel ignores release errors: answer now, tell the engine after.
         reply.ok();
-        self.submit(move |link| async move {
-            let _ = link
-                .call("release", |fs| {
-                    let mut req = fs.release_request();
-                    req.get().set_ino(ino.0);
-                    req.get().set_fh(fh.0);
-                    async move { req.send().promise.await.map(|_| ()) }
-                })
-                .await;
+        self.t.send_oneway(|r| {
+            let mut p = r.init_release();
+            p.set_ino(ino.0);
+            p.set_fh(fh.0);
         });
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.submit(move |link| async move {
-            let res = link
-                .call("statfs", |fs| {
-                    let mut req = fs.statfs_request();
-                    req.get().set_ino(ino.0);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        let s = r.get_statfs()?;
-                        Ok(Ok([
-                            s.get_blocks(),
-                            s.get_bfree(),
-                            s.get_bavail(),
-                            s.get_files(),
-                            s.get_ffree(),
-                            u64::from(s.get_bsize()),
-                            u64::from(s.get_namelen()),
-                            u64::from(s.get_frsize()),
-                        ]))
-                    }
-                })
-                .await;
-            match finish(res) {
-                Ok([blocks, bfree, bavail, files, ffree, bsize, namelen, frsize]) => reply.statfs(
-                    blocks,
-                    bfree,
-                    bavail,
-                    files,
-                    ffree,
-                    bsize as u32,
-                    namelen as u32,
-                    frsize as u32,
+        self.t.call(
+            "statfs",
+            |mut r| r.set_statfs(ino.0),
+            move |res| match body(res) {
+                Ok(response::Statfs(Ok(s))) => reply.statfs(
+                    s.get_blocks(),
+                    s.get_bfree(),
+                    s.get_bavail(),
+                    s.get_files(),
+                    s.get_ffree(),
+                    s.get_bsize(),
+                    s.get_namelen(),
+                    s.get_frsize(),
                 ),
+                Ok(_) => reply.error(Errno::EIO),
                 Err(errno) => reply.error(errno),
-            }
-        });
+            },
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.submit(move |link| async move {
-            let res = link
-                .call("readlink", |fs| {
-                    let mut req = fs.readlink_request();
-                    req.get().set_ino(ino.0);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        Ok(Ok(r.get_target()?.to_vec()))
-                    }
-                })
-                .await;
-            match finish(res) {
-                Ok(target) => reply.data(&target),
+        self.t.call(
+            "readlink",
+            |mut r| r.set_readlink(ino.0),
+            move |res| match body(res) {
+                Ok(response::Data(Ok(target))) => reply.data(target),
+                Ok(_) => reply.error(Errno::EIO),
                 Err(errno) => reply.error(errno),
-            }
-        });
+            },
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let name = name.as_bytes().to_vec();
-        self.submit(move |link| async move {
-            let res = link
-                .call("getxattr", |fs| {
-                    let mut req = fs.getxattr_request();
-                    req.get().set_ino(ino.0);
-                    req.get().set_name(&name);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        Ok(Ok(r.get_value()?.to_vec()))
-                    }
-                })
-                .await;
-            reply_xattr(reply, size, finish(res));
-        });
+        self.t.call(
+            "getxattr",
+            |r| {
+                let mut g = r.init_getxattr();
+                g.set_ino(ino.0);
+                g.set_name(name.as_bytes());
+            },
+            move |res| match body(res) {
+                Ok(response::Data(Ok(v))) => reply_xattr(reply, size, Ok(v)),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(errno) => reply.error(errno),
+            },
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.submit(move |link| async move {
-            let res = link
-                .call("listxattr", |fs| {
-                    let mut req = fs.listxattr_request();
-                    req.get().set_ino(ino.0);
-                    async move {
-                        let resp = req.send().promise.await?;
-                        let r = resp.get()?;
-                        if r.get_errno() != 0 {
-                            return Ok(Err(r.get_errno()));
-                        }
-                        let mut out = Vec::new();
-                        for n in r.get_names()?.iter() {
-                            out.extend_from_slice(n?);
-                            out.push(0);
-                        }
-                        Ok(Ok(out))
+        self.t.call(
+            "listxattr",
+            |mut r| r.set_listxattr(ino.0),
+            move |res| match body(res) {
+                Ok(response::Names(Ok(names))) => {
+                    let mut out = Vec::new();
+                    for n in names.iter().flatten() {
+                        out.extend_from_slice(n);
+                        out.push(0);
                     }
-                })
-                .await;
-            reply_xattr(reply, size, finish(res));
-        });
+                    reply_xattr(reply, size, Ok(&out));
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(errno) => reply.error(errno),
+            },
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -761,11 +625,11 @@ impl Filesystem for ShimFs {
     }
 }
 
-fn reply_xattr(reply: ReplyXattr, size: u32, res: Result<Vec<u8>, Errno>) {
+fn reply_xattr(reply: ReplyXattr, size: u32, res: Result<&[u8], Errno>) {
     match res {
         Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
         Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(&v),
+        Ok(v) => reply.data(v),
         Err(errno) => reply.error(errno),
     }
 }

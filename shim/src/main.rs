@@ -61,19 +61,13 @@ fn run(args: Args) -> Result<()> {
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("cannot block signals")?;
 
-    let (jobs, first) = rpc::start(
+    let transport = rpc::Transport::start(
         args.socket.clone(),
         Duration::from_millis(args.request_timeout_ms),
     )
-    .context("cannot start the RPC thread")?;
-    match first.recv_timeout(Duration::from_millis(args.connect_timeout_ms)) {
-        Ok(Ok(())) => {}
-        Ok(Err(msg)) => bail!("the engine refused this shim: {msg}"),
-        Err(_) => bail!(
-            "no engine answered at {} within {} ms",
-            args.socket.display(),
-            args.connect_timeout_ms
-        ),
+    .context("cannot start the transport threads")?;
+    if let Err(why) = transport.wait_first_engine(Duration::from_millis(args.connect_timeout_ms)) {
+        bail!("{why}");
     }
 
     let mut config = Config::default();
@@ -93,7 +87,7 @@ fn run(args: Args) -> Result<()> {
     };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(fs::ShimFs::new(jobs), &args.mountpoint, &config)
+    let mut session = fuser::Session::new(fs::ShimFs::new(transport), &args.mountpoint, &config)
         .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     info!(mountpoint = %args.mountpoint.display(), "mounted");

@@ -1,48 +1,48 @@
-//! The shim's side of the engine connection.
+//! The shim's side of the engine connection: Cap'n Proto frames on a unix
+//! socket (see `schema/musicfs.capnp`), multiplexed by request id.
 //!
-//! capnp-rpc is `!Send`, so one dedicated thread owns the connection: a
-//! current-thread runtime with a `LocalSet`. FUSE threads hand it jobs through
-//! a bounded channel and return at once; each job runs as a local task, makes
-//! its round trip and sends the FUSE reply from this thread.
-//!
-//! The connection is kept by `Link`: it connects (and reconnects after the
-//! engine goes away), checks the protocol version, and hands out the current
-//! `DataPlane` client. A call that finds no engine waits for one until the
-//! request's deadline; a call that loses its engine mid-way is sent again to
-//! the next one (every data-plane call is idempotent).
+//! - A FUSE thread builds its request, files it in the pending table (with the
+//!   reply inside a completion closure) and writes it to the socket; it never
+//!   waits for the answer.
+//! - One reader thread per connection reads responses and runs the matching
+//!   completion, which sends the FUSE reply.
+//! - The connector thread (re)connects, checks the protocol version with
+//!   `hello`, and then sends every pending request again: a request whose
+//!   engine died is replayed to the next one (all requests are idempotent).
+//!   Requests made while no engine is there wait in the table (parked).
+//! - The deadline thread fails every request older than its deadline with
+//!   ETIMEDOUT and one log line. Nothing waits forever.
 
-use std::cell::RefCell;
-use std::future::Future;
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use futures::AsyncReadExt;
-use musicfs_schema::{data_plane, engine};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
-use tokio_util::compat::TokioAsyncReadCompatExt;
+use musicfs_schema::{request, response};
+use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 
-/// A unit of work for the RPC thread.
-pub type Job = Box<dyn FnOnce(Rc<Link>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
-
-/// Jobs queued before FUSE threads block (back-pressure, not unbounded memory).
-pub const JOB_QUEUE_CAPACITY: usize = 16 * 1024;
+/// Requests in flight (sent or parked) before new ones are refused with EAGAIN.
+pub const MAX_PENDING: usize = 64 * 1024;
 /// Pause between connection attempts while no engine answers.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+/// How often deadlines are checked.
+const DEADLINE_TICK: Duration = Duration::from_millis(50);
+/// How long the engine may take to answer hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a call failed, as the FUSE caller will see it.
+/// Why a request failed, as the FUSE caller will see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallError {
     /// No engine answered before the deadline.
     Timeout,
-    /// The engine refused our protocol version.
+    /// The engine refused this shim's protocol version.
     Incompatible,
-    /// The engine answered with an RPC exception (a bug, not a FUSE errno).
-    Failed,
+    /// Too many requests in flight.
+    Overloaded,
 }
 
 impl CallError {
@@ -50,180 +50,254 @@ impl CallError {
         match self {
             CallError::Timeout => fuser::Errno::ETIMEDOUT,
             CallError::Incompatible => fuser::Errno::from_i32(libc::EPROTO),
-            CallError::Failed => fuser::Errno::EIO,
+            CallError::Overloaded => fuser::Errno::from_i32(libc::EAGAIN),
         }
     }
 }
 
-#[derive(Clone)]
-enum LinkState {
-    Connecting,
-    Ready(data_plane::Client, u64),
-    Incompatible(String),
+/// Runs once with the engine's response (or the reason there is none).
+pub type Completion = Box<dyn for<'a> FnOnce(Result<response::Reader<'a>, CallError>) + Send>;
+
+struct Pending {
+    what: &'static str,
+    frame: Arc<Vec<u8>>,
+    deadline: Instant,
+    done: Completion,
 }
 
-/// The connection to the engine, owned by the RPC thread.
-pub struct Link {
-    state: watch::Sender<LinkState>,
+enum Link {
+    /// No engine yet (or it went away); requests park.
+    Down,
+    Up {
+        stream: UnixStream,
+        generation: u64,
+    },
+    /// The engine refused our protocol version.
+    Refused(String),
+}
+
+struct State {
+    link: Mutex<Link>,
+    changed: Condvar,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
     request_timeout: Duration,
-    generation: RefCell<u64>,
+    socket: PathBuf,
 }
 
-impl Link {
-    /// The current engine, waiting for one until `deadline`.
-    async fn client(&self, deadline: Instant) -> Result<(data_plane::Client, u64), CallError> {
-        let mut rx = self.state.subscribe();
-        loop {
-            match &*rx.borrow_and_update() {
-                LinkState::Ready(c, generation) => return Ok((c.clone(), *generation)),
-                LinkState::Incompatible(_) => return Err(CallError::Incompatible),
-                LinkState::Connecting => {}
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(CallError::Timeout),
-            }
-        }
-    }
+/// The shim's handle on the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    state: Arc<State>,
+}
 
-    fn mark_broken(&self, generation: u64) {
-        self.state.send_if_modified(|s| match s {
-            LinkState::Ready(_, g) if *g == generation => {
-                *s = LinkState::Connecting;
-                true
-            }
-            _ => false,
+impl Transport {
+    /// Starts the connector and deadline threads.
+    pub fn start(socket: PathBuf, request_timeout: Duration) -> std::io::Result<Transport> {
+        let state = Arc::new(State {
+            link: Mutex::new(Link::Down),
+            changed: Condvar::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            request_timeout,
+            socket,
         });
+        let s = state.clone();
+        std::thread::Builder::new()
+            .name("musicfs-connect".into())
+            .spawn(move || connector(&s))?;
+        let s = state.clone();
+        std::thread::Builder::new()
+            .name("musicfs-deadline".into())
+            .spawn(move || deadlines(&s))?;
+        Ok(Transport { state })
     }
 
-    /// Runs `f` against the engine until it answers, the deadline passes, or
-    /// it fails for a reason other than a lost connection.
-    pub async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, CallError>
-    where
-        F: Fn(data_plane::Client) -> Fut,
-        Fut: Future<Output = Result<T, capnp::Error>>,
-    {
-        let deadline = Instant::now() + self.request_timeout;
+    /// Waits until an engine serves (Ok) or refuses us (Err with its reason),
+    /// at most `timeout`.
+    pub fn wait_first_engine(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut link = self.state.link.lock();
         loop {
-            let (client, generation) = match self.client(deadline).await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(
-                        op = what,
-                        "no engine answered within {} ms; failing the request",
-                        self.request_timeout.as_millis()
-                    );
-                    return Err(e);
-                }
-            };
-            match tokio::time::timeout_at(deadline, f(client)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if e.kind == capnp::ErrorKind::Disconnected => {
-                    debug!(
-                        op = what,
-                        "engine connection lost mid-call; retrying on the next one"
-                    );
-                    self.mark_broken(generation);
-                }
-                Ok(Err(e)) => {
-                    error!(op = what, "engine call failed: {e}");
-                    return Err(CallError::Failed);
-                }
-                Err(_) => {
-                    warn!(
-                        op = what,
-                        "engine did not answer within {} ms; failing the request",
-                        self.request_timeout.as_millis()
-                    );
-                    return Err(CallError::Timeout);
-                }
+            match &*link {
+                Link::Up { .. } => return Ok(()),
+                Link::Refused(why) => return Err(why.clone()),
+                Link::Down => {}
+            }
+            if self
+                .state
+                .changed
+                .wait_until(&mut link, deadline)
+                .timed_out()
+            {
+                return Err(format!(
+                    "no engine answered at {} within {} ms",
+                    self.state.socket.display(),
+                    timeout.as_millis()
+                ));
             }
         }
     }
+
+    /// Sends a one-way request (forget, release): no answer, no replay. Lost
+    /// when no engine is connected, which is harmless for these.
+    pub fn send_oneway(&self, build: impl FnOnce(request::Builder<'_>)) {
+        let mut msg = capnp::message::Builder::new_default();
+        let mut root = msg.init_root::<request::Builder<'_>>();
+        root.set_id(0);
+        build(root);
+        write_frame(&self.state, &musicfs_schema::to_frame(&msg));
+    }
+
+    /// Sends a request; `done` runs exactly once, on another thread, with the
+    /// response or the reason there is none.
+    pub fn call(
+        &self,
+        what: &'static str,
+        build: impl FnOnce(request::Builder<'_>),
+        done: impl for<'a> FnOnce(Result<response::Reader<'a>, CallError>) + Send + 'static,
+    ) {
+        let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut msg = capnp::message::Builder::new_default();
+        let mut root = msg.init_root::<request::Builder<'_>>();
+        root.set_id(id);
+        build(root);
+        let frame = Arc::new(musicfs_schema::to_frame(&msg));
+        {
+            let mut pending = self.state.pending.lock();
+            if pending.len() >= MAX_PENDING {
+                drop(pending);
+                warn!(
+                    op = what,
+                    "{MAX_PENDING} requests in flight; refusing with EAGAIN"
+                );
+                done(Err(CallError::Overloaded));
+                return;
+            }
+            if let Link::Refused(_) = &*self.state.link.lock() {
+                drop(pending);
+                done(Err(CallError::Incompatible));
+                return;
+            }
+            pending.insert(
+                id,
+                Pending {
+                    what,
+                    frame: frame.clone(),
+                    deadline: Instant::now() + self.state.request_timeout,
+                    done: Box::new(done),
+                },
+            );
+        }
+        // Filed first, written second: the answer can only come after this.
+        write_frame(&self.state, &frame);
+    }
 }
 
-/// Connects, says hello, and keeps reconnecting for as long as the thread lives.
-async fn connection_loop(link: Rc<Link>, socket: PathBuf) {
-    let mut logged_waiting = false;
+/// Writes a frame to the current engine, if there is one. A failed write
+/// takes the link down; the request stays pending and is replayed.
+fn write_frame(state: &State, frame: &[u8]) {
+    let mut link = state.link.lock();
+    let generation = match &mut *link {
+        Link::Up { stream, generation } => match stream.write_all(frame) {
+            Ok(()) => return,
+            Err(e) => {
+                debug!("write to the engine failed: {e}");
+                *generation
+            }
+        },
+        _ => return,
+    };
+    link_down(state, &mut link, generation);
+}
+
+fn link_down(state: &State, link: &mut Link, generation: u64) {
+    if let Link::Up {
+        stream,
+        generation: g,
+    } = link
+        && *g == generation
+    {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        *link = Link::Down;
+        warn!(
+            generation,
+            "engine connection lost; requests park until an engine is back"
+        );
+        state.changed.notify_all();
+    }
+}
+
+fn complete(state: &State, id: u64, result: Result<response::Reader<'_>, CallError>) {
+    let entry = state.pending.lock().remove(&id);
+    match entry {
+        Some(p) => (p.done)(result),
+        // Answered twice (replayed around a reconnect) or already timed out.
+        None => debug!(id, "response for a request no longer pending"),
+    }
+}
+
+fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
+    let mut r = BufReader::with_capacity(256 * 1024, stream);
     loop {
-        match connect_once(&socket).await {
-            Ok((client, rpc_done)) => {
-                let generation = {
-                    let mut g = link.generation.borrow_mut();
-                    *g += 1;
-                    *g
-                };
-                info!(generation, "connected to the engine");
-                logged_waiting = false;
-                link.state
-                    .send_replace(LinkState::Ready(client, generation));
-                // Wait until this connection ends.
-                let _ = rpc_done.await;
-                warn!("engine connection lost; reconnecting");
-                link.mark_broken(generation);
+        let msg = match musicfs_schema::read_frame(&mut r) {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                warn!("bad frame from the engine: {e}");
+                break;
             }
-            Err(ConnectError::Incompatible(msg)) => {
-                error!("{msg}");
-                link.state.send_replace(LinkState::Incompatible(msg));
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(ConnectError::Unavailable(e)) => {
-                if !logged_waiting {
-                    info!("waiting for the engine at {}: {e}", socket.display());
-                    logged_waiting = true;
-                }
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+        };
+        match msg.get_root::<response::Reader<'_>>() {
+            Ok(resp) => complete(&state, resp.get_id(), Ok(resp)),
+            Err(e) => {
+                warn!("bad response from the engine: {e}");
+                break;
             }
         }
     }
+    let mut link = state.link.lock();
+    link_down(&state, &mut link, generation);
 }
 
-enum ConnectError {
-    Unavailable(String),
-    Incompatible(String),
-}
-
-async fn connect_once(
-    socket: &PathBuf,
-) -> Result<(data_plane::Client, tokio::sync::oneshot::Receiver<()>), ConnectError> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
-    let (reader, writer) = stream.compat().split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let bootstrap: engine::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    tokio::task::spawn_local(async move {
-        if let Err(e) = rpc.await {
-            debug!("rpc system ended: {e}");
-        }
-        let _ = done_tx.send(());
-    });
-    let mut req = bootstrap.hello_request();
-    req.get()
-        .set_client_protocol(musicfs_schema::PROTOCOL_VERSION);
-    req.get()
-        .set_client_name(concat!("musicfs-shim ", env!("CARGO_PKG_VERSION")));
-    let hello = tokio::time::timeout(Duration::from_secs(10), req.send().promise)
-        .await
-        .map_err(|_| ConnectError::Unavailable("hello timed out".into()))?
-        .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
-    let r = hello
-        .get()
-        .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
-    let server = (r.get_min_server_protocol(), r.get_server_protocol());
+/// Connects and says hello. Err(Some(reason)) when the engine refuses us.
+fn handshake(socket: &PathBuf) -> Result<UnixStream, Option<String>> {
+    let mut stream = UnixStream::connect(socket).map_err(|_| None)?;
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut root = msg.init_root::<request::Builder<'_>>();
+        root.set_id(0);
+        let mut h = root.init_hello();
+        h.set_min_protocol(musicfs_schema::MIN_PROTOCOL_VERSION);
+        h.set_max_protocol(musicfs_schema::PROTOCOL_VERSION);
+        h.set_peer_name(concat!("musicfs-shim ", env!("CARGO_PKG_VERSION")));
+    }
+    stream
+        .write_all(&musicfs_schema::to_frame(&msg))
+        .map_err(|_| None)?;
+    stream
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .map_err(|_| None)?;
+    let mut r = BufReader::new(stream.try_clone().map_err(|_| None)?);
+    let answer = musicfs_schema::read_frame(&mut r).map_err(|e| {
+        debug!("no hello from the engine: {e}");
+        None
+    })?;
+    let answer = answer.ok_or(None)?;
+    let resp = answer
+        .get_root::<response::Reader<'_>>()
+        .map_err(|_| None)?;
+    let response::Hello(h) = resp.which().map_err(|_| None)? else {
+        return Err(Some("the engine did not answer hello".into()));
+    };
+    let theirs = h.get_hello().map_err(|_| None)?;
+    let theirs = (theirs.get_min_protocol(), theirs.get_max_protocol());
     let ours = (
         musicfs_schema::MIN_PROTOCOL_VERSION,
         musicfs_schema::PROTOCOL_VERSION,
     );
-    if r.get_errno() != 0 || !musicfs_schema::compatible(ours, server) {
-        let msg = r
+    if resp.get_errno() != 0 || !musicfs_schema::compatible(ours, theirs) {
+        let why = h
             .get_message()
             .ok()
             .and_then(|m| m.to_str().ok())
@@ -231,67 +305,125 @@ async fn connect_once(
             .map(str::to_string)
             .unwrap_or_else(|| {
                 format!(
-                    "engine speaks protocol {}..={}, this shim {}..={}: incompatible",
-                    server.0, server.1, ours.0, ours.1
+                    "the engine speaks protocol {}..={}, this shim {}..={}",
+                    theirs.0, theirs.1, ours.0, ours.1
                 )
             });
-        return Err(ConnectError::Incompatible(msg));
+        return Err(Some(why));
     }
-    let fs = r
-        .get_fs()
-        .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
-    Ok((fs, done_rx))
+    stream.set_read_timeout(None).map_err(|_| None)?;
+    // Anything buffered past hello would be lost with `r`; the engine sends
+    // nothing before our next request, so the buffer is empty.
+    debug_assert!(r.buffer().is_empty());
+    Ok(stream)
 }
 
-/// Reports the outcome of the first connection: Ok once an engine serves,
-/// or the reason the engine refused this shim.
-pub type FirstConnection = std::sync::mpsc::Receiver<Result<(), String>>;
-
-/// Starts the RPC thread. Returns the job sender and a receiver that reports
-/// the first connection attempt's outcome (Ok once an engine is ready).
-pub fn start(
-    socket: PathBuf,
-    request_timeout: Duration,
-) -> std::io::Result<(mpsc::Sender<Job>, FirstConnection)> {
-    let (tx, mut rx) = mpsc::channel::<Job>(JOB_QUEUE_CAPACITY);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("musicfs-rpc".into())
-        .spawn(move || {
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                let (state, _) = watch::channel(LinkState::Connecting);
-                let link = Rc::new(Link {
-                    state,
-                    request_timeout,
-                    generation: RefCell::new(0),
-                });
-                // Report the first outcome to main.
-                let mut watch_rx = link.state.subscribe();
-                tokio::task::spawn_local(async move {
-                    loop {
-                        let outcome = match &*watch_rx.borrow_and_update() {
-                            LinkState::Ready(..) => Some(Ok(())),
-                            LinkState::Incompatible(m) => Some(Err(m.clone())),
-                            LinkState::Connecting => None,
-                        };
-                        if let Some(o) = outcome {
-                            let _ = ready_tx.send(o);
-                            return;
-                        }
-                        if watch_rx.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                tokio::task::spawn_local(connection_loop(link.clone(), socket));
-                while let Some(job) = rx.recv().await {
-                    tokio::task::spawn_local(job(link.clone()));
+fn connector(state: &Arc<State>) {
+    let mut generation = 0u64;
+    let mut logged_waiting = false;
+    loop {
+        // Wait while connected.
+        {
+            let mut link = state.link.lock();
+            while let Link::Up { .. } = &*link {
+                state.changed.wait(&mut link);
+            }
+        }
+        match handshake(&state.socket) {
+            Ok(stream) => {
+                generation += 1;
+                let Ok(read_half) = stream.try_clone() else {
+                    std::thread::sleep(RECONNECT_PAUSE);
+                    continue;
+                };
+                {
+                    let mut link = state.link.lock();
+                    *link = Link::Up { stream, generation };
+                    state.changed.notify_all();
                 }
-            });
-        })?;
-    Ok((tx, ready_rx))
+                info!(generation, "connected to the engine");
+                logged_waiting = false;
+                let s = state.clone();
+                if let Err(e) = std::thread::Builder::new()
+                    .name("musicfs-reader".into())
+                    .spawn(move || reader(s, read_half, generation))
+                {
+                    error!("cannot start the reader thread: {e}");
+                    let mut link = state.link.lock();
+                    link_down(state, &mut link, generation);
+                    continue;
+                }
+                replay(state);
+            }
+            Err(Some(why)) => {
+                error!("the engine refused this shim: {why}");
+                let failed: Vec<Pending> = {
+                    *state.link.lock() = Link::Refused(why);
+                    state.changed.notify_all();
+                    state.pending.lock().drain().map(|(_, p)| p).collect()
+                };
+                for p in failed {
+                    (p.done)(Err(CallError::Incompatible));
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                // Try again: a compatible engine may replace this one.
+                *state.link.lock() = Link::Down;
+            }
+            Err(None) => {
+                if !logged_waiting {
+                    info!("waiting for an engine at {}", state.socket.display());
+                    logged_waiting = true;
+                }
+                std::thread::sleep(RECONNECT_PAUSE);
+            }
+        }
+    }
+}
+
+/// Sends every pending request to the new engine, oldest first.
+fn replay(state: &State) {
+    let mut frames: Vec<(u64, Arc<Vec<u8>>)> = state
+        .pending
+        .lock()
+        .iter()
+        .map(|(id, p)| (*id, p.frame.clone()))
+        .collect();
+    if frames.is_empty() {
+        return;
+    }
+    frames.sort_by_key(|(id, _)| *id);
+    info!(
+        requests = frames.len(),
+        "replaying pending requests to the new engine"
+    );
+    for (_, frame) in frames {
+        write_frame(state, &frame);
+    }
+}
+
+fn deadlines(state: &Arc<State>) {
+    loop {
+        std::thread::sleep(DEADLINE_TICK);
+        let now = Instant::now();
+        let expired: Vec<(u64, Pending)> = {
+            let mut pending = state.pending.lock();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
+        for (id, p) in expired {
+            warn!(
+                id,
+                op = p.what,
+                "no engine answered within {} ms; failing the request with ETIMEDOUT",
+                state.request_timeout.as_millis()
+            );
+            (p.done)(Err(CallError::Timeout));
+        }
+    }
 }
