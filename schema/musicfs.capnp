@@ -84,7 +84,9 @@ struct Request {
     readdir :group { ino @8 :UInt64; fh @9 :UInt64; offset @10 :UInt64;
                      maxEntries @11 :UInt32; plus @12 :Bool; }
     releasedir :group { ino @13 :UInt64; fh @14 :UInt64; }
-    open :group { ino @15 :UInt64; flags @16 :UInt32; }
+    # `passthrough`: the shim can take the origin file itself (an fd passed
+    # with SCM_RIGHTS) for kernel passthrough reads.
+    open :group { ino @15 :UInt64; flags @16 :UInt32; passthrough @29 :Bool; }
     read :group { ino @17 :UInt64; fh @18 :UInt64; offset @19 :UInt64; size @20 :UInt32; }
     release :group { ino @21 :UInt64; fh @22 :UInt64; }
     statfs @23 :UInt64;                      # ino
@@ -106,7 +108,9 @@ struct Response {
     }
     entry @5 :Entry;                         # lookup
     attr :group { attr @6 :Attr; ttlMs @7 :UInt32; }   # getattr
-    opened :group { fh @8 :UInt64; keepCache @9 :Bool; }  # open, opendir
+    # `fdAttached`: the origin file's fd travels with this frame (SCM_RIGHTS
+    # on its first byte); only when the open asked for passthrough.
+    opened :group { fh @8 :UInt64; keepCache @9 :Bool; fdAttached @16 :Bool; }  # open, opendir
     entries @10 :List(DirEntry);             # readdir
     data @11 :Data;                          # read, readlink, getxattr
     statfs @12 :Statfs;

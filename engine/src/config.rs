@@ -34,6 +34,9 @@ pub struct Config {
     pub entry_ttl_ms: u32,
     /// Deadline for one request from the shim to the engine, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Let the kernel read local origin files directly (FUSE passthrough,
+    /// Linux >= 6.9, needs CAP_SYS_ADMIN); falls back by itself when unavailable.
+    pub passthrough: bool,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             scan_threads: 0,
             entry_ttl_ms: 60_000,
             request_timeout_ms: 30_000,
+            passthrough: true,
         }
     }
 }

@@ -135,6 +135,9 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
     if config.allow_other {
         cmd.arg("--allow-other");
     }
+    if !config.passthrough {
+        cmd.arg("--no-passthrough");
+    }
     cmd.env("MUSICFS_LOG", &config.log_level)
         .stdin(Stdio::null())
         .process_group(0)

@@ -243,6 +243,29 @@ fn fill_entry(
 /// A connection's write half; responses are written whole under its lock.
 type Writer = Arc<Mutex<UnixStream>>;
 
+/// Sends a frame with `fd` attached (SCM_RIGHTS on its first byte).
+fn send_with_fd(writer: &Writer, frame: &[u8], fd: &File) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let mut w = writer.lock();
+    let fds = [fd.as_raw_fd()];
+    let sent = sendmsg::<()>(
+        w.as_raw_fd(),
+        &[io::IoSlice::new(frame)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    match sent {
+        Ok(n) => {
+            if let Err(e) = w.write_all(&frame[n..]) {
+                debug!("response not delivered: {e}");
+            }
+        }
+        Err(e) => debug!("response not delivered: {e}"),
+    }
+}
+
 fn send(writer: &Writer, frame: &[u8]) {
     let mut w = writer.lock();
     if let Err(e) = w.write_all(frame) {
@@ -391,13 +414,13 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
             // for ever, so there is nothing to do and nothing to answer.
             request::Forget(_) | request::Release(_) | request::Releasedir(_) => {}
             request::Open(o) => {
-                let (ino, flags) = (o.get_ino(), o.get_flags());
+                let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
                 if shared.is_local(ino) {
-                    send(&writer, &open(shared, id, ino, flags));
+                    send_open(&writer, open(shared, id, ino, flags, pt));
                 } else {
                     let (shared, writer) = (shared.clone(), writer.clone());
                     pool.submit(Box::new(move || {
-                        send(&writer, &open(&shared, id, ino, flags))
+                        send_open(&writer, open(&shared, id, ino, flags, pt))
                     }));
                 }
             }
@@ -598,26 +621,46 @@ fn origin_of(shared: &Shared, ino: u64) -> Result<(PathBuf, u64), i32> {
     Ok((path, rec.version()))
 }
 
-fn open(shared: &Shared, id: u64, ino: u64, flags: u32) -> Vec<u8> {
+/// Opens a file. With `passthrough` (and a local origin) the origin file goes
+/// back with the answer, for the kernel to read directly.
+fn open(
+    shared: &Shared,
+    id: u64,
+    ino: u64,
+    flags: u32,
+    passthrough: bool,
+) -> (Vec<u8>, Option<Arc<File>>) {
     bump(&shared.counters.opens, 1);
     if flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 != 0 {
-        return error_frame(id, libc::EROFS);
+        return (error_frame(id, libc::EROFS), None);
     }
     let (path, version) = match origin_of(shared, ino) {
         Ok(v) => v,
-        Err(errno) => return error_frame(id, errno),
+        Err(errno) => return (error_frame(id, errno), None),
     };
     // Open now, so that a vanished origin file fails the open(2), not a later read.
     match shared.fds.get(ino, version, &path) {
-        Ok(_) => respond(id, 0, |r| {
-            let mut o = r.init_opened();
-            o.set_fh(version);
-            o.set_keep_cache(true);
-        }),
+        Ok(file) => {
+            let attach = passthrough && shared.is_local(ino);
+            let frame = respond(id, 0, |r| {
+                let mut o = r.init_opened();
+                o.set_fh(version);
+                o.set_keep_cache(true);
+                o.set_fd_attached(attach);
+            });
+            (frame, attach.then_some(file))
+        }
         Err(e) => {
             debug!(ino, path = %path.display(), "open failed: {e}");
-            error_frame(id, errno_of(&e))
+            (error_frame(id, errno_of(&e)), None)
         }
+    }
+}
+
+fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<File>>)) {
+    match file {
+        Some(f) => send_with_fd(writer, &frame, &f),
+        None => send(writer, &frame),
     }
 }
 

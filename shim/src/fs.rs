@@ -15,9 +15,16 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use musicfs_schema::{NodeKind, attr, entry, response};
-use tracing::debug;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::rpc::{CallError, Transport};
+use fuser::BackingId;
+use parking_lot::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::rpc::{CallError, Resp, Transport};
 
 /// Entries asked for per readdir round trip; the kernel's buffer (usually one
 /// page) takes what fits and asks again from the next offset.
@@ -28,21 +35,69 @@ pub struct ShimFs {
     t: Transport,
     uid: u32,
     gid: u32,
+    passthrough: Arc<Passthrough>,
+}
+
+/// Kernel passthrough for local origins: the engine hands over the origin
+/// file and the kernel reads it directly, without a round trip per read.
+/// The kernel wants one backing id per inode while any handle is open, so
+/// this table shares them and counts the opens.
+struct Passthrough {
+    enabled: AtomicBool,
+    backing: Mutex<HashMap<u64, (BackingId, u32)>>,
+}
+
+impl Passthrough {
+    /// Replies to an open with the origin file `fd`, by passthrough if the
+    /// kernel takes it, else as a plain open.
+    fn reply(&self, reply: ReplyOpen, ino: u64, fh: u64, fd: &OwnedFd) {
+        let mut table = self.backing.lock();
+        if let Some((id, opens)) = table.get_mut(&ino) {
+            *opens += 1;
+            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+        }
+        match reply.open_backing(fd) {
+            Ok(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                table.insert(ino, (id, 1));
+            }
+            Err(e) => {
+                if self.enabled.swap(false, Ordering::Relaxed) {
+                    warn!("kernel passthrough unavailable ({e}); reads go through the engine");
+                }
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+        }
+    }
+
+    fn release(&self, ino: u64) {
+        let mut table = self.backing.lock();
+        if let Some((_, opens)) = table.get_mut(&ino) {
+            *opens -= 1;
+            if *opens == 0 {
+                table.remove(&ino);
+            }
+        }
+    }
 }
 
 impl ShimFs {
-    pub fn new(t: Transport) -> ShimFs {
+    pub fn new(t: Transport, passthrough: bool) -> ShimFs {
         ShimFs {
             t,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
+            passthrough: Arc::new(Passthrough {
+                enabled: AtomicBool::new(passthrough),
+                backing: Mutex::new(HashMap::new()),
+            }),
         }
     }
 }
 
 /// The body of a successful response, or the errno for the caller.
-fn body(res: Result<response::Reader<'_>, CallError>) -> Result<response::WhichReader<'_>, Errno> {
-    let r = res.map_err(CallError::errno)?;
+fn body(res: Result<Resp<'_>, CallError>) -> Result<response::WhichReader<'_>, Errno> {
+    let r = res.map_err(CallError::errno)?.msg;
     if r.get_errno() != 0 {
         return Err(Errno::from_i32(r.get_errno()));
     }
@@ -118,14 +173,29 @@ impl ShimFs {
 
 impl Filesystem for ShimFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_AUTO_INVAL_DATA;
+        if self.passthrough.enabled.load(Ordering::Relaxed) {
+            wanted |= InitFlags::FUSE_PASSTHROUGH;
+        }
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!("kernel lacks FUSE capabilities {unsupported:?}");
             let _ = config.add_capabilities(wanted - unsupported);
+            if unsupported.contains(InitFlags::FUSE_PASSTHROUGH) {
+                self.passthrough.enabled.store(false, Ordering::Relaxed);
+            }
         }
+        if self.passthrough.enabled.load(Ordering::Relaxed)
+            && config.set_max_stack_depth(1).is_err()
+        {
+            self.passthrough.enabled.store(false, Ordering::Relaxed);
+        }
+        info!(
+            passthrough = self.passthrough.enabled.load(Ordering::Relaxed),
+            "FUSE session initialised"
+        );
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -308,24 +378,38 @@ impl Filesystem for ShimFs {
         if raw & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) != 0 {
             return reply.error(Errno::EROFS);
         }
+        let pt = self.passthrough.clone();
+        let want_fd = pt.enabled.load(Ordering::Relaxed);
         self.t.call(
             "open",
             |r| {
                 let mut o = r.init_open();
                 o.set_ino(ino.0);
                 o.set_flags(raw as u32);
+                o.set_passthrough(want_fd);
             },
-            move |res| match body(res) {
-                Ok(response::Opened(o)) => {
-                    let flags = if o.get_keep_cache() {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(o.get_fh()), flags);
-                }
-                Ok(_) => reply.error(Errno::EIO),
-                Err(errno) => reply.error(errno),
+            move |res| match res {
+                Ok(Resp { msg, fd: Some(fd) }) if msg.get_errno() == 0 => match msg.which() {
+                    Ok(response::Opened(o)) if pt.enabled.load(Ordering::Relaxed) => {
+                        pt.reply(reply, ino.0, o.get_fh(), &fd);
+                    }
+                    Ok(response::Opened(o)) => {
+                        reply.opened(FileHandle(o.get_fh()), FopenFlags::FOPEN_KEEP_CACHE)
+                    }
+                    _ => reply.error(Errno::EIO),
+                },
+                res => match body(res) {
+                    Ok(response::Opened(o)) => {
+                        let flags = if o.get_keep_cache() {
+                            FopenFlags::FOPEN_KEEP_CACHE
+                        } else {
+                            FopenFlags::empty()
+                        };
+                        reply.opened(FileHandle(o.get_fh()), flags);
+                    }
+                    Ok(_) => reply.error(Errno::EIO),
+                    Err(errno) => reply.error(errno),
+                },
             },
         );
     }
@@ -370,6 +454,7 @@ impl Filesystem for ShimFs {
     ) {
         // The kernel ignores release errors: answer now, tell the engine after.
         reply.ok();
+        self.passthrough.release(ino.0);
         self.t.send_oneway(|r| {
             let mut p = r.init_release();
             p.set_ino(ino.0);

@@ -37,6 +37,9 @@ struct Args {
     /// How long to wait for the first engine before giving up, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     connect_timeout_ms: u64,
+    /// Never use kernel passthrough (every read goes through the engine).
+    #[arg(long)]
+    no_passthrough: bool,
     /// FUSE worker threads (they only parse and queue requests).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -87,8 +90,12 @@ fn run(args: Args) -> Result<()> {
     };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(fs::ShimFs::new(transport), &args.mountpoint, &config)
-        .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
+    let mut session = fuser::Session::new(
+        fs::ShimFs::new(transport, !args.no_passthrough),
+        &args.mountpoint,
+        &config,
+    )
+    .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     info!(mountpoint = %args.mountpoint.display(), "mounted");
 

@@ -13,8 +13,9 @@
 //! - The deadline thread fails every request older than its deadline with
 //!   ETIMEDOUT and one log line. Nothing waits forever.
 
-use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,8 +56,54 @@ impl CallError {
     }
 }
 
+/// An engine response, with the file descriptor that came with it, if any.
+pub struct Resp<'a> {
+    pub msg: response::Reader<'a>,
+    pub fd: Option<OwnedFd>,
+}
+
 /// Runs once with the engine's response (or the reason there is none).
-pub type Completion = Box<dyn for<'a> FnOnce(Result<response::Reader<'a>, CallError>) + Send>;
+pub type Completion = Box<dyn for<'a> FnOnce(Result<Resp<'a>, CallError>) + Send>;
+
+/// Reads the socket with recvmsg, keeping file descriptors that arrive with
+/// the bytes (SCM_RIGHTS) in order, for the frames that announce them.
+struct FdReader {
+    stream: UnixStream,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        loop {
+            match recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let n = msg.bytes;
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(fds) = c {
+                                for fd in fds {
+                                    // SAFETY: the kernel just installed this fd for us.
+                                    self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                                }
+                            }
+                        }
+                    }
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 struct Pending {
     what: &'static str,
@@ -155,7 +202,7 @@ impl Transport {
         &self,
         what: &'static str,
         build: impl FnOnce(request::Builder<'_>),
-        done: impl for<'a> FnOnce(Result<response::Reader<'a>, CallError>) + Send + 'static,
+        done: impl for<'a> FnOnce(Result<Resp<'a>, CallError>) + Send + 'static,
     ) {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = capnp::message::Builder::new_default();
@@ -228,7 +275,7 @@ fn link_down(state: &State, link: &mut Link, generation: u64) {
     }
 }
 
-fn complete(state: &State, id: u64, result: Result<response::Reader<'_>, CallError>) {
+fn complete(state: &State, id: u64, result: Result<Resp<'_>, CallError>) {
     let entry = state.pending.lock().remove(&id);
     match entry {
         Some(p) => (p.done)(result),
@@ -238,7 +285,13 @@ fn complete(state: &State, id: u64, result: Result<response::Reader<'_>, CallErr
 }
 
 fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
-    let mut r = BufReader::with_capacity(256 * 1024, stream);
+    let mut r = BufReader::with_capacity(
+        256 * 1024,
+        FdReader {
+            stream,
+            fds: VecDeque::new(),
+        },
+    );
     loop {
         let msg = match musicfs_schema::read_frame(&mut r) {
             Ok(Some(m)) => m,
@@ -249,7 +302,19 @@ fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
             }
         };
         match msg.get_root::<response::Reader<'_>>() {
-            Ok(resp) => complete(&state, resp.get_id(), Ok(resp)),
+            Ok(resp) => {
+                let fd = match resp.which() {
+                    Ok(response::Opened(o)) if o.get_fd_attached() => {
+                        let fd = r.get_mut().fds.pop_front();
+                        if fd.is_none() {
+                            warn!("an open answer announced a file descriptor that did not arrive");
+                        }
+                        fd
+                    }
+                    _ => None,
+                };
+                complete(&state, resp.get_id(), Ok(Resp { msg: resp, fd }));
+            }
             Err(e) => {
                 warn!("bad response from the engine: {e}");
                 break;

@@ -15,12 +15,24 @@ fn cargo() -> Command {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    let step = |name: &str| println!("\n=== xtask ci: {name} ({:.0} s) ===", started.elapsed().as_secs_f64());
+    let step = |name: &str| {
+        println!(
+            "\n=== xtask ci: {name} ({:.0} s) ===",
+            started.elapsed().as_secs_f64()
+        )
+    };
 
     step("rustfmt");
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("clippy");
-    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     step("build binaries");
     run_cmd(cargo().args(["build", "--workspace", "--bins"]))?;
     step("tests (unit + integration on a real FUSE mount)");
@@ -29,10 +41,19 @@ pub fn run() -> Result<()> {
     let xtask = std::env::current_exe()?;
     run_cmd(
         cargo()
-            .args(["test", "--workspace", "--no-fail-fast", "--", "--test-threads=2"])
+            .args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=2",
+            ])
             .env("MUSICFS_XTASK_BIN", xtask),
     )?;
     step("done");
-    println!("xtask ci: all green in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "xtask ci: all green in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

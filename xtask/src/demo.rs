@@ -26,7 +26,14 @@ pub fn run(args: &Args) -> Result<()> {
     run_cmd(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "musicfs-engine", "-p", "musicfs-shim"]),
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "musicfs-engine",
+                "-p",
+                "musicfs-shim",
+            ]),
     )?;
     let origins = if args.origins.is_empty() {
         let lib = demo.join(format!("library-{}", args.tracks));
@@ -53,7 +60,9 @@ pub fn run(args: &Args) -> Result<()> {
         cmd.arg("--origin").arg(o);
     }
     cmd.arg(&mnt);
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", musicfs.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", musicfs.display()))?;
     // Ctrl-C reaches musicfs too (same process group); it unmounts and exits.
     // This process only waits for it.
     unsafe {
@@ -64,7 +73,10 @@ pub fn run(args: &Args) -> Result<()> {
         if let Some(status) = child.try_wait()? {
             bail!("musicfs exited before the mount was ready ({status})");
         }
-        if std::fs::read_dir(&mnt).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if std::fs::read_dir(&mnt)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -78,14 +90,24 @@ pub fn run(args: &Args) -> Result<()> {
     for entry in walkdir::WalkDir::new(&mnt).min_depth(1).sort_by_file_name() {
         let Ok(entry) = entry else { continue };
         if entry.depth() == 3 || shown < 12 {
-            println!("  {}", entry.path().strip_prefix(&mnt).unwrap_or(entry.path()).display());
+            println!(
+                "  {}",
+                entry
+                    .path()
+                    .strip_prefix(&mnt)
+                    .unwrap_or(entry.path())
+                    .display()
+            );
             shown += 1;
         }
         if shown >= 12 {
             break;
         }
     }
-    println!("\nTry: ls '{}'   |   ffprobe a file   |   Ctrl-C here to unmount.", mnt.display());
+    println!(
+        "\nTry: ls '{}'   |   ffprobe a file   |   Ctrl-C here to unmount.",
+        mnt.display()
+    );
     let status = child.wait()?;
     if !status.success() {
         bail!("musicfs exited with {status}");

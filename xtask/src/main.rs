@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's developer commands (codegen, gen-library, bench, ci, demo).
 #![allow(clippy::unwrap_used)]
 
+mod bench;
 mod ci;
 mod codegen;
 mod demo;
@@ -28,6 +29,8 @@ enum Task {
     Ci,
     /// Mount a library (a generated demo library unless --origin is given) and show it.
     Demo(demo::Args),
+    /// Measure musicfs beside bindfs and the native origin; record in BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
         Task::Codegen => codegen::run(),
         Task::Ci => ci::run(),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }
 
@@ -53,7 +57,11 @@ pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) if !d.is_empty() => {
             let d = PathBuf::from(d);
-            if d.is_absolute() { d } else { workspace_root().join(d) }
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
         }
         _ => workspace_root().join("target"),
     }
