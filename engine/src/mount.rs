@@ -140,9 +140,36 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
     }
     cmd.env("MUSICFS_LOG", &config.log_level)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     cmd
+}
+
+/// Waits for the shim's "READY" line (printed once the mount is live).
+async fn wait_shim_ready(shim: &mut Child) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = shim.stdout.take().context("shim stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.trim() == "READY" => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    let status = shim.wait().await?;
+                    bail!("the shim exited before it was ready ({status}); see the log above");
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(SHIM_START_TIMEOUT, ready).await {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "the shim was not ready after {} s",
+            SHIM_START_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 async fn wait_until(
@@ -244,11 +271,7 @@ async fn supervise(
             bail!("cannot start {}: {e}", shim_binary().display());
         }
     };
-    if let Err(e) = wait_until(&mut shim, "the shim", SHIM_START_TIMEOUT, || {
-        is_mountpoint(mountpoint).unwrap_or(false)
-    })
-    .await
-    {
+    if let Err(e) = wait_shim_ready(&mut shim).await {
         stop_child(&mut shim, "shim").await;
         stop_child(&mut engine, "engine").await;
         return Err(e);

@@ -46,7 +46,9 @@ struct Args {
 }
 
 fn init_logging() {
-    let filter = std::env::var("MUSICFS_LOG").unwrap_or_else(|_| "info".into());
+    // fuser warns on every clean external unmount (it tries to unmount again).
+    let filter =
+        std::env::var("MUSICFS_LOG").unwrap_or_else(|_| "info".into()) + ",fuser::session=error";
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -98,6 +100,15 @@ fn run(args: Args) -> Result<()> {
     .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     info!(mountpoint = %args.mountpoint.display(), "mounted");
+    // Tell the supervisor (reading our stdout) that the mount is live. It may
+    // be unmounted again at any moment, so "is it a mountpoint now?" is not
+    // a reliable readiness check for the supervisor.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "READY");
+        let _ = out.flush();
+    }
 
     std::thread::Builder::new()
         .name("musicfs-signals".into())

@@ -651,7 +651,7 @@ impl Bench {
     /// Tree walks and reads on the three roots.
     fn measure_trees(&mut self, scan_tracks: u64) -> Result<()> {
         let reused = self.reused_state();
-        let (mfs, _) = self.mount_musicfs(&reused, "walk and read")?;
+        let (mut mfs, _) = self.mount_musicfs(&reused, "walk and read")?;
         let bind = BindfsMount::start(&self.lib, &self.bind_mnt)?;
         let roots = [Root::Musicfs, Root::Bindfs, Root::Native];
 
@@ -663,6 +663,8 @@ impl Bench {
                     self.drop_or_fail()?;
                 }
                 let pass = self.walk(root)?;
+                mfs.check_alive()?;
+                bind.check_alive()?;
                 eprintln!(
                     "bench: walk {} {}/{}: {} files in {:.3} s",
                     root.name(),
@@ -682,6 +684,8 @@ impl Bench {
                 for root in roots {
                     self.drop_or_fail()?;
                     let pass = self.read(root)?;
+                    mfs.check_alive()?;
+                    bind.check_alive()?;
                     eprintln!(
                         "bench: read cold {} {}/{}: {} files, {} in {:.3} s",
                         root.name(),
@@ -706,6 +710,8 @@ impl Bench {
             let _ = self.read(Root::Native)?;
             for root in [Root::Bindfs, Root::Musicfs, Root::Native] {
                 let pass = self.read(root)?;
+                mfs.check_alive()?;
+                bind.check_alive()?;
                 eprintln!(
                     "bench: read warm-origin {} {}/{}: {} files, {} in {:.3} s",
                     root.name(),
@@ -1131,6 +1137,28 @@ impl MusicfsMount {
         result
     }
 
+    /// Fails if `musicfs mount` has exited or the mount is gone (a measurement on it would be
+    /// meaningless).
+    fn check_alive(&mut self) -> Result<()> {
+        let child = self
+            .child
+            .as_mut()
+            .context("the mount was already stopped")?;
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "musicfs mount exited ({status}) in the middle of the bench; log tail:\n{}",
+                log_tail(&self.log, 30)
+            );
+        }
+        ensure!(
+            is_mounted(&self.mnt),
+            "{} is no longer mounted although musicfs mount is running; log tail:\n{}",
+            self.mnt.display(),
+            log_tail(&self.log, 30)
+        );
+        Ok(())
+    }
+
     /// Unmounts and waits for the process; returns what went wrong on the way (if anything).
     fn stop(mut self) -> Result<Vec<String>> {
         self.shutdown()
@@ -1141,6 +1169,17 @@ impl MusicfsMount {
         let Some(mut child) = self.child.take() else {
             return Ok(problems);
         };
+        if let Ok(Some(status)) = child.try_wait() {
+            problems.push(format!(
+                "musicfs mount had already exited ({status}) before the bench unmounted it \
+                 (stopped from outside?); log: {}",
+                self.log.display()
+            ));
+            if is_mounted(&self.mnt) {
+                lazy_unmount(&self.mnt);
+            }
+            return Ok(problems);
+        }
         let deadline = Instant::now() + STOP_TIMEOUT;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("unmount").arg(&self.mnt);
@@ -1239,6 +1278,15 @@ impl BindfsMount {
             std::thread::sleep(POLL);
         }
         Ok(guard)
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        ensure!(
+            is_mounted(&self.mnt),
+            "the bindfs mount {} disappeared in the middle of the bench",
+            self.mnt.display()
+        );
+        Ok(())
     }
 
     fn stop(mut self) -> Result<()> {
