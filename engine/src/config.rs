@@ -98,8 +98,20 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
+        // Only the keys of this struct: other MUSICFS_* variables (MUSICFS_LOG,
+        // MUSICFS_SHIM, test harness settings) are not configuration.
         // MUSICFS_ORIGINS is a ':'-separated list, like PATH.
-        let env = Env::prefixed("MUSICFS_").ignore(&["ORIGINS", "CONFIG", "LOG"]);
+        let env = Env::prefixed("MUSICFS_").only(&[
+            "mountpoint",
+            "template",
+            "state_dir",
+            "allow_other",
+            "log_level",
+            "scan_threads",
+            "entry_ttl_ms",
+            "request_timeout_ms",
+            "passthrough",
+        ]);
         fig = fig.merge(env);
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
             let origins: Vec<PathBuf> = std::env::split_paths(&list).collect();
@@ -211,6 +223,15 @@ mod tests {
         let c = Config::load(Some(&file), &o).unwrap();
         assert_eq!(c.origins, [PathBuf::from("/b")]);
         assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn unrelated_environment_is_not_configuration() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("MUSICFS_SOME_TOOL_SETTING", "1") };
+        let c = Config::load(None, &Overrides::default());
+        unsafe { std::env::remove_var("MUSICFS_SOME_TOOL_SETTING") };
+        assert!(c.is_ok(), "{c:?}");
     }
 
     #[test]

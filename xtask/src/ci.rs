@@ -36,9 +36,10 @@ pub fn run() -> Result<()> {
     step("build binaries");
     run_cmd(cargo().args(["build", "--workspace", "--bins"]))?;
     step("tests (unit + integration on a real FUSE mount)");
-    // The integration tests run the binaries just built and this xtask binary
-    // (for gen-library); tell them where they are.
-    let xtask = std::env::current_exe()?;
+    // The integration tests run the binaries just built, xtask among them
+    // (for gen-library). Not `current_exe()`: the workspace build above may
+    // have relinked this very binary (feature unification).
+    let xtask = crate::target_dir().join("debug/xtask");
     run_cmd(
         cargo()
             .args([
