@@ -7,7 +7,8 @@
 # `Response` carrying the same `id`, in any order. The first request on a
 # connection must be `hello`; the engine answers it before reading anything else.
 #
-# `forget`, `release` and `releasedir` are one-way: the engine sends no
+# Responses with id 0 are notices from the engine (see `invalidate`), not
+# answers. `forget`, `release` and `releasedir` are one-way: the engine sends no
 # response (the kernel ignores their results), and the shim does not replay them.
 #
 # Rules:
@@ -65,6 +66,11 @@ struct Statfs {
   frsize @7 :UInt32;
 }
 
+struct InvalEntry {
+  parent @0 :UInt64;
+  name @1 :Data;
+}
+
 struct Hello {
   minProtocol @0 :UInt32;
   maxProtocol @1 :UInt32;
@@ -116,5 +122,8 @@ struct Response {
     statfs @12 :Statfs;
     names @13 :List(Data);                   # listxattr
     pong :group { uptimeMs @14 :UInt64; engineVersion @15 :Text; }
+    # Unsolicited (id = 0): the tree changed; the shim tells the kernel to
+    # forget these names and inodes (FUSE_NOTIFY_INVAL_ENTRY / _INODE).
+    invalidate :group { entries @17 :List(InvalEntry); inodes @18 :List(UInt64); }
   }
 }

@@ -37,6 +37,13 @@ pub struct Config {
     /// Let the kernel read local origin files directly (FUSE passthrough,
     /// Linux >= 6.9, needs CAP_SYS_ADMIN); falls back by itself when unavailable.
     pub passthrough: bool,
+    /// How origins are followed: "auto" (inotify for local filesystems,
+    /// polling for network ones), "inotify", "poll" or "off".
+    pub watch: String,
+    /// Quiet time after a change before it is applied, in milliseconds.
+    pub debounce_ms: u64,
+    /// Polling interval for origins on network filesystems, in seconds.
+    pub poll_interval_s: u64,
 }
 
 impl Default for Config {
@@ -52,6 +59,9 @@ impl Default for Config {
             entry_ttl_ms: 60_000,
             request_timeout_ms: 30_000,
             passthrough: true,
+            watch: "auto".to_string(),
+            debounce_ms: 300,
+            poll_interval_s: 300,
         }
     }
 }
@@ -111,6 +121,9 @@ impl Config {
             "entry_ttl_ms",
             "request_timeout_ms",
             "passthrough",
+            "watch",
+            "debounce_ms",
+            "poll_interval_s",
         ]);
         fig = fig.merge(env);
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
@@ -127,6 +140,15 @@ impl Config {
         Template::parse(&self.template)?;
         if self.request_timeout_ms == 0 {
             bail!("request_timeout_ms must be > 0");
+        }
+        if !["auto", "inotify", "poll", "off"].contains(&self.watch.as_str()) {
+            bail!(
+                "watch must be one of auto, inotify, poll, off (got {:?})",
+                self.watch
+            );
+        }
+        if self.poll_interval_s == 0 {
+            bail!("poll_interval_s must be > 0");
         }
         Ok(())
     }

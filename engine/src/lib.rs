@@ -2,7 +2,6 @@
 //! virtual tree and serves the data plane to the shim over Cap'n Proto.
 //! Also the `musicfs` command line (mount, unmount, engine, scan).
 
-pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -10,5 +9,6 @@ pub mod model;
 pub mod mount;
 pub mod scan;
 pub mod server;
+pub mod store;
+pub mod sync;
 pub mod template;
-pub mod tree;

@@ -1,5 +1,5 @@
 //! The data plane: answers the shim's requests (Cap'n Proto frames on a unix
-//! socket, see `schema/musicfs.capnp`) from the current tree snapshot and the
+//! socket, see `schema/musicfs.capnp`) from the catalog's tree and the
 //! origin files.
 //!
 //! One thread per connection reads requests. Metadata requests are answered
@@ -23,10 +23,10 @@ use std::sync::mpsc;
 
 use anyhow::{Context, Result};
 use musicfs_schema::{request, response};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::tree::{Node, NodeKind, Tree};
+use crate::store::{NodeRec, Store, split_file_key};
 
 /// Largest read the engine serves in one request.
 pub const MAX_READ_BYTES: u32 = 4 * 1024 * 1024;
@@ -41,11 +41,13 @@ const IO_QUEUE_CAPACITY: usize = 1024;
 
 /// State shared by every connection.
 pub struct Shared {
-    tree: RwLock<Arc<Tree>>,
+    pub store: Arc<Store>,
     origins: Vec<PathBuf>,
     /// Per origin: on a local filesystem, so opens and cached reads may run
     /// inline on the connection thread without risking a long stall.
     origin_is_local: Vec<bool>,
+    /// Write halves of the connected shims, for invalidation notices.
+    connections: Mutex<Vec<std::sync::Weak<Mutex<UnixStream>>>>,
     started: Instant,
     entry_ttl_ms: u32,
     fds: FdCache,
@@ -82,10 +84,11 @@ impl Shared {
         );
     }
 
-    pub fn new(tree: Tree, origins: Vec<PathBuf>, entry_ttl_ms: u32) -> Arc<Shared> {
+    pub fn new(store: Arc<Store>, origins: Vec<PathBuf>, entry_ttl_ms: u32) -> Arc<Shared> {
         let origin_is_local = origins.iter().map(|o| is_local_fs(o)).collect();
         Arc::new(Shared {
-            tree: RwLock::new(Arc::new(tree)),
+            store,
+            connections: Mutex::new(Vec::new()),
             origin_is_local,
             origins,
             started: Instant::now(),
@@ -95,16 +98,46 @@ impl Shared {
         })
     }
 
-    pub fn tree(&self) -> Arc<Tree> {
-        self.tree.read().clone()
-    }
-
     /// Whether the file behind `ino` lives on a local filesystem.
     fn is_local(&self, ino: u64) -> bool {
-        let tree = self.tree();
-        tree.file_of(ino)
-            .and_then(|r| self.origin_is_local.get(r.origin as usize).copied())
+        matches!(self.store.node(ino), Ok(Some(n)) if self.node_is_local(&n))
+    }
+
+    fn node_is_local(&self, n: &NodeRec) -> bool {
+        split_file_key(&n.file_key)
+            .and_then(|(o, _)| self.origin_is_local.get(o as usize).copied())
             .unwrap_or(false)
+    }
+
+    /// Tells every connected shim to drop what its kernel cached for these.
+    pub fn invalidate(&self, inval: &crate::store::Invalidations) {
+        if inval.is_empty() {
+            return;
+        }
+        let mut msg = capnp::message::Builder::new_default();
+        {
+            let mut r = msg.init_root::<response::Builder<'_>>();
+            r.set_id(0);
+            let mut i = r.init_invalidate();
+            let mut entries = i
+                .reborrow()
+                .init_entries(u32::try_from(inval.entries.len()).unwrap_or(0));
+            for (n, (parent, name)) in inval.entries.iter().enumerate() {
+                let mut e = entries.reborrow().get(u32::try_from(n).unwrap_or(0));
+                e.set_parent(*parent);
+                e.set_name(name.as_bytes());
+            }
+            let mut inodes = i.init_inodes(u32::try_from(inval.inodes.len()).unwrap_or(0));
+            for (n, ino) in inval.inodes.iter().enumerate() {
+                inodes.set(u32::try_from(n).unwrap_or(0), *ino);
+            }
+        }
+        let frame = musicfs_schema::to_frame(&msg);
+        let mut conns = self.connections.lock();
+        conns.retain(|w| w.strong_count() > 0);
+        for w in conns.iter().filter_map(std::sync::Weak::upgrade) {
+            send(&w, &frame);
+        }
     }
 
     pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
@@ -199,45 +232,29 @@ fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-fn fill_attr(mut a: musicfs_schema::attr::Builder<'_>, tree: &Tree, ino: u64, node: &Node) {
+fn fill_attr(mut a: musicfs_schema::attr::Builder<'_>, ino: u64, node: &NodeRec) {
     a.set_ino(ino);
     a.set_mtime_ns(node.mtime_ns);
-    match &node.kind {
-        NodeKind::Dir { children } => {
-            a.set_kind(musicfs_schema::NodeKind::Directory);
-            a.set_perm(0o555);
-            let subdirs = children
-                .iter()
-                .filter(|(_, c)| {
-                    matches!(tree.get(*c).map(|n| &n.kind), Some(NodeKind::Dir { .. }))
-                })
-                .count();
-            a.set_nlink(2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2));
-            a.set_size_bytes(4096);
-            a.set_blocks(8);
-        }
-        NodeKind::File { file } => {
-            let size = tree.file(*file).map_or(0, |f| f.size_bytes);
-            a.set_kind(musicfs_schema::NodeKind::File);
-            a.set_perm(0o444);
-            a.set_nlink(1);
-            a.set_size_bytes(size);
-            a.set_blocks(size.div_ceil(512));
-        }
+    if node.is_dir {
+        a.set_kind(musicfs_schema::NodeKind::Directory);
+        a.set_perm(0o555);
+        a.set_nlink(2);
+        a.set_size_bytes(4096);
+        a.set_blocks(8);
+    } else {
+        a.set_kind(musicfs_schema::NodeKind::File);
+        a.set_perm(0o444);
+        a.set_nlink(1);
+        a.set_size_bytes(node.size_bytes);
+        a.set_blocks(node.size_bytes.div_ceil(512));
     }
 }
 
-fn fill_entry(
-    mut e: musicfs_schema::entry::Builder<'_>,
-    tree: &Tree,
-    ino: u64,
-    node: &Node,
-    ttl_ms: u32,
-) {
+fn fill_entry(mut e: musicfs_schema::entry::Builder<'_>, ino: u64, node: &NodeRec, ttl_ms: u32) {
     e.set_generation(1);
     e.set_entry_ttl_ms(ttl_ms);
     e.set_attr_ttl_ms(ttl_ms);
-    fill_attr(e.init_attr(), tree, ino, node);
+    fill_attr(e.init_attr(), ino, node);
 }
 
 /// A connection's write half; responses are written whole under its lock.
@@ -385,6 +402,7 @@ impl Drop for SocketGuard {
 
 fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
+    shared.connections.lock().push(Arc::downgrade(&writer));
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut greeted = false;
     loop {
@@ -480,57 +498,60 @@ fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>
 }
 
 fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8> {
-    let result = (|| -> capnp::Result<Vec<u8>> {
-        let tree = shared.tree();
+    let result = (|| -> Result<Vec<u8>> {
+        let store = &shared.store;
         let ttl = shared.entry_ttl_ms;
         Ok(match which {
             request::Lookup(l) => {
                 let (parent, name) = (l.get_parent(), l.get_name()?);
-                let found = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|n| tree.lookup(parent, n))
-                    .and_then(|ino| tree.get(ino).map(|node| (ino, node)));
+                let found = match std::str::from_utf8(name) {
+                    Ok(n) => store.lookup(parent, n)?,
+                    Err(_) => None,
+                };
                 match found {
                     Some((ino, node)) => {
-                        respond(id, 0, |r| fill_entry(r.init_entry(), &tree, ino, node, ttl))
+                        respond(id, 0, |r| fill_entry(r.init_entry(), ino, &node, ttl))
                     }
-                    None if tree.get(parent).is_some() => error_frame(id, libc::ENOENT),
+                    None if store.node(parent)?.is_some() => error_frame(id, libc::ENOENT),
                     None => error_frame(id, libc::ESTALE),
                 }
             }
             request::Forget(_) | request::Releasedir(_) | request::Release(_) => {
                 respond(id, 0, |mut r| r.set_none(()))
             }
-            request::Getattr(ino) => match tree.get(ino) {
+            request::Getattr(ino) => match store.node(ino)? {
                 Some(node) => respond(id, 0, |r| {
                     let mut a = r.init_attr();
                     a.set_ttl_ms(ttl);
-                    fill_attr(a.init_attr(), &tree, ino, node);
+                    fill_attr(a.init_attr(), ino, &node);
                 }),
                 None => error_frame(id, libc::ESTALE),
             },
-            request::Opendir(o) => match tree.get(o.get_ino()).map(|n| &n.kind) {
-                Some(NodeKind::Dir { .. }) => respond(id, 0, |r| {
+            request::Opendir(o) => match store.node(o.get_ino())? {
+                Some(n) if n.is_dir => respond(id, 0, |r| {
                     let mut o = r.init_opened();
                     o.set_fh(0);
                     o.set_keep_cache(true);
                 }),
-                Some(NodeKind::File { .. }) => error_frame(id, libc::ENOTDIR),
+                Some(_) => error_frame(id, libc::ENOTDIR),
                 None => error_frame(id, libc::ESTALE),
             },
-            request::Readdir(rd) => readdir(&tree, id, rd, ttl),
-            request::Statfs(_) => respond(id, 0, |r| {
-                let mut s = r.init_statfs();
-                s.set_bsize(4096);
-                s.set_frsize(4096);
-                s.set_blocks(tree.total_bytes().div_ceil(4096));
-                s.set_files(tree.node_count() as u64);
-                s.set_namelen(crate::template::NAME_MAX_BYTES as u32);
-            }),
+            request::Readdir(rd) => readdir(store, id, rd, ttl)?,
+            request::Statfs(_) => {
+                let (files, nodes, bytes) = store.totals()?;
+                respond(id, 0, |r| {
+                    let mut s = r.init_statfs();
+                    s.set_bsize(4096);
+                    s.set_frsize(4096);
+                    s.set_blocks(bytes.div_ceil(4096));
+                    s.set_files(nodes.max(files));
+                    s.set_namelen(crate::template::NAME_MAX_BYTES as u32);
+                })
+            }
             request::Readlink(_) => error_frame(id, libc::EINVAL),
             request::Getxattr(g) => {
                 let name = g.get_name()?;
-                match xattrs(shared, &tree, g.get_ino())
+                match xattrs(shared, g.get_ino())
                     .into_iter()
                     .find(|(n, _)| n.as_bytes() == name)
                 {
@@ -539,7 +560,7 @@ fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8
                 }
             }
             request::Listxattr(ino) => {
-                let attrs = xattrs(shared, &tree, ino);
+                let attrs = xattrs(shared, ino);
                 respond(id, 0, |r| {
                     let mut list = r.init_names(u32::try_from(attrs.len()).unwrap_or(0));
                     for (i, (n, _)) in attrs.iter().enumerate() {
@@ -559,66 +580,80 @@ fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8
         })
     })();
     result.unwrap_or_else(|e| {
-        warn!("malformed request {id}: {e}");
+        warn!("request {id} failed: {e:#}");
         error_frame(id, libc::EIO)
     })
 }
 
-fn readdir(tree: &Tree, id: u64, rd: request::readdir::Reader<'_>, ttl: u32) -> Vec<u8> {
+fn readdir(store: &Store, id: u64, rd: request::readdir::Reader<'_>, ttl: u32) -> Result<Vec<u8>> {
     let (ino, offset, plus) = (rd.get_ino(), rd.get_offset(), rd.get_plus());
     let max = rd.get_max_entries().clamp(1, MAX_READDIR_ENTRIES) as usize;
-    let Some(node) = tree.get(ino) else {
-        return error_frame(id, libc::ESTALE);
+    let Some(node) = store.node(ino)? else {
+        return Ok(error_frame(id, libc::ESTALE));
     };
-    let NodeKind::Dir { children } = &node.kind else {
-        return error_frame(id, libc::ENOTDIR);
-    };
+    if !node.is_dir {
+        return Ok(error_frame(id, libc::ENOTDIR));
+    }
+    let children = store.children(ino)?;
     // Positions: 0 = ".", 1 = "..", 2.. = children. An entry's offset cookie
     // is its position + 1, i.e. where the next call starts.
     let total = children.len() + 2;
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
     let end = (start + max).min(total);
-    respond(id, 0, |r| {
-        let mut list = r.init_entries(u32::try_from(end - start).unwrap_or(0));
-        for (i, pos) in (start..end).enumerate() {
-            let (name, child): (&str, u64) = match pos {
-                0 => (".", ino),
-                1 => ("..", node.parent),
-                _ => (&children[pos - 2].0, children[pos - 2].1),
-            };
+    let batch: Vec<(&str, u64, bool)> = (start..end)
+        .map(|pos| match pos {
+            0 => (".", ino, true),
+            1 => ("..", node.parent, true),
+            _ => {
+                let c = &children[pos - 2];
+                (c.name.as_ref(), c.ino, c.is_dir)
+            }
+        })
+        .collect();
+    let recs = if plus {
+        store.nodes(&batch.iter().map(|b| b.1).collect::<Vec<_>>())?
+    } else {
+        Vec::new()
+    };
+    Ok(respond(id, 0, |r| {
+        let mut list = r.init_entries(u32::try_from(batch.len()).unwrap_or(0));
+        for (i, (name, child, is_dir)) in batch.iter().enumerate() {
             let mut e = list.reborrow().get(u32::try_from(i).unwrap_or(0));
             e.set_name(name.as_bytes());
-            e.set_offset(pos as u64 + 1);
-            let Some(child_node) = tree.get(child) else {
-                continue;
-            };
+            e.set_offset((start + i) as u64 + 1);
             if plus {
-                fill_entry(e.init_entry(), tree, child, child_node, ttl);
+                if let Some(Some(rec)) = recs.get(i) {
+                    fill_entry(e.init_entry(), *child, rec, ttl);
+                }
             } else {
                 let mut a = e.init_entry().init_attr();
-                a.set_ino(child);
-                a.set_kind(match child_node.kind {
-                    NodeKind::Dir { .. } => musicfs_schema::NodeKind::Directory,
-                    NodeKind::File { .. } => musicfs_schema::NodeKind::File,
+                a.set_ino(*child);
+                a.set_kind(if *is_dir {
+                    musicfs_schema::NodeKind::Directory
+                } else {
+                    musicfs_schema::NodeKind::File
                 });
             }
         }
-    })
+    }))
 }
 
 /// The origin file behind a file inode: (path, content version).
 fn origin_of(shared: &Shared, ino: u64) -> Result<(PathBuf, u64), i32> {
-    let tree = shared.tree();
-    match tree.get(ino).map(|n| &n.kind) {
-        Some(NodeKind::File { .. }) => {}
-        Some(NodeKind::Dir { .. }) => return Err(libc::EISDIR),
-        None => return Err(libc::ESTALE),
+    let node = match shared.store.node(ino) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(libc::ESTALE),
+        Err(e) => {
+            warn!(ino, "catalog read failed: {e:#}");
+            return Err(libc::EIO);
+        }
+    };
+    if node.is_dir {
+        return Err(libc::EISDIR);
     }
-    let rec = tree.file_of(ino).ok_or(libc::ESTALE)?;
-    let path = shared
-        .origin_path(rec.origin, &rec.rel_path)
-        .ok_or(libc::EIO)?;
-    Ok((path, rec.version()))
+    let (origin, rel) = split_file_key(&node.file_key).ok_or(libc::EIO)?;
+    let path = shared.origin_path(origin, rel).ok_or(libc::EIO)?;
+    Ok((path, node.version))
 }
 
 /// Opens a file. With `passthrough` (and a local origin) the origin file goes
@@ -667,23 +702,16 @@ fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<File>>)) {
 /// Answers a read from the page cache without waiting, if the origin is local
 /// and every requested byte is cached; `None` means "send it to the pool".
 fn read_cached(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
-    let (path, version, file_size) = {
-        let tree = shared.tree();
-        let rec = tree.file_of(ino)?;
-        if !shared
-            .origin_is_local
-            .get(rec.origin as usize)
-            .copied()
-            .unwrap_or(false)
-        {
-            return None;
-        }
-        (
-            shared.origin_path(rec.origin, &rec.rel_path)?,
-            rec.version(),
-            rec.size_bytes,
-        )
-    };
+    let node = shared.store.node(ino).ok()??;
+    if node.is_dir || !shared.node_is_local(&node) {
+        return None;
+    }
+    let (origin, rel) = split_file_key(&node.file_key)?;
+    let (path, version, file_size) = (
+        shared.origin_path(origin, rel)?,
+        node.version,
+        node.size_bytes,
+    );
     let want = (size.min(MAX_READ_BYTES) as u64).min(file_size.saturating_sub(offset)) as usize;
     let file = shared.fds.get(ino, version, &path).ok()?;
     let mut buf = vec![0u8; want];
@@ -735,10 +763,14 @@ fn read(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Vec<u8> {
 }
 
 /// The `user.musicfs.*` extended attributes of a node.
-fn xattrs(shared: &Shared, tree: &Tree, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
-    let Some(rec) = tree.file_of(ino) else {
+fn xattrs(shared: &Shared, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
+    let Ok(Some(node)) = shared.store.node(ino) else {
         return Vec::new();
     };
+    let Ok(Some(entry)) = shared.store.file(&node.file_key) else {
+        return Vec::new();
+    };
+    let rec = entry.rec;
     let mut out = Vec::new();
     if let Some(path) = shared.origin_path(rec.origin, &rec.rel_path) {
         out.push(("user.musicfs.origin", path.as_os_str().as_bytes().to_vec()));

@@ -521,9 +521,14 @@ fn ctrl_c_and_sigterm_unmount_cleanly() {
             !state.join("engine.sock").exists(),
             "engine socket left behind"
         );
-        // The catalog opens again (no other process holds it).
-        let catalog = musicfs_engine::catalog::Catalog::open(&state.join("catalog.redb")).unwrap();
-        assert!(!catalog.load_files().unwrap().is_empty());
+        // The catalog opens again (no other process holds it) and knows the library.
+        let store = musicfs_engine::store::Store::open(
+            &state.join("catalog.redb"),
+            Template::parse(DEFAULT_TEMPLATE).unwrap(),
+        )
+        .unwrap();
+        assert!(store.scan_complete().unwrap());
+        assert!(store.file_count().unwrap() > 0);
     }
 }
 

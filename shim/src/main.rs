@@ -92,6 +92,7 @@ fn run(args: Args) -> Result<()> {
     };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
+    let notices = transport.clone();
     let mut session = fuser::Session::new(
         fs::ShimFs::new(transport, !args.no_passthrough),
         &args.mountpoint,
@@ -99,6 +100,9 @@ fn run(args: Args) -> Result<()> {
     )
     .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    notices
+        .set_notifier(session.notifier())
+        .context("cannot start the notice thread")?;
     info!(mountpoint = %args.mountpoint.display(), "mounted");
     // Tell the supervisor (reading our stdout) that the mount is live. It may
     // be unmounted again at any moment, so "is it a mountpoint now?" is not

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +131,16 @@ struct State {
     next_id: AtomicU64,
     request_timeout: Duration,
     socket: PathBuf,
+    /// Invalidation notices for the kernel, sent from their own thread: a
+    /// notice can wait on a directory lock that an in-flight lookup holds,
+    /// and that lookup's answer comes through the reader thread.
+    notices: Mutex<Option<std::sync::mpsc::SyncSender<Notice>>>,
+}
+
+/// What the kernel must forget.
+pub enum Notice {
+    Entry(u64, Vec<u8>),
+    Inode(u64),
 }
 
 /// The shim's handle on the engine; cheap to clone.
@@ -148,6 +159,7 @@ impl Transport {
             next_id: AtomicU64::new(1),
             request_timeout,
             socket,
+            notices: Mutex::new(None),
         });
         let s = state.clone();
         std::thread::Builder::new()
@@ -158,6 +170,32 @@ impl Transport {
             .name("musicfs-deadline".into())
             .spawn(move || deadlines(&s))?;
         Ok(Transport { state })
+    }
+
+    /// Starts passing the engine's invalidation notices to the kernel.
+    pub fn set_notifier(&self, notifier: fuser::Notifier) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(64 * 1024);
+        std::thread::Builder::new()
+            .name("musicfs-notify".into())
+            .spawn(move || {
+                for notice in rx {
+                    let res = match &notice {
+                        Notice::Entry(parent, name) => notifier.inval_entry(
+                            fuser::INodeNo(*parent),
+                            std::ffi::OsStr::from_bytes(name),
+                        ),
+                        Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+                    };
+                    // ENOENT: the kernel had nothing cached for it, which is fine.
+                    if let Err(e) = res
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        debug!("invalidation not delivered: {e}");
+                    }
+                }
+            })?;
+        *self.state.notices.lock() = Some(tx);
+        Ok(())
     }
 
     /// Waits until an engine serves (Ok) or refuses us (Err with its reason),
@@ -302,6 +340,7 @@ fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
             }
         };
         match msg.get_root::<response::Reader<'_>>() {
+            Ok(resp) if resp.get_id() == 0 => notice(&state, resp),
             Ok(resp) => {
                 let fd = match resp.which() {
                     Ok(response::Opened(o)) if o.get_fd_attached() => {
@@ -323,6 +362,33 @@ fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
     }
     let mut link = state.link.lock();
     link_down(&state, &mut link, generation);
+}
+
+/// Queues an engine notice (id 0) for the kernel.
+fn notice(state: &State, resp: response::Reader<'_>) {
+    let Ok(response::Invalidate(inv)) = resp.which() else {
+        return;
+    };
+    let Some(tx) = state.notices.lock().clone() else {
+        return;
+    };
+    let mut queued = Vec::new();
+    if let Ok(entries) = inv.get_entries() {
+        for e in entries.iter() {
+            if let Ok(name) = e.get_name() {
+                queued.push(Notice::Entry(e.get_parent(), name.to_vec()));
+            }
+        }
+    }
+    if let Ok(inodes) = inv.get_inodes() {
+        queued.extend(inodes.iter().map(Notice::Inode));
+    }
+    for n in queued {
+        if tx.try_send(n).is_err() {
+            warn!("invalidation queue full; the kernel may show stale names until their TTL ends");
+            break;
+        }
+    }
 }
 
 /// Connects and says hello. Err(Some(reason)) when the engine refuses us.

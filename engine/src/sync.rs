@@ -1,0 +1,496 @@
+//! Keeping the catalog in step with the origins.
+//!
+//! - `Syncer::sync_origin` is a delta scan: it walks an origin (or a subtree),
+//!   compares every audio file's (size, mtime, origin inode) with the catalog,
+//!   probes only what changed (in parallel), and commits in batches. Each
+//!   commit is a checkpoint: a killed scan resumes by skipping what is
+//!   already committed. Files that vanished are removed only after a walk
+//!   that saw their directory, so an unreachable origin never empties the tree.
+//! - `watch_local` follows a local origin with inotify (debounced; a queue
+//!   overflow triggers a rescan of the origin, never silence).
+//! - `poll_network` rescans an origin on a network filesystem periodically.
+//! - `supervise` restarts a watcher that fails, with backoff.
+//!
+//! After every commit the kernel is told which names and inodes to forget.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tracing::{debug, error, info, warn};
+
+use crate::model::FileRecord;
+use crate::scan::{is_audio_file, probe_file};
+use crate::server::Shared;
+use crate::store::{Store, file_key};
+
+/// Files probed and committed per checkpoint.
+pub const BATCH_FILES: usize = 1000;
+
+#[derive(Default, Debug)]
+pub struct SyncCounters {
+    /// Files whose tags were read.
+    pub probed: AtomicU64,
+    /// Files found unchanged (no probe).
+    pub unchanged: AtomicU64,
+    pub removed: AtomicU64,
+    pub commits: AtomicU64,
+    pub full_scans: AtomicU64,
+}
+
+pub struct Syncer {
+    pub store: Arc<Store>,
+    shared: Option<Arc<Shared>>,
+    pub origins: Vec<PathBuf>,
+    threads: usize,
+    pub counters: SyncCounters,
+    /// Serialises writers (scan, watcher, poller).
+    write_lock: parking_lot::Mutex<()>,
+}
+
+/// One origin file's identity on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mtime_ns: i64,
+    ino: u64,
+}
+
+impl Syncer {
+    pub fn new(store: Arc<Store>, origins: Vec<PathBuf>, threads: usize) -> Syncer {
+        Syncer {
+            store,
+            shared: None,
+            origins,
+            threads: threads.max(1),
+            counters: SyncCounters::default(),
+            write_lock: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// Where invalidations go once the data plane serves.
+    pub fn set_shared(&mut self, shared: Arc<Shared>) {
+        self.shared = Some(shared);
+    }
+
+    fn commit(&self, upserts: Vec<FileRecord>, removals: &[Vec<u8>], complete: bool) -> Result<()> {
+        let t = Instant::now();
+        let (n_up, n_rm) = (upserts.len(), removals.len());
+        let inval = {
+            let _w = self.write_lock.lock();
+            self.store.apply(upserts, removals, complete)?
+        };
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .removed
+            .fetch_add(n_rm as u64, Ordering::Relaxed);
+        debug!(
+            upserts = n_up,
+            removals = n_rm,
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "checkpoint committed"
+        );
+        if let Some(shared) = &self.shared {
+            shared.invalidate(&inval);
+        }
+        Ok(())
+    }
+
+    /// Probes `jobs` in parallel.
+    fn probe(&self, jobs: Vec<(u32, PathBuf, Vec<u8>)>) -> Vec<FileRecord> {
+        let n = jobs.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let next = AtomicU64::new(0);
+        let jobs = &jobs;
+        let mut out = Vec::with_capacity(n);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..self.threads.min(n))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some((origin, abs, rel)) = jobs.get(i) else { break };
+                            match probe_file(*origin, abs, rel.clone()) {
+                                Ok(rec) => {
+                                    if let Some(e) = &rec.probe_error {
+                                        warn!(path = %abs.display(), "unreadable tags, listed by file name: {e}");
+                                    }
+                                    mine.push(rec);
+                                }
+                                // Gone between the walk and the probe: the next sync removes it.
+                                Err(e) => debug!(path = %abs.display(), "cannot probe: {e}"),
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            for w in workers {
+                match w.join() {
+                    Ok(mut v) => out.append(&mut v),
+                    Err(_) => error!("a probe worker panicked; its files wait for the next sync"),
+                }
+            }
+        });
+        self.counters
+            .probed
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// Delta-syncs every origin; marks the scan complete at the end.
+    pub fn sync_all(&self) -> Result<()> {
+        let t = Instant::now();
+        let probed_before = self.counters.probed.load(Ordering::Relaxed);
+        for idx in 0..self.origins.len() {
+            let origin = u32::try_from(idx).unwrap_or(u32::MAX);
+            if let Err(e) = self.sync_origin(origin, Path::new("")) {
+                warn!(origin = %self.origins[idx].display(), "sync failed: {e:#}");
+            }
+        }
+        self.commit(Vec::new(), &[], true)?;
+        self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
+        let (files, nodes, bytes) = self.store.totals()?;
+        info!(
+            files,
+            nodes,
+            bytes,
+            probed = self.counters.probed.load(Ordering::Relaxed) - probed_before,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "sync finished"
+        );
+        Ok(())
+    }
+
+    /// Delta-syncs `sub` (a relative directory; empty = everything) of one origin.
+    pub fn sync_origin(&self, origin: u32, sub: &Path) -> Result<()> {
+        let root = self
+            .origins
+            .get(origin as usize)
+            .context("no such origin")?
+            .clone();
+        let start = root.join(sub);
+        let mut prefix = sub.as_os_str().as_bytes().to_vec();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        if !root.is_dir() {
+            warn!(origin = %root.display(), "origin is not reachable; keeping what the catalog knows");
+            return Ok(());
+        }
+        let known = self.store.file_stats(origin, &prefix)?;
+        let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(known.len());
+        // Directories that could not be read: files under them are kept.
+        let mut unreadable: Vec<Vec<u8>> = Vec::new();
+        let mut jobs = Vec::new();
+        if start.is_dir() {
+            let walker = walkdir::WalkDir::new(&start)
+                .follow_links(false)
+                .sort_by_file_name();
+            for entry in walker {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let p = e
+                            .path()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| start.clone());
+                        warn!(path = %p.display(), "skipped unreadable directory entry: {e}");
+                        if let Ok(rel) = p.strip_prefix(&root) {
+                            unreadable.push(rel.as_os_str().as_bytes().to_vec());
+                        }
+                        continue;
+                    }
+                };
+                if !entry.file_type().is_file() || !is_audio_file(entry.file_name().as_bytes()) {
+                    continue;
+                }
+                let Ok(rel) = entry.path().strip_prefix(&root) else {
+                    continue;
+                };
+                let rel = rel.as_os_str().as_bytes().to_vec();
+                let Ok(meta) = entry.metadata() else { continue };
+                let stat = Stat {
+                    size: meta.len(),
+                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                    ino: meta.ino(),
+                };
+                let unchanged = known
+                    .get(&rel)
+                    .is_some_and(|k| *k == (stat.size, stat.mtime_ns, stat.ino));
+                seen.insert(rel.clone());
+                if unchanged {
+                    self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                jobs.push((origin, entry.into_path(), rel));
+                if jobs.len() >= BATCH_FILES {
+                    let recs = self.probe(std::mem::take(&mut jobs));
+                    self.commit(recs, &[], false)?;
+                }
+            }
+        }
+        let recs = self.probe(jobs);
+        let removals: Vec<Vec<u8>> = known
+            .keys()
+            .filter(|rel| !seen.contains(*rel))
+            .filter(|rel| !unreadable.iter().any(|u| rel.starts_with(u)))
+            .map(|rel| file_key(origin, rel))
+            .collect();
+        if !recs.is_empty() || !removals.is_empty() {
+            self.commit(recs, &removals, false)?;
+        }
+        Ok(())
+    }
+
+    /// Applies changes to single files (from a watcher): probes those that
+    /// exist and changed, removes those that are gone.
+    pub fn sync_files(&self, origin: u32, rels: &HashSet<Vec<u8>>) -> Result<()> {
+        let root = self
+            .origins
+            .get(origin as usize)
+            .context("no such origin")?;
+        let mut jobs = Vec::new();
+        let mut removals = Vec::new();
+        for rel in rels {
+            let name = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
+            if !is_audio_file(name) {
+                continue;
+            }
+            let abs = root.join(OsStr::from_bytes(rel));
+            let key = file_key(origin, rel);
+            match std::fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_file() => {
+                    let stat = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino());
+                    let known = self
+                        .store
+                        .file(&key)?
+                        .map(|e| (e.rec.size_bytes, e.rec.mtime_ns, e.rec.origin_ino));
+                    if known != Some(stat) {
+                        jobs.push((origin, abs, rel.clone()));
+                    }
+                }
+                _ => {
+                    if self.store.file(&key)?.is_some() {
+                        removals.push(key);
+                    }
+                }
+            }
+        }
+        let recs = self.probe(jobs);
+        if !recs.is_empty() || !removals.is_empty() {
+            self.commit(recs, &removals, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `task` until `stop`, restarting it with backoff when it fails or
+/// panics (1 s, doubling to 60 s; reset after a healthy 5 minutes).
+pub fn supervise(
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    task: impl Fn() -> Result<()> + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("musicfs-{name}"))
+        .spawn(move || {
+            let mut backoff = Duration::from_secs(1);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&task));
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => error!(
+                        task = name,
+                        "failed: {e:#}; restarting in {} s",
+                        backoff.as_secs()
+                    ),
+                    Err(_) => error!(
+                        task = name,
+                        "panicked; restarting in {} s",
+                        backoff.as_secs()
+                    ),
+                }
+                if started.elapsed() > Duration::from_secs(300) {
+                    backoff = Duration::from_secs(1);
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        });
+    if let Err(e) = spawned {
+        error!(task = name, "cannot start: {e}");
+    }
+}
+
+/// Follows a local origin with inotify until `stop`.
+pub fn watch_local(
+    syncer: &Syncer,
+    origin: u32,
+    debounce: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+
+    let root = syncer
+        .origins
+        .get(origin as usize)
+        .context("no such origin")?
+        .clone();
+    let inotify =
+        Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).context("inotify_init")?;
+    let mask = F::IN_CLOSE_WRITE
+        | F::IN_CREATE
+        | F::IN_DELETE
+        | F::IN_MOVED_FROM
+        | F::IN_MOVED_TO
+        | F::IN_ATTRIB
+        | F::IN_DELETE_SELF
+        | F::IN_MOVE_SELF
+        | F::IN_ONLYDIR;
+    let mut dirs: HashMap<i32, PathBuf> = HashMap::new(); // wd -> relative dir
+    let add_tree = |dirs: &mut HashMap<i32, PathBuf>, rel: &Path| -> Result<()> {
+        for entry in walkdir::WalkDir::new(root.join(rel)).follow_links(false) {
+            let Ok(entry) = entry else { continue };
+            if !entry.file_type().is_dir() {
+                continue;
+            }
+            match inotify.add_watch(entry.path(), mask) {
+                Ok(wd) => {
+                    let r = entry
+                        .path()
+                        .strip_prefix(&root)
+                        .unwrap_or(Path::new(""))
+                        .to_path_buf();
+                    dirs.insert(wd.as_raw(), r);
+                }
+                Err(nix::errno::Errno::ENOSPC) => {
+                    anyhow::bail!(
+                        "inotify watch limit reached (fs.inotify.max_user_watches); raise it"
+                    );
+                }
+                Err(e) => debug!(path = %entry.path().display(), "cannot watch: {e}"),
+            }
+        }
+        Ok(())
+    };
+    add_tree(&mut dirs, Path::new(""))?;
+    info!(origin = %root.display(), directories = dirs.len(), "watching for changes");
+
+    let mut files: HashSet<Vec<u8>> = HashSet::new();
+    let mut subtrees: HashSet<PathBuf> = HashSet::new();
+    let mut rescan_all = false;
+    let mut first_event: Option<Instant> = None;
+    let mut last_event = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(Duration::from_millis(100)).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll on inotify"),
+        }
+        loop {
+            let events = match inotify.read_events() {
+                Ok(ev) => ev,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => return Err(e).context("reading inotify events"),
+            };
+            for ev in events {
+                let now = Instant::now();
+                first_event.get_or_insert(now);
+                last_event = now;
+                if ev.mask.contains(F::IN_Q_OVERFLOW) {
+                    warn!(origin = %root.display(), "inotify queue overflowed; rescanning the origin");
+                    rescan_all = true;
+                    continue;
+                }
+                if ev.mask.contains(F::IN_IGNORED) {
+                    dirs.remove(&ev.wd.as_raw());
+                    continue;
+                }
+                let Some(dir) = dirs.get(&ev.wd.as_raw()).cloned() else {
+                    continue;
+                };
+                let Some(name) = ev.name else { continue };
+                let rel = dir.join(&name);
+                if ev.mask.contains(F::IN_ISDIR) {
+                    if ev.mask.intersects(F::IN_DELETE | F::IN_MOVED_FROM) {
+                        // Its watches (same inodes) are re-registered under the
+                        // new path if it moved within the origin.
+                        dirs.retain(|_, p| !p.starts_with(&rel));
+                    }
+                    if ev.mask.intersects(F::IN_CREATE | F::IN_MOVED_TO) {
+                        add_tree(&mut dirs, &rel)?;
+                    }
+                    subtrees.insert(rel);
+                } else {
+                    files.insert(rel.as_os_str().as_bytes().to_vec());
+                }
+            }
+        }
+        let Some(first) = first_event else { continue };
+        // Apply after `debounce` of quiet, or at most 10 debounce windows after the first event.
+        if last_event.elapsed() < debounce && first.elapsed() < debounce * 10 {
+            continue;
+        }
+        if rescan_all {
+            syncer.sync_origin(origin, Path::new(""))?;
+        } else {
+            for sub in &subtrees {
+                syncer.sync_origin(origin, sub)?;
+            }
+            syncer.sync_files(origin, &files)?;
+        }
+        debug!(
+            files = files.len(),
+            subtrees = subtrees.len(),
+            rescan_all,
+            "changes applied"
+        );
+        files.clear();
+        subtrees.clear();
+        rescan_all = false;
+        first_event = None;
+    }
+    Ok(())
+}
+
+/// Rescans an origin on a network filesystem every `interval` until `stop`.
+pub fn poll_network(
+    syncer: &Syncer,
+    origin: u32,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let root = syncer
+        .origins
+        .get(origin as usize)
+        .context("no such origin")?
+        .clone();
+    info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
+    loop {
+        let until = Instant::now() + interval;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200).min(interval));
+        }
+        syncer.sync_origin(origin, Path::new(""))?;
+    }
+}
