@@ -44,6 +44,8 @@ pub struct Config {
     pub debounce_ms: u64,
     /// Polling interval for origins on network filesystems, in seconds.
     pub poll_interval_s: u64,
+    /// Files probed per scan checkpoint (one catalog commit each).
+    pub checkpoint_files: usize,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             watch: "auto".to_string(),
             debounce_ms: 300,
             poll_interval_s: 300,
+            checkpoint_files: 1000,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Config {
             "watch",
             "debounce_ms",
             "poll_interval_s",
+            "checkpoint_files",
         ]);
         fig = fig.merge(env);
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
@@ -146,6 +150,9 @@ impl Config {
                 "watch must be one of auto, inotify, poll, off (got {:?})",
                 self.watch
             );
+        }
+        if self.checkpoint_files == 0 {
+            bail!("checkpoint_files must be > 0");
         }
         if self.poll_interval_s == 0 {
             bail!("poll_interval_s must be > 0");

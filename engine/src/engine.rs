@@ -82,7 +82,12 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         template,
     )?);
     let complete = store.scan_complete()?;
-    let mut syncer = Syncer::new(store.clone(), config.origins.clone(), scan_threads(config));
+    let mut syncer = Syncer::new(
+        store.clone(),
+        config.origins.clone(),
+        scan_threads(config),
+        config.checkpoint_files,
+    );
     if !complete {
         // First start (or an interrupted first scan): fill the catalog before
         // serving, committing checkpoints as it goes.

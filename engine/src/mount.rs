@@ -44,16 +44,26 @@ pub fn is_mountpoint(path: &Path) -> std::io::Result<bool> {
 
 /// Checks the mountpoint, cleaning a stale FUSE mount left by a crash.
 pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
+    let stale = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let clean = || -> Result<()> {
+        warn!(
+            mountpoint = %mountpoint.display(),
+            "stale mount found (transport endpoint is not connected); unmounting it"
+        );
+        lazy_unmount(mountpoint)
+    };
     match std::fs::metadata(mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(
-                mountpoint = %mountpoint.display(),
-                "stale mount found (transport endpoint is not connected); unmounting it"
-            );
-            lazy_unmount(mountpoint)?;
+        Ok(m) if m.is_dir() => {
+            // stat may answer from the kernel's attribute cache of a dead
+            // FUSE mount; listing it cannot.
+            if let Err(e) = std::fs::read_dir(mountpoint)
+                && stale(&e)
+            {
+                clean()?;
+            }
         }
+        Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
+        Err(e) if stale(&e) => clean()?,
         Err(e) => bail!("mountpoint {} cannot be used: {e}", mountpoint.display()),
     }
     if is_mountpoint(mountpoint).unwrap_or(false) {
@@ -102,6 +112,20 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
     Ok(())
 }
 
+/// Children of `musicfs mount` stop (cleanly, on SIGTERM) if the supervisor
+/// itself dies, instead of lingering unmanaged.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn engine_command(config: &Config, state_dir: &Path, socket: &Path) -> Result<Command> {
     let exe = std::env::current_exe().context("cannot find the musicfs binary")?;
     let mut cmd = Command::new(exe);
@@ -118,9 +142,20 @@ fn engine_command(config: &Config, state_dir: &Path, socket: &Path) -> Result<Co
     cmd.env("MUSICFS_LOG", &config.log_level)
         .env("MUSICFS_ENTRY_TTL_MS", config.entry_ttl_ms.to_string())
         .env("MUSICFS_SCAN_THREADS", config.scan_threads.to_string())
+        .env(
+            "MUSICFS_CHECKPOINT_FILES",
+            config.checkpoint_files.to_string(),
+        )
+        .env("MUSICFS_WATCH", &config.watch)
+        .env("MUSICFS_DEBOUNCE_MS", config.debounce_ms.to_string())
+        .env(
+            "MUSICFS_POLL_INTERVAL_S",
+            config.poll_interval_s.to_string(),
+        )
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut cmd);
     Ok(cmd)
 }
 
@@ -143,6 +178,7 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
         .stdout(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut cmd);
     cmd
 }
 

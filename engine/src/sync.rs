@@ -30,9 +30,6 @@ use crate::scan::{is_audio_file, probe_file};
 use crate::server::Shared;
 use crate::store::{Store, file_key};
 
-/// Files probed and committed per checkpoint.
-pub const BATCH_FILES: usize = 1000;
-
 #[derive(Default, Debug)]
 pub struct SyncCounters {
     /// Files whose tags were read.
@@ -49,6 +46,7 @@ pub struct Syncer {
     shared: Option<Arc<Shared>>,
     pub origins: Vec<PathBuf>,
     threads: usize,
+    checkpoint_files: usize,
     pub counters: SyncCounters,
     /// Serialises writers (scan, watcher, poller).
     write_lock: parking_lot::Mutex<()>,
@@ -63,12 +61,18 @@ struct Stat {
 }
 
 impl Syncer {
-    pub fn new(store: Arc<Store>, origins: Vec<PathBuf>, threads: usize) -> Syncer {
+    pub fn new(
+        store: Arc<Store>,
+        origins: Vec<PathBuf>,
+        threads: usize,
+        checkpoint_files: usize,
+    ) -> Syncer {
         Syncer {
             store,
             shared: None,
             origins,
             threads: threads.max(1),
+            checkpoint_files: checkpoint_files.max(1),
             counters: SyncCounters::default(),
             write_lock: parking_lot::Mutex::new(()),
         }
@@ -90,9 +94,11 @@ impl Syncer {
         self.counters
             .removed
             .fetch_add(n_rm as u64, Ordering::Relaxed);
+        let files = self.store.file_count().unwrap_or(0);
         debug!(
             upserts = n_up,
             removals = n_rm,
+            files,
             elapsed_us = t.elapsed().as_micros() as u64,
             "checkpoint committed"
         );
@@ -233,7 +239,7 @@ impl Syncer {
                     continue;
                 }
                 jobs.push((origin, entry.into_path(), rel));
-                if jobs.len() >= BATCH_FILES {
+                if jobs.len() >= self.checkpoint_files {
                     let recs = self.probe(std::mem::take(&mut jobs));
                     self.commit(recs, &[], false)?;
                 }

@@ -196,12 +196,28 @@ impl Mount {
 
     /// Mounts with an optional existing state directory and extra environment.
     pub fn start_with(origins: &[&Path], state: Option<&Path>, env: &[(&str, &str)]) -> Mount {
+        Self::start_at(origins, state, None, env)
+    }
+
+    /// As `start_with`, on a given (existing) mountpoint.
+    pub fn start_at(
+        origins: &[&Path],
+        state: Option<&Path>,
+        mnt: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Mount {
         let root = tempfile::Builder::new()
             .prefix("mfs")
             .tempdir_in("/tmp")
             .unwrap();
-        let mnt = root.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
+        let mnt = match mnt {
+            Some(m) => m.to_path_buf(),
+            None => {
+                let m = root.path().join("mnt");
+                std::fs::create_dir(&m).unwrap();
+                m
+            }
+        };
         let state = state.map_or_else(|| root.path().join("state"), Path::to_path_buf);
         let log = root.path().join("musicfs.log");
         let mut cmd = Command::new(musicfs_bin());
@@ -230,9 +246,11 @@ impl Mount {
         m
     }
 
+    /// Waits for the supervisor's "mounted at" line (printed once the shim
+    /// reports the mount live; a stale old mount would fool a stat check).
     fn wait_mounted(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !is_mountpoint(&self.mnt) {
+        while !(self.log_text().contains("musicfs: mounted at") && is_mountpoint(&self.mnt)) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "musicfs exited before mounting ({status}):\n{}",
@@ -250,6 +268,19 @@ impl Mount {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// PID of the `musicfs mount` supervisor.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Forgets the supervisor without stopping it (the test killed it).
+    pub fn abandon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Sends `signal` to `musicfs mount` and waits (bounded) for it to exit.
@@ -321,4 +352,215 @@ pub fn list_files(root: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// A `musicfs engine` run on its own (no mount), for tests of the engine's
+/// start-up, scan and locking. Killed on drop.
+pub struct EngineProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl EngineProc {
+    pub fn start(origin: &Path, state: &Path, log: &Path, env: &[(&str, &str)]) -> EngineProc {
+        let mut cmd = Command::new(musicfs_bin());
+        cmd.arg("engine")
+            .arg("--origin")
+            .arg(origin)
+            .arg("--state-dir")
+            .arg(state)
+            .env("HOME", state.parent().unwrap_or(state))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        EngineProc {
+            child: cmd.spawn().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle` at least `count` times.
+    pub fn wait_log(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().matches(needle).count() >= count {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "engine exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the engine log after {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("engine did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// The value of `key=NUMBER` in the last log line that contains `marker`.
+pub fn log_number(log: &str, marker: &str, key: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(marker))?;
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// PIDs of processes whose command line contains `needle`.
+pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && pid != std::process::id() as i32 {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Counts opens of regular files below a directory tree, with inotify.
+pub struct OpenCounter {
+    fd: i32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OpenCounter {
+    pub fn start(root: &Path) -> OpenCounter {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        // SAFETY: plain syscalls; paths are NUL-terminated CStrings.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        assert!(fd >= 0, "inotify_init1 failed");
+        for e in walkdir::WalkDir::new(root) {
+            let e = e.unwrap();
+            if e.file_type().is_dir() {
+                let c = CString::new(e.path().as_os_str().as_bytes()).unwrap();
+                let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) };
+                assert!(wd >= 0, "inotify_add_watch failed");
+            }
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let count = std::sync::Arc::new(AtomicU64::new(0));
+        let (s, c) = (stop.clone(), count.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while !s.load(Ordering::Relaxed) {
+                // SAFETY: buf is valid for buf.len() bytes.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                let mut off = 0usize;
+                while off + std::mem::size_of::<libc::inotify_event>() <= n as usize {
+                    // SAFETY: the kernel wrote a whole inotify_event at `off`.
+                    let ev: libc::inotify_event =
+                        unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+                    if ev.mask & libc::IN_OPEN != 0 && ev.mask & libc::IN_ISDIR == 0 {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    off += std::mem::size_of::<libc::inotify_event>() + ev.len as usize;
+                }
+            }
+        });
+        OpenCounter {
+            fd,
+            stop,
+            count,
+            thread: Some(thread),
+        }
+    }
+
+    /// File opens seen so far (after a short pause to drain the queue).
+    pub fn count(&self) -> u64 {
+        std::thread::sleep(Duration::from_millis(100));
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for OpenCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Copies a directory tree (cp -a).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp -a failed");
 }

@@ -1,0 +1,323 @@
+//! Persistent state: instant restart from the catalog, live sync, a scan that
+//! resumes after kill -9, a corrupt catalog, one engine per state directory,
+//! and a stale mountpoint left by a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use musicfs_integration::*;
+
+const TRACKS: usize = 2000;
+const SEED: u64 = 7;
+
+/// A private, writable copy of the generated library.
+fn library_copy(dir: &Path) -> PathBuf {
+    let lib = generated_library(TRACKS, SEED);
+    let copy = dir.join("lib");
+    copy_tree(&lib, &copy);
+    copy
+}
+
+fn tree(mnt: &Path) -> BTreeMap<PathBuf, u64> {
+    walkdir::WalkDir::new(mnt)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.path().strip_prefix(mnt).unwrap().to_path_buf(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect()
+}
+
+/// A restart serves the same tree with the same inodes from the catalog,
+/// without opening a single origin file (counted with inotify), and its
+/// background reconcile finds nothing to probe.
+#[test]
+fn restart_serves_from_the_catalog_without_opening_origin_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = library_copy(dir.path());
+    let state = dir.path().join("state");
+    let m1 = Mount::start_with(&[&lib], Some(&state), &[]);
+    let first = tree(&m1.mnt);
+    assert!(first.len() > TRACKS);
+    assert!(m1.stop().success());
+
+    let opens = OpenCounter::start(&lib);
+    let m2 = Mount::start_with(&[&lib], Some(&state), &[("MUSICFS_LOG", "info")]);
+    let second = tree(&m2.mnt);
+    assert!(
+        eventually(Duration::from_secs(60), || m2
+            .log_text()
+            .contains("sync finished")),
+        "no reconcile:\n{}",
+        m2.log_text()
+    );
+    let log = m2.log_text();
+    assert!(m2.stop().success());
+    assert_eq!(first, second, "tree or inodes changed across the restart");
+    assert_eq!(opens.count(), 0, "the restart opened origin files");
+    assert!(
+        !log.contains("no complete scan"),
+        "the restart scanned:\n{log}"
+    );
+    assert_eq!(
+        log_number(&log, "sync finished", "probed"),
+        Some(0),
+        "{log}"
+    );
+}
+
+fn ffmpeg_retag(file: &Path, title: &str) {
+    let tmp = file.with_file_name(".retag.tmp.mp3");
+    let ok = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(file)
+        .args([
+            "-map_metadata",
+            "0",
+            "-metadata",
+            &format!("title={title}"),
+            "-c",
+            "copy",
+        ])
+        .arg(&tmp)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg retag failed");
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn find_by_origin(mnt: &Path, origin: &Path) -> Option<PathBuf> {
+    list_files(mnt).into_iter().map(|r| mnt.join(r)).find(|p| {
+        getxattr(p, "user.musicfs.origin").as_deref() == Some(origin.as_os_str().as_encoded_bytes())
+    })
+}
+
+/// Files added, modified, retagged, deleted and renamed in a live origin show
+/// up in the mount within the debounce window (plus a margin).
+#[test]
+fn live_changes_show_up_in_the_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = generated_library(TRACKS, SEED);
+    let manifest = read_manifest(&src);
+    let mp3s: Vec<&ManifestEntry> = manifest
+        .iter()
+        .filter(|e| {
+            e.kind == "normal" && e.format == "mp3" && e.path.is_ascii() && e.tags.title.is_some()
+        })
+        .take(4)
+        .collect();
+    assert_eq!(mp3s.len(), 4);
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    for (i, e) in mp3s.iter().take(3).enumerate() {
+        std::fs::copy(src.join(&e.path), origin.join(format!("t{i}.mp3"))).unwrap();
+    }
+    let m = Mount::start_with(&[&origin], None, &[("MUSICFS_DEBOUNCE_MS", "200")]);
+    let window = Duration::from_secs(5);
+    assert_eq!(list_files(&m.mnt).len(), 3);
+
+    // Add.
+    std::fs::copy(src.join(&mp3s[3].path), origin.join("added.mp3")).unwrap();
+    assert!(
+        eventually(window, || find_by_origin(&m.mnt, &origin.join("added.mp3"))
+            .is_some()),
+        "added file did not appear"
+    );
+    // Modify in place: the size changes.
+    let t0 = origin.join("t0.mp3");
+    let before = std::fs::metadata(&t0).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&t0)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[0u8; 1000]))
+        .unwrap();
+    assert!(
+        eventually(window, || find_by_origin(&m.mnt, &t0).is_some_and(
+            |p| std::fs::metadata(p).unwrap().len() == before + 1000
+        )),
+        "modified size not seen"
+    );
+    let p = find_by_origin(&m.mnt, &t0).unwrap();
+    assert_eq!(hash_file(&p).unwrap(), hash_file(&t0).unwrap());
+    // Retag: the path follows the new title.
+    let t1 = origin.join("t1.mp3");
+    ffmpeg_retag(&t1, "Brand New Title");
+    assert!(
+        eventually(window, || find_by_origin(&m.mnt, &t1)
+            .is_some_and(|p| p.to_string_lossy().contains("Brand New Title"))),
+        "retag not seen: {:?}",
+        list_files(&m.mnt)
+    );
+    // Rename in the origin: the origin path follows.
+    let t2 = origin.join("t2.mp3");
+    let renamed = origin.join("renamed.mp3");
+    std::fs::rename(&t2, &renamed).unwrap();
+    assert!(
+        eventually(window, || find_by_origin(&m.mnt, &renamed).is_some()
+            && find_by_origin(&m.mnt, &t2).is_none()),
+        "rename not seen"
+    );
+    // Delete.
+    std::fs::remove_file(origin.join("added.mp3")).unwrap();
+    assert!(
+        eventually(window, || find_by_origin(&m.mnt, &origin.join("added.mp3"))
+            .is_none()),
+        "deleted file still there"
+    );
+    // A new directory with a file in it.
+    std::fs::create_dir(origin.join("newdir")).unwrap();
+    std::fs::copy(src.join(&mp3s[3].path), origin.join("newdir/x.mp3")).unwrap();
+    assert!(
+        eventually(window, || find_by_origin(
+            &m.mnt,
+            &origin.join("newdir/x.mp3")
+        )
+        .is_some()),
+        "file in a new directory not seen"
+    );
+    assert_eq!(list_files(&m.mnt).len(), 4);
+    assert!(m.stop().success());
+}
+
+/// kill -9 during the first scan; the next engine resumes from the last
+/// checkpoint: it probes only what was not committed.
+#[test]
+fn killed_scan_resumes_from_its_checkpoint() {
+    let lib = generated_library(TRACKS, SEED);
+    let total = read_manifest(&lib).len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let env = [
+        ("MUSICFS_CHECKPOINT_FILES", "100"),
+        ("MUSICFS_SCAN_THREADS", "1"),
+        ("MUSICFS_LOG", "info,musicfs_engine::sync=debug"),
+    ];
+    let mut e1 = EngineProc::start(&lib, &state, &dir.path().join("e1.log"), &env);
+    e1.wait_log("checkpoint committed", 3, Duration::from_secs(120));
+    e1.kill9();
+    let committed = log_number(&e1.log_text(), "checkpoint committed", "files").unwrap();
+    assert!(
+        committed >= 300 && committed < total,
+        "committed {committed} of {total}"
+    );
+
+    let mut e2 = EngineProc::start(&lib, &state, &dir.path().join("e2.log"), &env);
+    e2.wait_log("engine ready", 1, Duration::from_secs(120));
+    let log = e2.log_text();
+    let probed = log_number(&log, "sync finished", "probed").unwrap();
+    assert!(
+        probed <= total - committed,
+        "probed {probed} again, but only {} were not committed",
+        total - committed
+    );
+    assert_eq!(
+        log_number(&log, "sync finished", "files"),
+        Some(total),
+        "{log}"
+    );
+    assert!(e2.stop().success());
+}
+
+/// A catalog that cannot be opened is moved aside with one clear line and
+/// rebuilt; the mount works.
+#[test]
+fn corrupt_catalog_still_mounts() {
+    let lib = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let m = Mount::start_with(&[&lib], Some(&state), &[]);
+    let n = list_files(&m.mnt).len();
+    assert!(m.stop().success());
+    let catalog = state.join("catalog.redb");
+    let len = std::fs::metadata(&catalog).unwrap().len() as usize;
+    std::fs::write(&catalog, vec![0xa5u8; len.max(4096)]).unwrap();
+
+    let m = Mount::start_with(&[&lib], Some(&state), &[]);
+    assert_eq!(list_files(&m.mnt).len(), n);
+    let log = m.log_text();
+    assert_eq!(log.matches("moved it to").count(), 1, "{log}");
+    assert!(m.stop().success());
+    let aside = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("broken"))
+        .count();
+    assert_eq!(aside, 1);
+}
+
+/// A second engine on the same state directory is refused, naming the holder.
+#[test]
+fn second_engine_on_the_same_state_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    let state = dir.path().join("state");
+    let mut first = EngineProc::start(&origin, &state, &dir.path().join("a.log"), &[]);
+    first.wait_log("engine ready", 1, Duration::from_secs(30));
+    let out = Command::new(musicfs_bin())
+        .arg("engine")
+        .arg("--origin")
+        .arg(&origin)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(dir.path().join("other.sock"))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("pid {}", first.child.id())),
+        "the error does not name the holder: {err}"
+    );
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first engine died"
+    );
+    assert!(first.stop().success());
+}
+
+/// A mountpoint left "Transport endpoint is not connected" by a crash is
+/// cleaned before mounting.
+#[test]
+fn stale_mountpoint_is_cleaned_before_mounting() {
+    let lib = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    let state = m.state.clone();
+    // Crash the shim first (SIGKILL: no unmount), then the supervisor and
+    // the engine.
+    let mut victims: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
+    assert_eq!(victims.len(), 1, "shim not found");
+    victims.push(m.pid() as i32);
+    victims.extend(pids_with_cmdline(&state.to_string_lossy()));
+    for pid in &victims {
+        // SAFETY: kill(2) on processes this test started.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    m.abandon();
+    assert!(
+        // (stat may still answer from the kernel's attribute cache; readdir cannot.)
+        eventually(Duration::from_secs(10), || matches!(
+            std::fs::read_dir(&mnt),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)
+        )),
+        "could not make a stale mount"
+    );
+    let m2 = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    assert!(!list_files(&m2.mnt).is_empty());
+    assert!(m2.log_text().contains("stale mount"), "{}", m2.log_text());
+    assert!(m2.stop().success());
+}
