@@ -39,6 +39,9 @@ pub struct FileRecord {
     pub mtime_ns: i64,
     /// Inode number of the origin file on its own filesystem.
     pub origin_ino: u64,
+    /// Content fingerprint (see `scan::fingerprint`), for when an mtime
+    /// cannot be trusted.
+    pub fingerprint: u64,
     /// Detected content format (e.g. "flac"), if the probe recognised it.
     pub format: Option<String>,
     pub tags: Tags,

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::model::FileRecord;
 use crate::template::{Template, with_collision_suffix};
 
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 pub const ROOT_INO: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -65,6 +65,15 @@ pub struct NodeRec {
     pub mtime_ns: i64,
     /// For files: the content version (open handle).
     pub version: u64,
+}
+
+/// What the catalog knows of an origin file's identity on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownFile {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    pub fingerprint: u64,
 }
 
 /// One entry of a directory listing.
@@ -224,14 +233,21 @@ impl Store {
                     meta.insert("scan_complete", 0)?;
                     meta.insert("node_count", 1)?;
                 }
-                Some(1) => {
-                    // v1 kept file records and inodes but no tree: drop the
-                    // old records (their encoding differs) and rescan; the
-                    // inode table carries over, so inode numbers stay.
-                    info!("migrating catalog {} from schema 1 to 2", path.display());
+                Some(old @ (1 | 2)) => {
+                    // Older record encodings: drop records and tree, rescan;
+                    // the inode table carries over, so paths keep their inodes.
+                    info!(
+                        "migrating catalog {} from schema {old} to {SCHEMA_VERSION}: rescanning",
+                        path.display()
+                    );
                     txn.delete_table(FILES)?;
+                    txn.delete_table(NODES)?;
+                    txn.delete_table(CHILDREN)?;
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                     meta.insert("scan_complete", 0)?;
+                    meta.insert("file_count", 0)?;
+                    meta.insert("total_bytes", 0)?;
+                    meta.insert("node_count", 1)?;
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(v) => bail!(
@@ -363,13 +379,9 @@ impl Store {
         }
     }
 
-    /// (size, mtime, origin inode) of every file of `origin` under `prefix`
-    /// (relative path bytes; empty = the whole origin), for delta sync.
-    pub fn file_stats(
-        &self,
-        origin: u32,
-        prefix: &[u8],
-    ) -> Result<HashMap<Vec<u8>, (u64, i64, u64)>> {
+    /// (size, mtime, origin inode, fingerprint) of every file of `origin`
+    /// under `prefix` (relative path bytes; empty = the whole origin).
+    pub fn file_stats(&self, origin: u32, prefix: &[u8]) -> Result<HashMap<Vec<u8>, KnownFile>> {
         let txn = self.db.begin_read()?;
         let files = txn.open_table(FILES)?;
         let lo = file_key(origin, prefix);
@@ -387,11 +399,12 @@ impl Store {
                 postcard::from_bytes(v.value()).context("corrupt file record")?;
             out.insert(
                 rel.to_vec(),
-                (
-                    entry.rec.size_bytes,
-                    entry.rec.mtime_ns,
-                    entry.rec.origin_ino,
-                ),
+                KnownFile {
+                    size: entry.rec.size_bytes,
+                    mtime_ns: entry.rec.mtime_ns,
+                    ino: entry.rec.origin_ino,
+                    fingerprint: entry.rec.fingerprint,
+                },
             );
         }
         Ok(out)
@@ -820,6 +833,7 @@ mod tests {
             size_bytes: 10,
             mtime_ns: 5,
             origin_ino: 1,
+            fingerprint: 0,
             format: None,
             tags: Tags {
                 artist: Some(artist.into()),

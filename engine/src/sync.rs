@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::model::FileRecord;
 use crate::scan::{is_audio_file, probe_file};
 use crate::server::Shared;
-use crate::store::{Store, file_key};
+use crate::store::{KnownFile, Store, file_key};
 
 #[derive(Default, Debug)]
 pub struct SyncCounters {
@@ -52,12 +52,29 @@ pub struct Syncer {
     write_lock: parking_lot::Mutex<()>,
 }
 
-/// One origin file's identity on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
-    size: u64,
-    mtime_ns: i64,
-    ino: u64,
+/// An mtime this far in the future is not trusted (the clock jumped, or the
+/// file came from a machine with a wrong clock): the fingerprint decides.
+const MTIME_FUTURE_TOLERANCE_NS: i64 = 60 * 1_000_000_000;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Whether an origin file is unchanged since the catalog saw it: same size,
+/// mtime and inode; when the mtime looks wrong, also the same fingerprint.
+fn unchanged(known: Option<&KnownFile>, abs: &Path, meta: &std::fs::Metadata) -> bool {
+    let Some(k) = known else { return false };
+    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    if (k.size, k.mtime_ns, k.ino) != (meta.len(), mtime_ns, meta.ino()) {
+        return false;
+    }
+    if mtime_ns <= now_ns() + MTIME_FUTURE_TOLERANCE_NS {
+        return true;
+    }
+    let fp = std::fs::File::open(abs).and_then(|f| crate::scan::fingerprint_file(&f, meta.len()));
+    fp.is_ok_and(|fp| fp == k.fingerprint)
 }
 
 impl Syncer {
@@ -225,16 +242,9 @@ impl Syncer {
                 };
                 let rel = rel.as_os_str().as_bytes().to_vec();
                 let Ok(meta) = entry.metadata() else { continue };
-                let stat = Stat {
-                    size: meta.len(),
-                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                    ino: meta.ino(),
-                };
-                let unchanged = known
-                    .get(&rel)
-                    .is_some_and(|k| *k == (stat.size, stat.mtime_ns, stat.ino));
+                let same = unchanged(known.get(&rel), entry.path(), &meta);
                 seen.insert(rel.clone());
-                if unchanged {
+                if same {
                     self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -276,12 +286,13 @@ impl Syncer {
             let key = file_key(origin, rel);
             match std::fs::symlink_metadata(&abs) {
                 Ok(m) if m.is_file() => {
-                    let stat = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino());
-                    let known = self
-                        .store
-                        .file(&key)?
-                        .map(|e| (e.rec.size_bytes, e.rec.mtime_ns, e.rec.origin_ino));
-                    if known != Some(stat) {
+                    let known = self.store.file(&key)?.map(|e| KnownFile {
+                        size: e.rec.size_bytes,
+                        mtime_ns: e.rec.mtime_ns,
+                        ino: e.rec.origin_ino,
+                        fingerprint: e.rec.fingerprint,
+                    });
+                    if !unchanged(known.as_ref(), &abs, &m) {
                         jobs.push((origin, abs, rel.clone()));
                     }
                 }
@@ -498,5 +509,71 @@ pub fn poll_network(
             std::thread::sleep(Duration::from_millis(200).min(interval));
         }
         syncer.sync_origin(origin, Path::new(""))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::{DEFAULT_TEMPLATE, Template};
+    use std::io::Write;
+
+    fn syncer(dir: &Path, origin: &Path) -> Syncer {
+        let store = Store::open(
+            &dir.join("c.redb"),
+            Template::parse(DEFAULT_TEMPLATE).unwrap(),
+        )
+        .unwrap();
+        Syncer::new(Arc::new(store), vec![origin.to_path_buf()], 2, 100)
+    }
+
+    fn rewrite(path: &Path, byte: u8, mtime: std::time::SystemTime) {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all(&vec![byte; 10_000]).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
+    /// Same size, same (future) mtime, same inode, new content: the
+    /// fingerprint catches it; a file with a sane mtime is trusted.
+    #[test]
+    fn future_mtime_is_checked_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("o");
+        std::fs::create_dir(&origin).unwrap();
+        let future = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        let past = std::time::SystemTime::now() - Duration::from_secs(86_400);
+        for (name, t) in [("future.mp3", future), ("past.mp3", past)] {
+            std::fs::write(origin.join(name), vec![1u8; 10_000]).unwrap();
+            rewrite(&origin.join(name), 1, t);
+        }
+        let s = syncer(dir.path(), &origin);
+        s.sync_all().unwrap();
+        assert_eq!(s.counters.probed.load(Ordering::Relaxed), 2);
+        // Unchanged: nothing probed, even for the future mtime.
+        s.sync_all().unwrap();
+        assert_eq!(s.counters.probed.load(Ordering::Relaxed), 2);
+        rewrite(&origin.join("future.mp3"), 2, future);
+        rewrite(&origin.join("past.mp3"), 2, past);
+        s.sync_all().unwrap();
+        assert_eq!(
+            s.counters.probed.load(Ordering::Relaxed),
+            3,
+            "only the file with the untrustworthy mtime is re-read"
+        );
+    }
+
+    /// An unreachable origin keeps what the catalog knows.
+    #[test]
+    fn vanished_origin_does_not_empty_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("o");
+        std::fs::create_dir(&origin).unwrap();
+        std::fs::write(origin.join("a.mp3"), b"x").unwrap();
+        let s = syncer(dir.path(), &origin);
+        s.sync_all().unwrap();
+        assert_eq!(s.store.file_count().unwrap(), 1);
+        std::fs::rename(&origin, dir.path().join("elsewhere")).unwrap();
+        s.sync_all().unwrap();
+        assert_eq!(s.store.file_count().unwrap(), 1);
     }
 }

@@ -404,6 +404,7 @@ mod tests {
             size_bytes: 1,
             mtime_ns: 0,
             origin_ino: 1,
+            fingerprint: 0,
             format: Some("flac".into()),
             tags,
             props: AudioProps::default(),

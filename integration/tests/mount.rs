@@ -31,6 +31,7 @@ fn record(e: &ManifestEntry) -> FileRecord {
         size_bytes: e.size,
         mtime_ns: 0,
         origin_ino: 0,
+        fingerprint: 0,
         format: Some(e.format.clone()),
         tags: Tags {
             artist: t.artist.clone(),

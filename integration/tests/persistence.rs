@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +21,11 @@ fn library_copy(dir: &Path) -> PathBuf {
     let copy = dir.join("lib");
     copy_tree(&lib, &copy);
     copy
+}
+
+/// The file of a manifest entry (its path may not be UTF-8).
+fn origin_of(lib: &Path, e: &ManifestEntry) -> PathBuf {
+    lib.join(std::ffi::OsStr::from_bytes(&e.raw_path()))
 }
 
 fn tree(mnt: &Path) -> BTreeMap<PathBuf, u64> {
@@ -320,4 +326,81 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
     assert!(!list_files(&m2.mnt).is_empty());
     assert!(m2.log_text().contains("stale mount"), "{}", m2.log_text());
     assert!(m2.stop().success());
+}
+
+/// An inotify queue overflow is never silence: the origin is rescanned and
+/// every change shows up. (The queue limit is taken when the engine creates
+/// its inotify instance, so the test lowers it only around the start.)
+#[test]
+fn inotify_overflow_triggers_a_rescan() {
+    const KNOB: &str = "/proc/sys/fs/inotify/max_queued_events";
+    let src = generated_library(TRACKS, SEED);
+    let manifest = read_manifest(&src);
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    let old = std::fs::read_to_string(KNOB).unwrap();
+    std::fs::write(KNOB, "8").unwrap();
+    let m = Mount::start_with(&[&origin], None, &[("MUSICFS_DEBOUNCE_MS", "300")]);
+    std::fs::write(KNOB, old.trim()).unwrap();
+    // Far more than 8 events in one burst.
+    let normal: Vec<&ManifestEntry> = manifest
+        .iter()
+        .filter(|e| e.kind == "normal")
+        .take(60)
+        .collect();
+    for (i, e) in normal.iter().enumerate() {
+        std::fs::copy(
+            origin_of(&src, e),
+            origin.join(format!("f{i:03}.{}", e.ext)),
+        )
+        .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || list_files(&m.mnt).len()
+            == normal.len()),
+        "only {} of {} files after an overflow:\n{}",
+        list_files(&m.mnt).len(),
+        normal.len(),
+        m.log_text()
+    );
+    assert!(
+        m.log_text().contains("overflowed"),
+        "no overflow happened:\n{}",
+        m.log_text()
+    );
+    assert!(m.stop().success());
+}
+
+/// Origins on network filesystems (or with `watch = "poll"`) are polled.
+#[test]
+fn polled_origin_follows_changes() {
+    let src = generated_library(TRACKS, SEED);
+    let e = read_manifest(&src)
+        .into_iter()
+        .find(|e| e.kind == "normal")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    let m = Mount::start_with(
+        &[&origin],
+        None,
+        &[("MUSICFS_WATCH", "poll"), ("MUSICFS_POLL_INTERVAL_S", "1")],
+    );
+    assert!(
+        m.log_text().contains("polling for changes")
+            || eventually(Duration::from_secs(5), || m
+                .log_text()
+                .contains("polling for changes"))
+    );
+    std::fs::copy(origin_of(&src, &e), origin.join(format!("new.{}", e.ext))).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || list_files(&m.mnt).len() == 1),
+        "polled change not seen:\n{}",
+        m.log_text()
+    );
+    std::fs::remove_file(origin.join(format!("new.{}", e.ext))).unwrap();
+    assert!(eventually(Duration::from_secs(10), || list_files(&m.mnt).is_empty()));
+    assert!(m.stop().success());
 }
