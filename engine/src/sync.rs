@@ -196,6 +196,20 @@ impl Syncer {
 
     /// Delta-syncs `sub` (a relative directory; empty = everything) of one origin.
     pub fn sync_origin(&self, origin: u32, sub: &Path) -> Result<()> {
+        self.sync_origin_pruned(origin, sub, None)
+    }
+
+    /// `sync_origin`, optionally pruned by directory mtimes: `dir_mtimes`
+    /// holds each directory's mtime from the previous pass; the files of a
+    /// directory whose mtime did not change are not stat'ed (no file can have
+    /// been added, removed or renamed there). In-place edits do not change a
+    /// directory's mtime, so callers make every few passes unpruned.
+    pub fn sync_origin_pruned(
+        &self,
+        origin: u32,
+        sub: &Path,
+        mut dir_mtimes: Option<&mut HashMap<PathBuf, i64>>,
+    ) -> Result<()> {
         let root = self
             .origins
             .get(origin as usize)
@@ -215,6 +229,7 @@ impl Syncer {
         // Directories that could not be read: files under them are kept.
         let mut unreadable: Vec<Vec<u8>> = Vec::new();
         let mut jobs = Vec::new();
+        let mut quiet_dirs: HashSet<PathBuf> = HashSet::new();
         if start.is_dir() {
             let walker = walkdir::WalkDir::new(&start)
                 .follow_links(false)
@@ -234,6 +249,17 @@ impl Syncer {
                         continue;
                     }
                 };
+                if entry.file_type().is_dir()
+                    && let Some(map) = dir_mtimes.as_deref_mut()
+                    && let Ok(m) = entry.metadata()
+                {
+                    let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+                    let path = entry.path().to_path_buf();
+                    if map.insert(path.clone(), mtime) == Some(mtime) {
+                        quiet_dirs.insert(path);
+                    }
+                    continue;
+                }
                 if !entry.file_type().is_file() || !is_audio_file(entry.file_name().as_bytes()) {
                     continue;
                 }
@@ -241,6 +267,16 @@ impl Syncer {
                     continue;
                 };
                 let rel = rel.as_os_str().as_bytes().to_vec();
+                if known.contains_key(&rel)
+                    && entry
+                        .path()
+                        .parent()
+                        .is_some_and(|p| quiet_dirs.contains(p))
+                {
+                    seen.insert(rel);
+                    self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let Ok(meta) = entry.metadata() else { continue };
                 let same = unchanged(known.get(&rel), entry.path(), &meta);
                 seen.insert(rel.clone());
@@ -487,7 +523,12 @@ pub fn watch_local(
     Ok(())
 }
 
-/// Rescans an origin on a network filesystem every `interval` until `stop`.
+/// Every this many polls, one pass stats every file (in-place edits do not
+/// change a directory's mtime).
+const FULL_POLL_EVERY: u32 = 12;
+
+/// Rescans an origin on a network filesystem every `interval` until `stop`,
+/// pruned by directory mtimes except every `FULL_POLL_EVERY`th pass.
 pub fn poll_network(
     syncer: &Syncer,
     origin: u32,
@@ -500,6 +541,8 @@ pub fn poll_network(
         .context("no such origin")?
         .clone();
     info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
+    let mut dir_mtimes: HashMap<PathBuf, i64> = HashMap::new();
+    let mut passes: u32 = 0;
     loop {
         let until = Instant::now() + interval;
         while Instant::now() < until {
@@ -508,7 +551,11 @@ pub fn poll_network(
             }
             std::thread::sleep(Duration::from_millis(200).min(interval));
         }
-        syncer.sync_origin(origin, Path::new(""))?;
+        passes += 1;
+        if passes.is_multiple_of(FULL_POLL_EVERY) {
+            dir_mtimes.clear();
+        }
+        syncer.sync_origin_pruned(origin, Path::new(""), Some(&mut dir_mtimes))?;
     }
 }
 
@@ -575,5 +622,49 @@ mod tests {
         std::fs::rename(&origin, dir.path().join("elsewhere")).unwrap();
         s.sync_all().unwrap();
         assert_eq!(s.store.file_count().unwrap(), 1);
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+    use crate::template::{DEFAULT_TEMPLATE, Template};
+
+    /// A pruned pass stats no file in a directory whose mtime is unchanged,
+    /// yet sees additions and deletions (they change the directory's mtime).
+    #[test]
+    fn pruned_pass_skips_quiet_directories_and_sees_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("o");
+        std::fs::create_dir_all(origin.join("a")).unwrap();
+        std::fs::create_dir_all(origin.join("b")).unwrap();
+        std::fs::write(origin.join("a/1.mp3"), b"1").unwrap();
+        std::fs::write(origin.join("b/2.mp3"), b"2").unwrap();
+        let store = Store::open(
+            &dir.path().join("c.redb"),
+            Template::parse(DEFAULT_TEMPLATE).unwrap(),
+        )
+        .unwrap();
+        let s = Syncer::new(Arc::new(store), vec![origin.clone()], 1, 100);
+        let mut mtimes = HashMap::new();
+        s.sync_origin_pruned(0, Path::new(""), Some(&mut mtimes))
+            .unwrap();
+        assert_eq!(s.store.file_count().unwrap(), 2);
+        // Let the directory mtime tick, then change b only.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(origin.join("b/3.mp3"), b"3").unwrap();
+        std::fs::remove_file(origin.join("b/2.mp3")).unwrap();
+        let unchanged_before = s.counters.unchanged.load(Ordering::Relaxed);
+        s.sync_origin_pruned(0, Path::new(""), Some(&mut mtimes))
+            .unwrap();
+        let keys: Vec<Vec<u8>> = s.store.file_stats(0, b"").unwrap().into_keys().collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&b"a/1.mp3".to_vec()) && keys.contains(&b"b/3.mp3".to_vec()));
+        assert_eq!(s.counters.probed.load(Ordering::Relaxed), 3);
+        // a/1.mp3 was kept without a stat (its directory is quiet).
+        assert_eq!(
+            s.counters.unchanged.load(Ordering::Relaxed),
+            unchanged_before + 1
+        );
     }
 }
