@@ -33,7 +33,7 @@ pub struct Config {
     /// How long the kernel may cache names and attributes, in milliseconds.
     pub entry_ttl_ms: u32,
     /// Deadline for one request from the shim to the engine, in milliseconds.
-    pub request_timeout_ms: u64,
+    pub engine_wait_timeout_ms: u64,
     /// Let the kernel read local origin files directly (FUSE passthrough,
     /// Linux >= 6.9, needs CAP_SYS_ADMIN); falls back by itself when unavailable.
     pub passthrough: bool,
@@ -46,6 +46,11 @@ pub struct Config {
     pub poll_interval_s: u64,
     /// Files probed per scan checkpoint (one catalog commit each).
     pub checkpoint_files: usize,
+    /// How often `musicfs mount` checks that the engine answers (ms).
+    pub heartbeat_interval_ms: u64,
+    /// An engine that does not answer a heartbeat within this is hung: it is
+    /// killed and replaced (ms).
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -59,12 +64,14 @@ impl Default for Config {
             log_level: "info".to_string(),
             scan_threads: 0,
             entry_ttl_ms: 60_000,
-            request_timeout_ms: 30_000,
+            engine_wait_timeout_ms: 30_000,
             passthrough: true,
             watch: "auto".to_string(),
             debounce_ms: 300,
             poll_interval_s: 300,
             checkpoint_files: 1000,
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 5000,
         }
     }
 }
@@ -122,12 +129,14 @@ impl Config {
             "log_level",
             "scan_threads",
             "entry_ttl_ms",
-            "request_timeout_ms",
+            "engine_wait_timeout_ms",
             "passthrough",
             "watch",
             "debounce_ms",
             "poll_interval_s",
             "checkpoint_files",
+            "heartbeat_interval_ms",
+            "heartbeat_timeout_ms",
         ]);
         fig = fig.merge(env);
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
@@ -142,14 +151,17 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         Template::parse(&self.template)?;
-        if self.request_timeout_ms == 0 {
-            bail!("request_timeout_ms must be > 0");
+        if self.engine_wait_timeout_ms == 0 {
+            bail!("engine_wait_timeout_ms must be > 0");
         }
         if !["auto", "inotify", "poll", "off"].contains(&self.watch.as_str()) {
             bail!(
                 "watch must be one of auto, inotify, poll, off (got {:?})",
                 self.watch
             );
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_timeout_ms == 0 {
+            bail!("heartbeat_interval_ms and heartbeat_timeout_ms must be > 0");
         }
         if self.checkpoint_files == 0 {
             bail!("checkpoint_files must be > 0");

@@ -3,6 +3,7 @@
 //! Also the `musicfs` command line (mount, unmount, engine, scan).
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod model;

@@ -127,7 +127,11 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 fn engine_command(config: &Config, state_dir: &Path, socket: &Path) -> Result<Command> {
-    let exe = std::env::current_exe().context("cannot find the musicfs binary")?;
+    // MUSICFS_ENGINE_BIN: run another engine binary (an upgrade, or a test's).
+    let exe = match std::env::var_os("MUSICFS_ENGINE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().context("cannot find the musicfs binary")?,
+    };
     let mut cmd = Command::new(exe);
     cmd.arg("engine")
         .arg("--state-dir")
@@ -165,8 +169,8 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
         .arg(socket)
         .arg("--mountpoint")
         .arg(mountpoint)
-        .arg("--request-timeout-ms")
-        .arg(config.request_timeout_ms.to_string());
+        .arg("--engine-wait-timeout-ms")
+        .arg(config.engine_wait_timeout_ms.to_string());
     if config.allow_other {
         cmd.arg("--allow-other");
     }
@@ -226,6 +230,53 @@ async fn wait_until(
             bail!("{what} was not ready after {} s", timeout.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Restart policy. An engine that never answered a heartbeat is a crash
+/// loop: immediate, then 250 ms doubling to 10 s. An engine that served is
+/// restarted at once, unless restarts pile up (more than 30 in a minute: a
+/// request that kills every engine it reaches), which grows the delay the
+/// same way. An engine that ran for a healthy minute resets everything.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+const RESTARTS_PER_MINUTE_BEFORE_BACKOFF: usize = 30;
+
+impl Backoff {
+    fn next(&mut self, uptime: Duration, was_healthy: bool) -> Duration {
+        let now = Instant::now();
+        if uptime >= Duration::from_secs(60) {
+            self.failures = 0;
+            self.recent.clear();
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        if was_healthy {
+            self.failures = 0;
+        }
+        let excess = self
+            .recent
+            .len()
+            .saturating_sub(RESTARTS_PER_MINUTE_BEFORE_BACKOFF) as u32;
+        let n = self.failures.max(excess);
+        if !was_healthy {
+            self.failures = self.failures.saturating_add(1);
+        }
+        match n {
+            0 => Duration::ZERO,
+            n => (Duration::from_millis(250) * 2u32.saturating_pow(n - 1))
+                .min(Duration::from_secs(10)),
+        }
     }
 }
 
@@ -322,19 +373,91 @@ async fn supervise(
         mountpoint.display()
     );
 
-    let result = tokio::select! {
-        _ = sigterm.recv() => { info!("SIGTERM: unmounting"); Ok(()) }
-        _ = sigint.recv() => { info!("interrupted: unmounting"); Ok(()) }
-        status = shim.wait() => {
-            match status {
-                Ok(s) if s.success() => { info!("unmounted"); Ok(()) }
-                Ok(s) => { error!("the shim exited ({s})"); Err(anyhow::anyhow!("the shim exited ({s})")) }
-                Err(e) => Err(e.into()),
+    // Supervise: restart an engine that exits, kill and replace one that
+    // stops answering the heartbeat. The shim parks requests meanwhile.
+    let heartbeat_every = Duration::from_millis(config.heartbeat_interval_ms);
+    let heartbeat_timeout = Duration::from_millis(config.heartbeat_timeout_ms);
+    let mut backoff = Backoff::default();
+    let mut engine_started = Instant::now();
+    let mut engine_alive = true;
+    // Whether the current engine has answered a heartbeat.
+    let mut engine_healthy = true;
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: unmounting"); break Ok(()); }
+            _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
+            status = shim.wait() => {
+                break match status {
+                    Ok(s) if s.success() => { info!("unmounted"); Ok(()) }
+                    Ok(s) => { error!("the shim exited ({s})"); Err(anyhow::anyhow!("the shim exited ({s})")) }
+                    Err(e) => Err(e.into()),
+                };
             }
-        }
-        status = engine.wait() => {
-            error!("the engine exited ({status:?}); unmounting");
-            Err(anyhow::anyhow!("the engine exited ({status:?})"))
+            status = engine.wait(), if engine_alive => {
+                engine_alive = false;
+                let up = engine_started.elapsed();
+                let delay = backoff.next(up, engine_healthy);
+                error!(
+                    "the engine exited ({}) after {} ms; restarting it in {} ms (requests wait meanwhile)",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    up.as_millis(),
+                    delay.as_millis()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = sigterm.recv() => { info!("SIGTERM: unmounting"); break Ok(()); }
+                    _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
+                }
+                match engine_command(config, state_dir, socket).and_then(|mut c| c.spawn().context("cannot start the engine")) {
+                    Ok(e) => {
+                        engine = e;
+                        engine_alive = true;
+                        engine_healthy = false;
+                        engine_started = Instant::now();
+                        heartbeat.reset();
+                    }
+                    Err(e) => {
+                        // Try again at the next heartbeat tick.
+                        error!("{e:#}");
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if !engine_alive {
+                    match engine_command(config, state_dir, socket).and_then(|mut c| c.spawn().context("cannot start the engine")) {
+                        Ok(e) => { engine = e; engine_alive = true; engine_healthy = false; engine_started = Instant::now(); }
+                        Err(e) => error!("{e:#}"),
+                    }
+                    continue;
+                }
+                let sock = socket.to_path_buf();
+                let answer = tokio::task::spawn_blocking(move || crate::client::ping(&sock, heartbeat_timeout)).await;
+                let hung = match answer {
+                    Ok(Ok(_)) => {
+                        engine_healthy = true;
+                        false
+                    }
+                    // Not listening yet (starting, scanning a new catalog):
+                    // hung only past the start deadline.
+                    Ok(Err(crate::client::PingError::NotListening(_))) => {
+                        engine_started.elapsed() > ENGINE_START_TIMEOUT
+                    }
+                    Ok(Err(e)) => {
+                        warn!("engine heartbeat failed: {e}");
+                        true
+                    }
+                    Err(_) => false,
+                };
+                if hung {
+                    error!(
+                        "the engine did not answer a heartbeat within {} ms; killing it",
+                        heartbeat_timeout.as_millis()
+                    );
+                    let _ = engine.start_kill();
+                }
+            }
         }
     };
     stop_child(&mut shim, "shim").await;
@@ -346,4 +469,30 @@ async fn supervise(
     }
     stop_child(&mut engine, "engine").await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loop_backs_off_and_a_healthy_minute_resets() {
+        let mut b = Backoff::default();
+        let short = Duration::from_secs(1);
+        let delays: Vec<u128> = (0..8).map(|_| b.next(short, false).as_millis()).collect();
+        assert_eq!(delays, [0, 250, 500, 1000, 2000, 4000, 8000, 10000]);
+        assert_eq!(b.next(Duration::from_secs(61), false), Duration::ZERO);
+        assert_eq!(b.next(short, false), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn engines_that_served_restart_at_once_until_restarts_pile_up() {
+        let mut b = Backoff::default();
+        let short = Duration::from_millis(500);
+        for _ in 0..RESTARTS_PER_MINUTE_BEFORE_BACKOFF {
+            assert_eq!(b.next(short, true), Duration::ZERO);
+        }
+        assert_eq!(b.next(short, true), Duration::from_millis(250));
+        assert_eq!(b.next(short, true), Duration::from_millis(500));
+    }
 }

@@ -483,7 +483,9 @@ fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>
         mine.set_max_protocol(ours.1);
         mine.set_peer_name(concat!("musicfs engine ", env!("CARGO_PKG_VERSION")));
     }
-    if ok {
+    if ok && name.starts_with("musicfs supervisor") {
+        debug!(client = %name, "heartbeat");
+    } else if ok {
         info!(client = %name, "client connected");
     } else {
         let why = format!(

@@ -33,7 +33,7 @@ struct Args {
     allow_other: bool,
     /// Deadline for one request to the engine, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
-    request_timeout_ms: u64,
+    engine_wait_timeout_ms: u64,
     /// How long to wait for the first engine before giving up, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     connect_timeout_ms: u64,
@@ -68,7 +68,7 @@ fn run(args: Args) -> Result<()> {
 
     let transport = rpc::Transport::start(
         args.socket.clone(),
-        Duration::from_millis(args.request_timeout_ms),
+        Duration::from_millis(args.engine_wait_timeout_ms),
     )
     .context("cannot start the transport threads")?;
     if let Err(why) = transport.wait_first_engine(Duration::from_millis(args.connect_timeout_ms)) {

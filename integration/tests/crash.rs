@@ -1,0 +1,354 @@
+//! The central promise: an engine crash, hang or restart never breaks a read.
+//! Real mount of a 2,000-track library; 8 readers hash whole files, a walker
+//! stats the whole tree, while the engine is killed, stopped or broken.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use musicfs_integration::*;
+
+const TRACKS: usize = 2000;
+const SEED: u64 = 7;
+
+/// Fast failure detection for tests; the request deadline stays generous.
+const ENV: &[(&str, &str)] = &[
+    ("MUSICFS_HEARTBEAT_INTERVAL_MS", "200"),
+    ("MUSICFS_HEARTBEAT_TIMEOUT_MS", "1000"),
+];
+
+fn engine_pid(state: &Path) -> Option<i32> {
+    pids_with_cmdline(&format!("engine --state-dir {}", state.display()))
+        .into_iter()
+        .next()
+}
+
+/// Waits until an engine other than `old` runs for `state`.
+fn wait_new_engine(state: &Path, old: i32) -> i32 {
+    let mut new = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            new = engine_pid(state).filter(|p| *p != old);
+            new.is_some()
+        }),
+        "no new engine after {old} died"
+    );
+    new.unwrap()
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    errors: Arc<parking_lot_free::Errors>,
+    hashed: Arc<AtomicU64>,
+    walks: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+mod parking_lot_free {
+    /// Errors seen by the load, with the first few messages.
+    #[derive(Default)]
+    pub struct Errors {
+        pub count: std::sync::atomic::AtomicU64,
+        pub first: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Errors {
+        pub fn add(&self, msg: String) {
+            self.count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut f) = self.first.lock()
+                && f.len() < 10
+            {
+                f.push(msg);
+            }
+        }
+    }
+}
+
+/// 8 readers hashing whole files (checked against the origin) and one walker
+/// stat-ing the whole tree, until stopped.
+fn start_load(mnt: &Path) -> Load {
+    let files: Vec<(PathBuf, blake3::Hash)> = list_files(mnt)
+        .into_iter()
+        .map(|rel| {
+            let p = mnt.join(rel);
+            let origin = PathBuf::from(OsStr::from_bytes(
+                &getxattr(&p, "user.musicfs.origin").unwrap(),
+            ));
+            (p, hash_file(&origin).unwrap())
+        })
+        .collect();
+    let files = Arc::new(files);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(parking_lot_free::Errors::default());
+    let hashed = Arc::new(AtomicU64::new(0));
+    let walks = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for r in 0..8usize {
+        let (files, stop, errors, hashed) =
+            (files.clone(), stop.clone(), errors.clone(), hashed.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = r * 97;
+            while !stop.load(Ordering::Relaxed) {
+                let (path, want) = &files[i % files.len()];
+                match hash_file(path) {
+                    Ok(h) if h == *want => {
+                        hashed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => errors.add(format!("WRONG BYTES {}", path.display())),
+                    Err(e) => errors.add(format!("read {}: {e}", path.display())),
+                }
+                i += 1;
+            }
+        }));
+    }
+    let mnt = mnt.to_path_buf();
+    let (stop2, errors2, walks2) = (stop.clone(), errors.clone(), walks.clone());
+    threads.push(std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            for e in walkdir::WalkDir::new(&mnt) {
+                match e.and_then(|e| e.metadata().map(|_| ()).map_err(Into::into)) {
+                    Ok(()) => {}
+                    Err(err) => errors2.add(format!("walk: {err}")),
+                }
+            }
+            walks2.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    Load {
+        stop,
+        errors,
+        hashed,
+        walks,
+        threads,
+    }
+}
+
+impl Load {
+    /// Stops the load; panics with the first errors if there were any.
+    fn finish(self, what: &str, log: &str) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let n = self.errors.count.load(Ordering::Relaxed);
+        assert_eq!(
+            n,
+            0,
+            "{what}: {n} failed syscalls or wrong bytes, first: {:?}\n{log}",
+            self.errors.first.lock().unwrap()
+        );
+        (
+            self.hashed.load(Ordering::Relaxed),
+            self.walks.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn kill_engine_repeatedly(passthrough: &str, kills: usize) {
+    let lib = generated_library(TRACKS, SEED);
+    let mut env = ENV.to_vec();
+    env.push(("MUSICFS_PASSTHROUGH", passthrough));
+    let m = Mount::start_with(&[&lib], None, &env);
+    let load = start_load(&m.mnt);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(150 + rng % 400));
+        let pid = engine_pid(&m.state).expect("engine running");
+        // SAFETY: kill(2) on the engine this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_new_engine(&m.state, pid);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (hashed, walks) = load.finish(&format!("{kills} x kill -9"), &m.log_text());
+    assert!(
+        hashed > 100 && walks >= 1,
+        "too little load: {hashed} files, {walks} walks"
+    );
+    assert_eq!(m.log_text().matches("the engine exited").count(), kills);
+    assert!(m.stop().success());
+}
+
+/// (a) kill -9 of the engine 20 times at random moments under load, with
+/// kernel passthrough (opens and lookups must survive).
+#[test]
+fn kill_9_twenty_times_under_load() {
+    kill_engine_repeatedly("true", 20);
+}
+
+/// (a') the same with every read going through the engine (reads in flight
+/// are replayed to the next engine).
+#[test]
+fn kill_9_under_load_reads_through_the_engine() {
+    kill_engine_repeatedly("false", 10);
+}
+
+/// (b) SIGSTOP: requests stall, the heartbeat finds the hang, the engine is
+/// replaced and the readers finish correctly.
+#[test]
+fn stopped_engine_is_found_and_replaced() {
+    let lib = generated_library(TRACKS, SEED);
+    let mut env = ENV.to_vec();
+    env.push(("MUSICFS_PASSTHROUGH", "false"));
+    let m = Mount::start_with(&[&lib], None, &env);
+    let load = start_load(&m.mnt);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = engine_pid(&m.state).unwrap();
+    // SAFETY: kill(2) on the engine this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = Instant::now();
+    wait_new_engine(&m.state, pid);
+    let replaced_after = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    load.finish("SIGSTOP", &m.log_text());
+    assert!(
+        m.log_text().contains("did not answer a heartbeat"),
+        "{}",
+        m.log_text()
+    );
+    assert!(
+        replaced_after < Duration::from_secs(10),
+        "took {replaced_after:?}"
+    );
+    assert!(m.stop().success());
+}
+
+/// (d) An engine binary that crashes at start: the mount stays, requests fail
+/// with a clear errno after the deadline, and serving resumes by itself once
+/// a good engine is back.
+#[test]
+fn crashing_engine_binary_keeps_the_mount() {
+    let lib = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("crash");
+    let script = dir.path().join("engine.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] && {{ echo 'engine: injected crash' >&2; exit 3; }}\nexec '{}' \"$@\"\n",
+            flag.display(),
+            musicfs_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut env = ENV.to_vec();
+    let script_s = script.to_string_lossy().into_owned();
+    env.push(("MUSICFS_ENGINE_BIN", &script_s));
+    env.push(("MUSICFS_ENGINE_WAIT_TIMEOUT_MS", "1500"));
+    let m = Mount::start_with(&[&lib], None, &env);
+    let files: Vec<PathBuf> = list_files(&m.mnt)
+        .into_iter()
+        .map(|r| m.mnt.join(r))
+        .collect();
+    let want: HashMap<&PathBuf, blake3::Hash> = files
+        .iter()
+        .take(5)
+        .map(|p| (p, hash_file(p).unwrap()))
+        .collect();
+
+    std::fs::write(&flag, b"").unwrap();
+    let pid = engine_pid(&m.state).unwrap();
+    // SAFETY: kill(2) on the engine this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(10), || m
+        .log_text()
+        .matches("injected crash")
+        .count()
+        >= 2));
+    // open() needs the engine: it fails with ETIMEDOUT after the deadline.
+    let t = Instant::now();
+    let err = std::fs::File::open(&files[0]).expect_err("open succeeded without an engine");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(1400) && t.elapsed() < Duration::from_secs(10));
+    // The mount itself is alive: never "Transport endpoint is not connected".
+    let listing = std::fs::read_dir(&m.mnt);
+    assert!(
+        !matches!(&listing, Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
+        "mount died: {listing:?}"
+    );
+    assert!(
+        m.log_text().contains("no engine answered within"),
+        "no clear log line"
+    );
+
+    // A good engine again: serving resumes by itself.
+    std::fs::remove_file(&flag).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::File::open(&files[0])
+            .is_ok()),
+        "did not recover:\n{}",
+        m.log_text()
+    );
+    for (p, h) in want {
+        assert_eq!(hash_file(p).unwrap(), h);
+    }
+    assert!(m.stop().success());
+}
+
+/// (e) A real client (ffmpeg decoding in real time) and a slow reader hold
+/// files open across an engine kill and read them to the end, right bytes.
+#[test]
+fn open_files_survive_an_engine_kill() {
+    let lib = generated_library(TRACKS, SEED);
+    let mut env = ENV.to_vec();
+    env.push(("MUSICFS_PASSTHROUGH", "false"));
+    let m = Mount::start_with(&[&lib], None, &env);
+    let files: Vec<PathBuf> = list_files(&m.mnt)
+        .into_iter()
+        .map(|r| m.mnt.join(r))
+        .filter(|p| p.extension().is_some_and(|e| e == "flac" || e == "mp3"))
+        .collect();
+    let big = files
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let origin = PathBuf::from(OsStr::from_bytes(
+        &getxattr(&big, "user.musicfs.origin").unwrap(),
+    ));
+    let want = std::fs::read(&origin).unwrap();
+
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i"])
+        .arg(&files[0])
+        .args(["-f", "null", "-"])
+        .spawn()
+        .unwrap();
+    let slow = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&big).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        out
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = engine_pid(&m.state).unwrap();
+    // SAFETY: kill(2) on the engine this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_new_engine(&m.state, pid);
+    let got = slow.join().unwrap();
+    assert!(
+        got == want,
+        "slow reader got different bytes across the kill"
+    );
+    let status = ffmpeg.wait_with_output().unwrap().status;
+    assert!(status.success(), "ffmpeg failed across the engine kill");
+    assert!(m.stop().success());
+}
