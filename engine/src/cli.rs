@@ -66,6 +66,8 @@ pub enum Command {
     },
     /// Run the engine alone (normally started by `musicfs mount` or systemd).
     Engine {
+        #[command(subcommand)]
+        action: Option<EngineAction>,
         #[command(flatten)]
         library: LibraryArgs,
         /// Unix socket for the data plane (default: STATE_DIR/engine.sock).
@@ -79,6 +81,22 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum EngineAction {
+    /// Replace the running engine (e.g. with an upgraded binary) without
+    /// unmounting; succeeds only once the new engine serves.
+    Swap {
+        /// The new engine binary (default: the one running now).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The state directory of the mount (default: derived from MOUNTPOINT).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The mountpoint whose engine to swap.
+        mountpoint: Option<PathBuf>,
+    },
+}
+
 pub fn load_config(cli: &Cli) -> Result<Config> {
     let overrides = match &cli.command {
         Command::Mount {
@@ -88,6 +106,20 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
         } => Overrides {
             mountpoint: mountpoint.clone(),
             allow_other: allow_other.then_some(true),
+            ..library.overrides()
+        },
+        Command::Engine {
+            library,
+            action:
+                Some(EngineAction::Swap {
+                    mountpoint,
+                    state_dir,
+                    ..
+                }),
+            ..
+        } => Overrides {
+            mountpoint: mountpoint.clone(),
+            state_dir: state_dir.clone().or_else(|| library.state_dir.clone()),
             ..library.overrides()
         },
         Command::Engine { library, .. } | Command::Scan { library } => library.overrides(),

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use musicfs_engine::cli::{Cli, Command, load_config};
+use musicfs_engine::cli::{Cli, Command, EngineAction, load_config};
 use musicfs_engine::{engine, mount, scan};
 
 fn init_logging(level: &str) {
@@ -25,6 +25,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&config.log_level);
     match &cli.command {
         Command::Mount { .. } => mount::run(&config),
+        Command::Engine {
+            action: Some(EngineAction::Swap { binary, .. }),
+            ..
+        } => {
+            let state_dir = config.resolved_state_dir()?;
+            let msg = mount::request_swap(&state_dir, binary.as_deref())?;
+            println!("{msg}");
+            Ok(())
+        }
         Command::Engine { socket, .. } => engine::run(&config, socket.clone()),
         Command::Scan { .. } => {
             config.check_origins()?;

@@ -126,12 +126,21 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-fn engine_command(config: &Config, state_dir: &Path, socket: &Path) -> Result<Command> {
-    // MUSICFS_ENGINE_BIN: run another engine binary (an upgrade, or a test's).
-    let exe = match std::env::var_os("MUSICFS_ENGINE_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe().context("cannot find the musicfs binary")?,
-    };
+/// The engine binary to start: `$MUSICFS_ENGINE_BIN` (an upgrade, or a
+/// test's), else this binary.
+fn default_engine_binary() -> Result<PathBuf> {
+    match std::env::var_os("MUSICFS_ENGINE_BIN") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().context("cannot find the musicfs binary"),
+    }
+}
+
+/// The supervisor's control socket (engine swap) in a state directory.
+pub fn supervisor_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("supervisor.sock")
+}
+
+fn engine_command(config: &Config, state_dir: &Path, socket: &Path, exe: &Path) -> Result<Command> {
     let mut cmd = Command::new(exe);
     cmd.arg("engine")
         .arg("--state-dir")
@@ -340,7 +349,12 @@ async fn supervise(
 
     let _ = std::fs::remove_file(socket);
     let started = Instant::now();
-    let mut engine = engine_command(config, state_dir, socket)?
+    let mut engine_bin = default_engine_binary()?;
+    let control_path = supervisor_socket(state_dir);
+    let _ = std::fs::remove_file(&control_path);
+    let control = tokio::net::UnixListener::bind(&control_path)
+        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
+    let mut engine = engine_command(config, state_dir, socket, &engine_bin)?
         .spawn()
         .context("cannot start the engine")?;
     let engine_ready = wait_until(&mut engine, "the engine", ENGINE_START_TIMEOUT, || {
@@ -410,7 +424,7 @@ async fn supervise(
                     _ = sigterm.recv() => { info!("SIGTERM: unmounting"); break Ok(()); }
                     _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
                 }
-                match engine_command(config, state_dir, socket).and_then(|mut c| c.spawn().context("cannot start the engine")) {
+                match engine_command(config, state_dir, socket, &engine_bin).and_then(|mut c| c.spawn().context("cannot start the engine")) {
                     Ok(e) => {
                         engine = e;
                         engine_alive = true;
@@ -424,9 +438,20 @@ async fn supervise(
                     }
                 }
             }
+            conn = control.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let outcome = control_request(stream, config, state_dir, socket, &mut engine, &mut engine_bin).await;
+                engine_alive = true;
+                engine_healthy = true;
+                engine_started = Instant::now();
+                heartbeat.reset();
+                if let Err(e) = outcome {
+                    warn!("control request failed: {e:#}");
+                }
+            }
             _ = heartbeat.tick() => {
                 if !engine_alive {
-                    match engine_command(config, state_dir, socket).and_then(|mut c| c.spawn().context("cannot start the engine")) {
+                    match engine_command(config, state_dir, socket, &engine_bin).and_then(|mut c| c.spawn().context("cannot start the engine")) {
                         Ok(e) => { engine = e; engine_alive = true; engine_healthy = false; engine_started = Instant::now(); }
                         Err(e) => error!("{e:#}"),
                     }
@@ -468,7 +493,162 @@ async fn supervise(
         let _ = lazy_unmount(mountpoint);
     }
     stop_child(&mut engine, "engine").await;
+    let _ = std::fs::remove_file(&control_path);
     result
+}
+
+/// How long a new engine may take to answer its first heartbeat during a swap.
+const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One control request: a line `swap [BINARY]`; the answer is one line,
+/// `ok ...` or `error ...`.
+async fn control_request(
+    stream: tokio::net::UnixStream,
+    config: &Config,
+    state_dir: &Path,
+    socket: &Path,
+    engine: &mut Child,
+    engine_bin: &mut PathBuf,
+) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::BufReader::new(read).read_line(&mut line),
+    )
+    .await
+    .context("no request")??;
+    let mut words = line.split_whitespace();
+    let answer = match words.next() {
+        Some("swap") => {
+            let new = words
+                .next()
+                .map_or_else(|| engine_bin.clone(), PathBuf::from);
+            match swap(config, state_dir, socket, engine, engine_bin, new).await {
+                Ok(msg) => format!("ok {msg}\n"),
+                Err(e) => format!("error {e:#}\n"),
+            }
+        }
+        _ => format!("error unknown request {:?}\n", line.trim()),
+    };
+    write.write_all(answer.as_bytes()).await?;
+    Ok(())
+}
+
+/// Waits until the engine at `socket` answers a ping, or fails.
+async fn wait_healthy(engine: &mut Child, socket: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = engine.try_wait()? {
+            bail!("the new engine exited ({status})");
+        }
+        let sock = socket.to_path_buf();
+        let ping =
+            tokio::task::spawn_blocking(move || crate::client::ping(&sock, Duration::from_secs(2)))
+                .await;
+        if let Ok(Ok(_)) = ping {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the new engine did not answer within {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Replaces the engine with one started from `new_bin`. The old engine is
+/// asked to stop (the shim parks and then replays what was in flight), the
+/// new one must answer a heartbeat; if it does not, it is killed and the old
+/// binary started again, and the error says why.
+async fn swap(
+    config: &Config,
+    state_dir: &Path,
+    socket: &Path,
+    engine: &mut Child,
+    engine_bin: &mut PathBuf,
+    new_bin: PathBuf,
+) -> Result<String> {
+    let t = Instant::now();
+    // The new binary must at least run.
+    let check = tokio::time::timeout(
+        Duration::from_secs(10),
+        Command::new(&new_bin).arg("--version").output(),
+    )
+    .await
+    .context("the new binary did not answer --version within 10 s")?
+    .with_context(|| format!("cannot run {}", new_bin.display()))?;
+    if !check.status.success() {
+        bail!(
+            "{} --version failed ({}); the old engine keeps serving",
+            new_bin.display(),
+            check.status
+        );
+    }
+    info!(binary = %new_bin.display(), "swapping the engine");
+    stop_child(engine, "engine").await;
+    let stopped = t.elapsed();
+    let mut new = engine_command(config, state_dir, socket, &new_bin)?
+        .spawn()
+        .with_context(|| format!("cannot start {}", new_bin.display()))?;
+    match wait_healthy(&mut new, socket, SWAP_HEALTH_TIMEOUT).await {
+        Ok(()) => {
+            *engine = new;
+            *engine_bin = new_bin;
+            let msg = format!(
+                "engine swapped to {} in {} ms (old stopped in {} ms)",
+                engine_bin.display(),
+                t.elapsed().as_millis(),
+                stopped.as_millis()
+            );
+            info!("{msg}");
+            Ok(msg)
+        }
+        Err(why) => {
+            error!("swap failed: {why:#}; starting the previous engine again");
+            let _ = new.start_kill();
+            let _ = new.wait().await;
+            let mut old = engine_command(config, state_dir, socket, engine_bin)?.spawn()?;
+            wait_healthy(&mut old, socket, SWAP_HEALTH_TIMEOUT)
+                .await
+                .context("the previous engine did not come back either")?;
+            *engine = old;
+            Err(why.context(format!(
+                "swap to {} failed; the previous engine serves again",
+                new_bin.display()
+            )))
+        }
+    }
+}
+
+/// `musicfs engine swap`: asks the supervisor of `state_dir` to swap engines.
+pub fn request_swap(state_dir: &Path, binary: Option<&Path>) -> Result<String> {
+    use std::io::{BufRead, Write};
+    let path = supervisor_socket(state_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "no running `musicfs mount` for state directory {} ({} does not answer)",
+            state_dir.display(),
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(SWAP_HEALTH_TIMEOUT * 2 + Duration::from_secs(30)))?;
+    let line = match binary {
+        Some(b) => format!("swap {}\n", b.display()),
+        None => "swap\n".to_string(),
+    };
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .context("no answer from the supervisor")?;
+    match answer.trim().strip_prefix("ok ") {
+        Some(msg) => Ok(msg.to_string()),
+        None => bail!("{}", answer.trim().trim_start_matches("error ")),
+    }
 }
 
 #[cfg(test)]

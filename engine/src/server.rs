@@ -460,12 +460,24 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
     }
 }
 
+/// This engine's protocol range. Fault injection: `MUSICFS_FAKE_PROTOCOL=N`
+/// makes it claim version N only (to test how peers refuse each other).
+fn protocol_range() -> (u32, u32) {
+    match std::env::var("MUSICFS_FAKE_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(v) => (v, v),
+        None => (
+            musicfs_schema::MIN_PROTOCOL_VERSION,
+            musicfs_schema::PROTOCOL_VERSION,
+        ),
+    }
+}
+
 fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>, bool) {
     let theirs = (hello.get_min_protocol(), hello.get_max_protocol());
-    let ours = (
-        musicfs_schema::MIN_PROTOCOL_VERSION,
-        musicfs_schema::PROTOCOL_VERSION,
-    );
+    let ours = protocol_range();
     let name = hello
         .get_peer_name()
         .ok()

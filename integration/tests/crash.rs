@@ -352,3 +352,86 @@ fn open_files_survive_an_engine_kill() {
     assert!(status.success(), "ffmpeg failed across the engine kill");
     assert!(m.stop().success());
 }
+
+fn swap(state: &Path, binary: Option<&Path>) -> (bool, String) {
+    let mut cmd = std::process::Command::new(musicfs_bin());
+    cmd.args(["engine", "swap", "--state-dir"]).arg(state);
+    if let Some(b) = binary {
+        cmd.arg("--binary").arg(b);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// (c) 10 engine swaps under load: zero failed syscalls; a swap to a broken
+/// binary fails with a reason and the mount keeps serving.
+#[test]
+fn ten_swaps_under_load() {
+    let lib = generated_library(TRACKS, SEED);
+    let mut env = ENV.to_vec();
+    env.push(("MUSICFS_PASSTHROUGH", "false"));
+    let m = Mount::start_with(&[&lib], None, &env);
+    let load = start_load(&m.mnt);
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let old = engine_pid(&m.state).unwrap();
+        let (ok, out) = swap(&m.state, None);
+        assert!(ok, "swap {i} failed: {out}");
+        assert!(out.contains("engine swapped"), "{out}");
+        assert_ne!(
+            engine_pid(&m.state),
+            Some(old),
+            "swap {i} kept the old engine"
+        );
+    }
+    // A broken binary: refused with a reason, serving goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-engine");
+    std::fs::write(
+        &bad,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\necho broken >&2; exit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, out) = swap(&m.state, Some(&bad));
+    assert!(!ok, "a broken engine was accepted: {out}");
+    assert!(
+        out.contains("failed") && out.contains("exit status: 7"),
+        "unclear: {out}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (hashed, _) = load.finish("10 swaps", &m.log_text());
+    assert!(hashed > 100);
+    assert!(m.stop().success());
+}
+
+/// Version negotiation: a shim and an engine with no common protocol version
+/// refuse each other with a clear message instead of misreading frames.
+#[test]
+fn incompatible_engine_is_refused_clearly() {
+    let lib = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new(musicfs_bin())
+        .arg("mount")
+        .arg("--origin")
+        .arg(&lib)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg(&mnt)
+        .env("MUSICFS_FAKE_PROTOCOL", "99")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no common version") && err.contains("99"),
+        "unclear: {err}"
+    );
+    assert!(!is_mountpoint(&mnt));
+}
