@@ -111,9 +111,16 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     start_watchers(config, &syncer, &stop);
     if complete {
-        let s = syncer.clone();
-        let st = stop.clone();
-        supervise("reconcile", st, move || s.sync_all());
+        // Reconcile once the shim is back, so that what changed while no
+        // engine ran reaches its kernel as invalidations (bounded wait).
+        let (s, st, sh) = (syncer.clone(), stop.clone(), shared.clone());
+        supervise("reconcile", st, move || {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while sh.connection_count() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s.sync_all()
+        });
     }
 
     let sig = signals.wait().context("sigwait")?;

@@ -109,6 +109,13 @@ impl Shared {
             .unwrap_or(false)
     }
 
+    /// Number of connected shims (and other clients).
+    pub fn connection_count(&self) -> usize {
+        let mut conns = self.connections.lock();
+        conns.retain(|w| w.strong_count() > 0);
+        conns.len()
+    }
+
     /// Tells every connected shim to drop what its kernel cached for these.
     pub fn invalidate(&self, inval: &crate::store::Invalidations) {
         if inval.is_empty() {

@@ -435,3 +435,59 @@ fn incompatible_engine_is_refused_clearly() {
     );
     assert!(!is_mountpoint(&mnt));
 }
+
+/// A new engine whose tree differs from the old one's (the origin changed
+/// while no watcher saw it) invalidates what the kernel cached, instead of
+/// letting it serve stale names until their TTL ends.
+#[test]
+fn restart_invalidates_stale_kernel_entries() {
+    let src = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    let entries: Vec<ManifestEntry> = read_manifest(&src)
+        .into_iter()
+        .filter(|e| e.kind == "normal")
+        .take(5)
+        .collect();
+    for (i, e) in entries.iter().enumerate() {
+        std::fs::copy(
+            src.join(OsStr::from_bytes(&e.raw_path())),
+            origin.join(format!("{i}.{}", e.ext)),
+        )
+        .unwrap();
+    }
+    let mut env = ENV.to_vec();
+    env.push(("MUSICFS_WATCH", "off"));
+    let m = Mount::start_with(&[&origin], None, &env);
+    let files: Vec<PathBuf> = list_files(&m.mnt)
+        .into_iter()
+        .map(|r| m.mnt.join(r))
+        .collect();
+    assert_eq!(files.len(), 5);
+    let victim = files
+        .iter()
+        .find(|p| {
+            getxattr(p, "user.musicfs.origin").as_deref()
+                == Some(
+                    origin
+                        .join(format!("0.{}", entries[0].ext))
+                        .as_os_str()
+                        .as_bytes(),
+                )
+        })
+        .unwrap()
+        .clone();
+    assert!(victim.exists()); // cached by the kernel for the entry TTL (60 s)
+    std::fs::remove_file(origin.join(format!("0.{}", entries[0].ext))).unwrap();
+    let pid = engine_pid(&m.state).unwrap();
+    // SAFETY: kill(2) on the engine this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_new_engine(&m.state, pid);
+    assert!(
+        eventually(Duration::from_secs(10), || !victim.exists()),
+        "the kernel still shows a file the new engine removed"
+    );
+    assert_eq!(list_files(&m.mnt).len(), 4);
+    assert!(m.stop().success());
+}
