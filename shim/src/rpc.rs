@@ -33,6 +33,8 @@ pub const MAX_PENDING: usize = 64 * 1024;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 /// How often deadlines are checked.
 const DEADLINE_TICK: Duration = Duration::from_millis(50);
+/// Longest a request write may block before the link is declared down.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the engine may take to answer hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -443,6 +445,12 @@ fn handshake(socket: &PathBuf) -> Result<UnixStream, Option<String>> {
         return Err(Some(why));
     }
     stream.set_read_timeout(None).map_err(|_| None)?;
+    // A write that cannot finish (a hung engine with a full socket buffer)
+    // must not hold FUSE threads: it fails, the link goes down, and the
+    // request waits in the pending table for the next engine.
+    stream
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .map_err(|_| None)?;
     // Anything buffered past hello would be lost with `r`; the engine sends
     // nothing before our next request, so the buffer is empty.
     debug_assert!(r.buffer().is_empty());
