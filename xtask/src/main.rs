@@ -6,6 +6,7 @@ mod ci;
 mod codegen;
 mod demo;
 mod genlib;
+mod stall;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ enum Task {
     Ci,
     /// Mount a library (a generated demo library unless --origin is given) and show it.
     Demo(demo::Args),
+    /// Read stalls while the engine is killed or swapped under load.
+    Stall(stall::Args),
     /// Measure musicfs beside bindfs and the native origin; record in BENCHMARKS.md.
     Bench(bench::Args),
 }
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         Task::Codegen => codegen::run(),
         Task::Ci => ci::run(),
         Task::Demo(args) => demo::run(&args),
+        Task::Stall(args) => stall::run(&args),
         Task::Bench(args) => bench::run(&args),
     }
 }
