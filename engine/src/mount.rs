@@ -135,6 +135,12 @@ fn default_engine_binary() -> Result<PathBuf> {
     }
 }
 
+/// The children's log filter: `$MUSICFS_LOG` when set (it wins over the
+/// configuration, as for this process), else the configured level.
+fn log_filter(config: &Config) -> String {
+    std::env::var("MUSICFS_LOG").unwrap_or_else(|_| config.log_level.clone())
+}
+
 /// The supervisor's control socket (engine swap) in a state directory.
 pub fn supervisor_socket(state_dir: &Path) -> PathBuf {
     state_dir.join("supervisor.sock")
@@ -152,7 +158,7 @@ fn engine_command(config: &Config, state_dir: &Path, socket: &Path, exe: &Path) 
     for o in &config.origins {
         cmd.arg("--origin").arg(o);
     }
-    cmd.env("MUSICFS_LOG", &config.log_level)
+    cmd.env("MUSICFS_LOG", log_filter(config))
         .env("MUSICFS_ENTRY_TTL_MS", config.entry_ttl_ms.to_string())
         .env("MUSICFS_SCAN_THREADS", config.scan_threads.to_string())
         .env(
@@ -186,7 +192,7 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
     if !config.passthrough {
         cmd.arg("--no-passthrough");
     }
-    cmd.env("MUSICFS_LOG", &config.log_level)
+    cmd.env("MUSICFS_LOG", log_filter(config))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0)

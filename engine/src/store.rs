@@ -221,7 +221,10 @@ impl Store {
     }
 
     fn init_schema(&self, path: &Path) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // Every commit records the allocator state, so that reopening after a
+        // kill is a quick repair, not a full one.
+        txn.set_quick_repair(true);
         let mut rebuild_tree = false;
         {
             let mut meta = txn.open_table(META)?;

@@ -12,7 +12,13 @@
 //!    readdir (fresh and reused state dir), a `find` walk that stats every file and a read of
 //!    every file (cold, and with the origin warm in the page cache), on the musicfs mount, a
 //!    `bindfs -r` mount of the origin and the origin itself.
-//! 4. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
+//! 4. Scale rows, on a second library of `--big-tracks` tracks (default 100000, `0` skips them;
+//!    generated once into `<work-dir>/lib-<N>` like the first): the initial scan (first mount
+//!    with a fresh state dir), engine start to the first answered readdir with that persistent
+//!    state dir, the time to apply one changed track (an mp3 retagged with lofty into a temporary
+//!    file renamed over the original, as a tagger does; the engine's apply time comes from its
+//!    `checkpoint committed` log line) and the idle RSS of the engine and the shim.
+//! 5. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
 //!    `--tracks` value, newest first).
 //!
 //! Nothing here asserts on a time: targets are shown as met or missed, never enforced.
@@ -20,9 +26,10 @@
 //!
 //! Every wait has a deadline, and every mount is taken down on drop (also on error).
 
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -32,8 +39,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
+use lofty::config::WriteOptions;
+use lofty::file::{FileType, TaggedFileExt};
+use lofty::probe::Probe;
+use lofty::tag::{Accessor, ItemKey, TagExt, TagType};
 use serde::Deserialize;
 
+use crate::genlib::{Kind, MANIFEST_NAME, ManifestEntry};
 use crate::workspace_root;
 
 /// How long `musicfs mount` may take to answer its first readdir.
@@ -42,8 +54,21 @@ const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `cargo build` may take (it may wait on a lock held by another cargo).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Readiness poll interval.
+/// Poll interval of the bindfs mount wait.
 const POLL: Duration = Duration::from_millis(5);
+/// Poll interval of the readiness (first answered readdir) and visibility waits.
+const READY_POLL: Duration = Duration::from_millis(1);
+/// Deadline of the scale-row waits other than the initial scan: a start with the persistent state
+/// dir, a log line, a change showing up in the mount (the reconcile gets more per track).
+const BIG_WAIT: Duration = Duration::from_secs(60);
+/// Log filter of the mount whose catalog commits are timed (`checkpoint committed` is a debug line).
+const SYNC_DEBUG_LOG: &str = "info,musicfs_engine::sync=debug";
+/// Quiet time after the reconcile before the idle RSS is read.
+const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
+/// Album artist given to the retagged tracks (files that have it are never picked again).
+const RETAG_ARTIST: &str = "Bench Retag";
+/// The retagged tracks are taken from every RETAG_STRIDE-th manifest line first (spread out).
+const RETAG_STRIDE: usize = 97;
 /// Buffer of the read-every-file loop.
 const READ_BUF: usize = 128 * 1024;
 /// The file the results are recorded in, at the workspace root.
@@ -59,6 +84,10 @@ pub struct Args {
     /// Where the library, state dirs and mountpoints live (default: `<target>/bench`).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Tracks in the second library of the scale rows (initial scan, start with a persistent
+    /// state dir, one changed track, idle RSS); 0 skips them.
+    #[arg(long, default_value_t = 100_000)]
+    pub big_tracks: usize,
     /// Timed runs per measurement (the table shows the median and min..max).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
@@ -92,6 +121,11 @@ pub fn run(args: &Args) -> Result<()> {
 
     let bin = build(&target, &work)?;
     let lib = ensure_library(&work, args.tracks)?;
+    let big_lib = if args.big_tracks > 0 {
+        Some(ensure_library(&work, args.big_tracks)?)
+    } else {
+        None
+    };
 
     let can_drop = match drop_caches() {
         Ok(()) => true,
@@ -132,9 +166,32 @@ pub fn run(args: &Args) -> Result<()> {
     bench.measure_start()?;
     bench.measure_trees(scan_tracks)?;
 
+    // The scale rows come last; if they fail, the table so far is still recorded (with a note)
+    // and the bench then fails.
+    let mut big_library = None;
+    let mut failure = None;
+    if let Some(big_lib) = &big_lib {
+        let size = tree_size(big_lib)?;
+        big_library = Some(format!(
+            "{} tracks requested; {} files, {} ({} bytes) in `{}`",
+            args.big_tracks,
+            size.files,
+            fmt_bytes(size.bytes),
+            size.bytes,
+            big_lib.display()
+        ));
+        if let Err(e) = bench.measure_big(big_lib, args.big_tracks) {
+            bench.note(format!(
+                "{} tracks: the scale measurements stopped early: {e:#}",
+                fmt_thousands(args.big_tracks as f64)
+            ));
+            failure = Some(e);
+        }
+    }
+
     let report = Report {
         tracks: args.tracks,
-        command: command_line(),
+        command: command_line(args.big_tracks),
         date: utc_now(),
         machine: machine_info(&bench.work),
         commit: git_commit(),
@@ -147,6 +204,7 @@ pub fn run(args: &Args) -> Result<()> {
             lib_size.bytes,
             bench.lib.display()
         ),
+        big_library,
         rows: std::mem::take(&mut bench.rows),
         notes: std::mem::take(&mut bench.notes),
     };
@@ -160,7 +218,10 @@ pub fn run(args: &Args) -> Result<()> {
         record(&path, args.tracks, &section)?;
         println!("bench: recorded in {}", path.display());
     }
-    Ok(())
+    match failure {
+        Some(e) => Err(e.context("the scale measurements failed (the rows so far were kept)")),
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,9 +600,28 @@ impl Bench {
     /// Mounts, measuring spawn to first answered readdir, then waits (untimed) until the
     /// supervisor reports the mount up so that an immediate unmount is not a startup failure.
     fn mount_musicfs(&self, state: &Path, label: &str) -> Result<(MusicfsMount, Duration)> {
-        let mut m =
-            MusicfsMount::start(&self.bin, &self.lib, state, &self.mfs_mnt, &self.log, label)?;
-        let took = m.wait_ready(MOUNT_READY_TIMEOUT)?;
+        self.mount_at(
+            &self.lib,
+            state,
+            &self.mfs_mnt,
+            label,
+            &[],
+            MOUNT_READY_TIMEOUT,
+        )
+    }
+
+    /// [`Bench::mount_musicfs`] with any origin, mountpoint, extra environment and deadline.
+    fn mount_at(
+        &self,
+        lib: &Path,
+        state: &Path,
+        mnt: &Path,
+        label: &str,
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(MusicfsMount, Duration)> {
+        let mut m = MusicfsMount::start(&self.bin, lib, state, mnt, &self.log, label, env)?;
+        let took = m.wait_ready(timeout)?;
         // Untimed; if the message ever changes this just waits 5 s.
         let _ = m.wait_announced(Duration::from_secs(5));
         Ok((m, took))
@@ -571,19 +651,22 @@ impl Bench {
             fresh_s.push(took.as_secs_f64());
             self.unmount_musicfs(m, &label)?;
         }
-        if !reused.join(".bench-used").exists() {
-            let label = "start, reused state (populating)";
-            eprintln!("bench: {label}");
-            let (m, _) = self.mount_musicfs(&reused, label)?;
-            self.unmount_musicfs(m, label)?;
-            fs::write(reused.join(".bench-used"), b"")?;
-        }
+        // Untimed: fills the state dir, or brings one from an older engine (catalog schema,
+        // template) up to date, so the timed starts below never rescan.
+        let label = "start, reused state (warm-up)";
+        eprintln!("bench: {label}");
+        let offset = log_len(&self.log);
+        let (mut m, _) = self.mount_musicfs(&reused, label)?;
+        settle(&mut m, offset, self.tracks)?;
+        self.unmount_musicfs(m, label)?;
         let mut reused_s = Vec::new();
         for i in 0..self.runs {
             let label = format!("start, reused state {}/{}", i + 1, self.runs);
-            let (m, took) = self.mount_musicfs(&reused, &label)?;
+            let offset = log_len(&self.log);
+            let (mut m, took) = self.mount_musicfs(&reused, &label)?;
             eprintln!("bench: {label}: {:.3} s", took.as_secs_f64());
             reused_s.push(took.as_secs_f64());
+            settle(&mut m, offset, self.tracks)?;
             self.unmount_musicfs(m, &label)?;
         }
         for (what, samples) in [
@@ -840,6 +923,606 @@ impl Bench {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Scale rows (`--big-tracks`)
+// ---------------------------------------------------------------------------------------------
+
+fn fmt_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+/// Whole milliseconds as logged (a median of two may end in .5).
+fn fmt_whole_ms(ms: f64) -> String {
+    if ms.fract() == 0.0 {
+        format!("{ms:.0}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+fn fmt_mb(mb: f64) -> String {
+    format!("{mb:.1}")
+}
+
+/// A musicfs-only row.
+fn solo_row(what: String, musicfs: String, target: String) -> Row {
+    Row {
+        what,
+        musicfs,
+        bindfs: "-".into(),
+        native: "-".into(),
+        vs_bindfs: "-".into(),
+        vs_native: "-".into(),
+        target,
+    }
+}
+
+/// `target: met/MISSED` for a value where lower is better and there is no separate goal.
+fn below(value: Option<f64>, limit: f64, target: &str) -> String {
+    match value {
+        Some(v) if v < limit => format!("{target}: met"),
+        Some(_) => format!("{target}: MISSED"),
+        None => target.to_string(),
+    }
+}
+
+/// Waits (untimed, bounded) until the engine of `m` logged `sync finished` after `offset` (the log
+/// length before `m` started): the background reconcile of a start with a persistent state dir
+/// (or the scan of a fresh one) is done. The starts are stopped only after that: stopping the
+/// engine in the middle of its reconcile makes the next start slower (in proportion to the
+/// catalog size), which would carry over from one timed run into the next.
+fn settle(m: &mut MusicfsMount, offset: u64, tracks: usize) -> Result<()> {
+    let timeout = BIG_WAIT + Duration::from_secs(tracks as u64 / 10_000);
+    m.wait_log(offset, "sync finished", timeout)
+        .context("waiting for the engine's background reconcile")?;
+    Ok(())
+}
+
+/// What one change of a track measured.
+struct Change {
+    /// `elapsed_us` of the engine's commit, in ms.
+    apply_ms: Option<f64>,
+    /// From the rename until the new path answered a lookup.
+    visible_ms: f64,
+}
+
+impl Bench {
+    /// The scale rows on the library `lib` of `tracks` tracks: initial scan, start with the
+    /// persistent state dir, one changed track, idle RSS.
+    fn measure_big(&mut self, lib: &Path, tracks: usize) -> Result<()> {
+        let n = fmt_thousands(tracks as f64);
+        let mnt = self.work.join("mnt").join("musicfs-big");
+        clear_stale_mount(&mnt)?;
+        fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
+        let state = self.work.join(format!("state-big-{tracks}"));
+
+        // 1. The initial scan: a fresh state dir, cold page cache when possible.
+        if state.exists() {
+            fs::remove_dir_all(&state).with_context(|| format!("removing {}", state.display()))?;
+        }
+        let cold = self.can_drop && drop_caches().is_ok();
+        let label = format!("{n} tracks: initial scan + mount, fresh state");
+        eprintln!("bench: {label}");
+        let offset = log_len(&self.log);
+        let (mut m, took) = self.mount_at(lib, &state, &mnt, &label, &[], MOUNT_READY_TIMEOUT)?;
+        eprintln!("bench: {label}: {:.3} s", took.as_secs_f64());
+        let ready = m
+            .wait_log(offset, "engine ready", Duration::from_secs(5))
+            .ok();
+        let since = log_since(&self.log, offset);
+        let synced = since.lines().find(|l| l.contains("sync finished"));
+        let engine_hwm = engine_pid(&state)
+            .ok()
+            .and_then(|pid| proc_status_kb(pid, "VmHWM"));
+        self.unmount_musicfs(m, &label)?;
+        self.rows.push(solo_row(
+            format!("{n} tracks: initial scan + mount, fresh state (s)"),
+            Stats::of(&[took.as_secs_f64()]).map_or("n/a".into(), |s| s.show(fmt_secs, "")),
+            "-".into(),
+        ));
+        let mut note = format!(
+            "{n} tracks, initial scan (one run, page cache {}): engine `startup_ms` {}",
+            if cold { "dropped first" } else { "not dropped" },
+            ready
+                .as_deref()
+                .and_then(|l| log_field(l, "startup_ms"))
+                .map_or("n/a".into(), |v| v.to_string()),
+        );
+        match synced {
+            Some(l) => {
+                let get = |k| log_field(l, k).map_or("?".into(), |v| v.to_string());
+                let _ = write!(
+                    note,
+                    ", `sync finished` elapsed_ms={} files={} nodes={} probed={}",
+                    get("elapsed_ms"),
+                    get("files"),
+                    get("nodes"),
+                    get("probed")
+                );
+            }
+            None => note.push_str(", no `sync finished` line in the log"),
+        }
+        if let Some(kb) = engine_hwm {
+            let _ = write!(
+                note,
+                "; engine peak RSS (VmHWM) {} MB",
+                fmt_mb(kb as f64 / 1e3)
+            );
+        }
+        self.note(note);
+
+        // 2. Start with the persistent state dir.
+        let mut start_ms = Vec::new();
+        let mut startup_ms = Vec::new();
+        for i in 0..self.runs {
+            let label = format!(
+                "{n} tracks: start, persistent state {}/{}",
+                i + 1,
+                self.runs
+            );
+            let offset = log_len(&self.log);
+            let (mut m, took) = self.mount_at(lib, &state, &mnt, &label, &[], BIG_WAIT)?;
+            let ms = took.as_secs_f64() * 1e3;
+            let engine = m
+                .wait_log(offset, "engine ready", Duration::from_secs(5))
+                .ok()
+                .and_then(|l| log_field(&l, "startup_ms"));
+            eprintln!(
+                "bench: {label}: {ms:.1} ms (engine startup_ms {})",
+                engine.map_or("n/a".into(), |v| v.to_string())
+            );
+            start_ms.push(ms);
+            if let Some(v) = engine {
+                startup_ms.push(v as f64);
+            }
+            settle(&mut m, offset, tracks)?;
+            self.unmount_musicfs(m, &label)?;
+        }
+        let st = Stats::of(&start_ms);
+        let target = "< 200 ms (goal < 100 ms)";
+        self.rows.push(solo_row(
+            format!("{n} tracks: start to first readdir, persistent state (ms)"),
+            show_opt(st, fmt_ms, "", "n/a"),
+            match st {
+                Some(s) => format!("{target}: {}", verdict(s.median, 200.0, 100.0, false)),
+                None => target.into(),
+            },
+        ));
+        self.note(format!(
+            "{n} tracks, start with the persistent state dir: the engine's own `startup_ms` \
+             (its `engine ready` log line) was {} ms",
+            show_opt(Stats::of(&startup_ms), fmt_whole_ms, "", "n/a")
+        ));
+
+        // 3. and 4. One mount with the sync debug log: idle RSS, then the changed tracks.
+        self.measure_changes(lib, tracks, &state, &mnt)
+    }
+
+    fn measure_changes(
+        &mut self,
+        lib: &Path,
+        tracks: usize,
+        state: &Path,
+        mnt: &Path,
+    ) -> Result<()> {
+        let n = fmt_thousands(tracks as f64);
+        let label = format!("{n} tracks: changes and idle RSS");
+        eprintln!("bench: {label}");
+        // The supervisor hands the engine `log_level` as its MUSICFS_LOG, so the filter goes in
+        // MUSICFS_LOG_LEVEL too.
+        let env = [
+            ("MUSICFS_LOG", SYNC_DEBUG_LOG),
+            ("MUSICFS_LOG_LEVEL", SYNC_DEBUG_LOG),
+        ];
+        let offset = log_len(&self.log);
+        let (mut m, _) = self.mount_at(lib, state, mnt, &label, &env, BIG_WAIT)?;
+        settle(&mut m, offset, tracks)?;
+        let synced = m.wait_log(offset, "sync finished", Duration::from_secs(5))?;
+        let since = log_since(&self.log, offset);
+        let debug_on = since.contains("checkpoint committed");
+        self.note(format!(
+            "{n} tracks, background reconcile after the start: elapsed_ms={} probed={}",
+            log_field(&synced, "elapsed_ms").map_or("?".into(), |v| v.to_string()),
+            log_field(&synced, "probed").map_or("?".into(), |v| v.to_string()),
+        ));
+        if !debug_on {
+            self.note(format!(
+                "{n} tracks: the engine logged no `checkpoint committed` line although \
+                 MUSICFS_LOG and MUSICFS_LOG_LEVEL were {SYNC_DEBUG_LOG:?}: no apply times"
+            ));
+        }
+
+        // 4. Idle RSS.
+        std::thread::sleep(IDLE_BEFORE_RSS);
+        m.check_alive()?;
+        let engine = engine_pid(state)?;
+        let shim = shim_pid(mnt)?;
+        let engine_rss = proc_status_kb(engine, "VmRSS").map(|kb| kb as f64 / 1e3);
+        let shim_rss = proc_status_kb(shim, "VmRSS").map(|kb| kb as f64 / 1e3);
+        let debounce_ms = proc_env(engine, "MUSICFS_DEBOUNCE_MS").and_then(|v| v.parse().ok());
+        eprintln!(
+            "bench: {label}: idle VmRSS engine {} MB, shim {} MB",
+            engine_rss.map_or("n/a".into(), fmt_mb),
+            shim_rss.map_or("n/a".into(), fmt_mb)
+        );
+
+        // 3. Changed tracks.
+        let files = retag_candidates(lib, self.runs)?;
+        if files.len() < self.runs {
+            self.note(format!(
+                "{n} tracks: only {} mp3 files are left that an earlier run has not retagged",
+                files.len()
+            ));
+        }
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut changes = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let album = format!("Retag {stamp} {}", i + 1);
+            let title = format!("Changed Track {}", i + 1);
+            let shown = mnt
+                .join(RETAG_ARTIST)
+                .join(&album)
+                .join(format!("01 - {title}.mp3"));
+            match self.change_once(&mut m, file, &album, &title, &shown, &n)? {
+                Some(c) => {
+                    eprintln!(
+                        "bench: {n} tracks: change {}/{}: engine apply {} ms, visible after \
+                         {:.1} ms",
+                        i + 1,
+                        files.len(),
+                        c.apply_ms.map_or("n/a".into(), fmt_ms),
+                        c.visible_ms
+                    );
+                    changes.push(c);
+                }
+                None => break,
+            }
+        }
+        if let Some(kb) = proc_status_kb(engine, "VmRSS") {
+            let hwm =
+                proc_status_kb(engine, "VmHWM").map_or("n/a".into(), |h| fmt_mb(h as f64 / 1e3));
+            self.note(format!(
+                "{n} tracks: engine VmRSS after the changes {} MB, peak (VmHWM) since its start \
+                 {hwm} MB",
+                fmt_mb(kb as f64 / 1e3)
+            ));
+        }
+        self.unmount_musicfs(m, &label)?;
+
+        let apply = Stats::of(
+            &changes
+                .iter()
+                .filter_map(|c| c.apply_ms)
+                .collect::<Vec<_>>(),
+        );
+        let visible = Stats::of(&changes.iter().map(|c| c.visible_ms).collect::<Vec<_>>());
+        self.rows.push(solo_row(
+            format!("{n} tracks: one changed track, engine apply (ms)"),
+            show_opt(apply, fmt_ms, "", "n/a (see notes)"),
+            below(apply.map(|s| s.median), 10.0, "< 10 ms"),
+        ));
+        let debounce = debounce_ms.map_or("?".to_string(), |d: u64| d.to_string());
+        self.rows.push(solo_row(
+            format!("{n} tracks: one changed track, rename to new name visible (ms)"),
+            show_opt(visible, fmt_ms, "", "n/a (see notes)"),
+            format!("- (includes the {debounce} ms debounce)"),
+        ));
+        self.rows.push(solo_row(
+            format!("{n} tracks: engine idle RSS (MB)"),
+            engine_rss.map_or("n/a".into(), fmt_mb),
+            below(engine_rss, 50.0, "< 50 MB"),
+        ));
+        self.rows.push(solo_row(
+            format!("{n} tracks: shim idle RSS (MB)"),
+            shim_rss.map_or("n/a".into(), fmt_mb),
+            below(shim_rss, 15.0, "< 15 MB"),
+        ));
+        Ok(())
+    }
+
+    /// Retags `file` (tagger-like: temporary file, rename over the original) and times how long
+    /// the new path `shown` takes to appear in the mount and what the engine's commit took.
+    /// `None` (with a note) if the change did not show up.
+    fn change_once(
+        &mut self,
+        m: &mut MusicfsMount,
+        file: &Path,
+        album: &str,
+        title: &str,
+        shown: &Path,
+        n: &str,
+    ) -> Result<Option<Change>> {
+        let tmp = write_retagged(file, album, title)?;
+        let offset = log_len(&self.log);
+        let renamed = Instant::now();
+        if let Err(e) = fs::rename(&tmp, file) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e)
+                .with_context(|| format!("renaming {} over {}", tmp.display(), file.display()));
+        }
+        let seen = {
+            let shown = shown.to_path_buf();
+            with_deadline(
+                &format!("waiting for {}", shown.display()),
+                BIG_WAIT + STOP_TIMEOUT,
+                move || {
+                    let deadline = Instant::now() + BIG_WAIT;
+                    while Instant::now() < deadline {
+                        if fs::symlink_metadata(&shown).is_ok() {
+                            return Some(Instant::now());
+                        }
+                        std::thread::sleep(READY_POLL);
+                    }
+                    None
+                },
+            )?
+        };
+        m.check_alive()?;
+        let Some(seen) = seen else {
+            self.note(format!(
+                "{n} tracks: after retagging {} the new path {} did not appear within {} s; log \
+                 tail: {}",
+                file.display(),
+                shown.display(),
+                BIG_WAIT.as_secs(),
+                log_tail(&self.log, 10).replace('\n', " | ")
+            ));
+            return Ok(None);
+        };
+        let visible_ms = (seen - renamed).as_secs_f64() * 1e3;
+        let commit = m
+            .wait_log(offset, "checkpoint committed", Duration::from_secs(5))
+            .ok();
+        let apply_ms = commit
+            .as_deref()
+            .and_then(|l| log_field(l, "elapsed_us"))
+            .map(|us| us as f64 / 1e3);
+        match &commit {
+            Some(line) => {
+                let up = log_field(line, "upserts");
+                let rm = log_field(line, "removals");
+                if up != Some(1) || rm != Some(0) {
+                    self.note(format!(
+                        "{n} tracks: the commit for one retagged file was not 1 upsert and 0 \
+                         removals: {}",
+                        line.trim()
+                    ));
+                }
+            }
+            None => self.note(format!(
+                "{n} tracks: no `checkpoint committed` line for the retag of {}",
+                file.display()
+            )),
+        }
+        let commits = log_since(&self.log, offset)
+            .matches("checkpoint committed")
+            .count();
+        if commits > 1 {
+            self.note(format!(
+                "{n} tracks: one retagged file gave {commits} catalog commits"
+            ));
+        }
+        let origin = get_xattr(shown, "user.musicfs.origin");
+        if origin.as_deref() != Some(file.as_os_str().as_bytes()) {
+            self.note(format!(
+                "{n} tracks: {} has user.musicfs.origin {:?}, expected {}",
+                shown.display(),
+                origin.map(|o| String::from_utf8_lossy(&o).into_owned()),
+                file.display()
+            ));
+        }
+        Ok(Some(Change {
+            apply_ms,
+            visible_ms,
+        }))
+    }
+}
+
+/// The argument lists (`/proc/PID/cmdline`) of the running processes that `pred` accepts.
+fn processes(pred: impl Fn(&[&[u8]]) -> bool) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
+        let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        if pred(&args) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn one_process(what: &str, pids: Vec<u32>) -> Result<u32> {
+    match pids.as_slice() {
+        [pid] => Ok(*pid),
+        [] => bail!("no {what} process found in /proc"),
+        many => bail!("{} {what} processes found: {many:?}", many.len()),
+    }
+}
+
+/// `musicfs engine --state-dir STATE ...`.
+fn engine_pid(state: &Path) -> Result<u32> {
+    let state = state.as_os_str().as_bytes();
+    one_process(
+        &format!("engine for {}", String::from_utf8_lossy(state)),
+        processes(|args| {
+            args.get(1) == Some(&&b"engine"[..])
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--state-dir" && w[1] == state)
+        }),
+    )
+}
+
+/// `musicfs-shim ... --mountpoint MNT ...`.
+fn shim_pid(mnt: &Path) -> Result<u32> {
+    let mnt = mnt.as_os_str().as_bytes();
+    one_process(
+        &format!("shim for {}", String::from_utf8_lossy(mnt)),
+        processes(|args| {
+            args.first().is_some_and(|a| a.ends_with(b"musicfs-shim"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--mountpoint" && w[1] == mnt)
+        }),
+    )
+}
+
+/// A `kB` value of /proc/PID/status (`VmRSS`, `VmHWM`).
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A variable of /proc/PID/environ.
+fn proc_env(pid: u32, key: &str) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|&b| b == 0).find_map(|kv| {
+        let v = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// An extended attribute of `path` (not following a symlink).
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and `buf` has `buf.len()` writable bytes.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len = usize::try_from(len).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
+/// Whether `path` is an mp3 with an ID3v2 primary tag that no earlier run retagged and no other
+/// tag (the generated mp3s also carry an empty ID3v1 tag) that could fill a path field.
+fn retaggable(path: &Path) -> bool {
+    let Ok(tagged) = Probe::open(path)
+        .and_then(|p| Ok(p.guess_file_type()?))
+        .and_then(|p| p.read())
+    else {
+        return false;
+    };
+    let set = |v: Option<std::borrow::Cow<'_, str>>| v.is_some_and(|v| !v.is_empty());
+    tagged.file_type() == FileType::Mpeg
+        && tagged.primary_tag().is_some_and(|t| {
+            t.tag_type() == TagType::Id3v2
+                && t.get_string(ItemKey::AlbumArtist) != Some(RETAG_ARTIST)
+        })
+        && tagged
+            .tags()
+            .iter()
+            .filter(|t| t.tag_type() != TagType::Id3v2)
+            .all(|t| {
+                !set(t.artist())
+                    && !set(t.album())
+                    && !set(t.title())
+                    && t.get_string(ItemKey::AlbumArtist).is_none_or(str::is_empty)
+                    && t.date().is_none()
+                    && t.track().is_none()
+                    && t.disk().is_none()
+            })
+}
+
+/// Up to `count` normal mp3 files of a generated library that can be retagged (see
+/// [`retaggable`]), taken from every [`RETAG_STRIDE`]-th manifest line first.
+fn retag_candidates(lib: &Path, count: usize) -> Result<Vec<PathBuf>> {
+    let manifest = lib.join(MANIFEST_NAME);
+    let mut out: Vec<PathBuf> = Vec::new();
+    for stride in [RETAG_STRIDE, 1] {
+        let f =
+            fs::File::open(&manifest).with_context(|| format!("opening {}", manifest.display()))?;
+        for (i, line) in BufReader::new(f).lines().enumerate() {
+            if out.len() >= count {
+                return Ok(out);
+            }
+            let line = line.with_context(|| format!("reading {}", manifest.display()))?;
+            if i % stride != 0 || line.trim().is_empty() {
+                continue;
+            }
+            let entry: ManifestEntry = serde_json::from_str(&line)
+                .with_context(|| format!("bad line in {}: {line}", manifest.display()))?;
+            if entry.kind != Kind::Normal || entry.format != "mp3" || entry.ext != "mp3" {
+                continue;
+            }
+            let path = lib.join(OsStr::from_bytes(&entry.raw_path()));
+            if !out.contains(&path) && retaggable(&path) {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a copy of the mp3 `path` with a new album artist ([`RETAG_ARTIST`]), album, title and
+/// track 1 (no year, disc or totals, so the virtual path is `RETAG_ARTIST/ALBUM/01 - TITLE.mp3`)
+/// to a temporary file beside it, as a tagger does before renaming it over the original.
+/// Returns the temporary file, whose tags have been read back.
+fn write_retagged(path: &Path, album: &str, title: &str) -> Result<PathBuf> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let tagged = Probe::new(Cursor::new(&bytes))
+        .guess_file_type()?
+        .read()
+        .with_context(|| format!("lofty cannot read {}", path.display()))?;
+    let mut tag = tagged
+        .primary_tag()
+        .cloned()
+        .with_context(|| format!("{} has no tag", path.display()))?;
+    tag.insert_text(ItemKey::AlbumArtist, RETAG_ARTIST.to_owned());
+    tag.set_album(album.to_owned());
+    tag.set_title(title.to_owned());
+    tag.set_track(1);
+    tag.remove_track_total();
+    tag.remove_disk();
+    tag.remove_disk_total();
+    tag.remove_date();
+    let mut cursor = Cursor::new(bytes);
+    tag.save_to(&mut cursor, WriteOptions::default())
+        .with_context(|| format!("lofty cannot write the tag of {}", path.display()))?;
+    let bytes = cursor.into_inner();
+
+    let check = Probe::new(Cursor::new(&bytes))
+        .guess_file_type()?
+        .read()
+        .with_context(|| format!("lofty cannot read back the retagged {}", path.display()))?;
+    let back = check.primary_tag();
+    ensure!(
+        back.and_then(|t| t.get_string(ItemKey::AlbumArtist)) == Some(RETAG_ARTIST)
+            && back.and_then(|t| t.title()).as_deref() == Some(title)
+            && back.and_then(|t| t.album()).as_deref() == Some(album),
+        "the retagged {} does not read back as written",
+        path.display()
+    );
+
+    let mut name = OsString::from(".");
+    name.push(path.file_name().context("no file name")?);
+    name.push(".bench-tmp");
+    let tmp = path.with_file_name(name);
+    fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    Ok(tmp)
+}
+
 fn medians(passes: &[Pass], f: fn(&Pass) -> f64) -> Option<Stats> {
     Stats::of(&passes.iter().map(f).collect::<Vec<_>>())
 }
@@ -1013,6 +1696,7 @@ impl MusicfsMount {
         mnt: &Path,
         log: &Path,
         label: &str,
+        env: &[(&str, &str)],
     ) -> Result<MusicfsMount> {
         let mut logf = fs::OpenOptions::new()
             .append(true)
@@ -1031,6 +1715,7 @@ impl MusicfsMount {
             .arg("--state-dir")
             .arg(state)
             .arg(mnt)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1100,7 +1785,7 @@ impl MusicfsMount {
                         let _ = tx.send(Instant::now());
                         return;
                     }
-                    std::thread::sleep(POLL);
+                    std::thread::sleep(READY_POLL);
                 }
             })
         };
@@ -1157,6 +1842,29 @@ impl MusicfsMount {
             log_tail(&self.log, 30)
         );
         Ok(())
+    }
+
+    /// Waits (at most `timeout`) until the log after `offset` (a length of the log file taken
+    /// before this mount started) has a line containing `needle`; returns the first such line.
+    /// Fails early if the mount goes away.
+    fn wait_log(&mut self, offset: u64, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = log_since(&self.log, offset)
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return Ok(line.to_string());
+            }
+            self.check_alive()?;
+            ensure!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {} s; log tail:\n{}",
+                timeout.as_secs(),
+                log_tail(&self.log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Unmounts and waits for the process; returns what went wrong on the way (if anything).
@@ -1522,6 +2230,31 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
+/// The current length of a log file (0 if it cannot be read).
+fn log_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// What a log file got after `offset` bytes.
+fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = fs::read(path).unwrap_or_default();
+    let from = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
+}
+
+/// The number in `key=N` of a tracing log line.
+fn log_field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace().find_map(|w| {
+        w.strip_prefix(key)?
+            .strip_prefix('=')?
+            .trim_matches('"')
+            .parse()
+            .ok()
+    })
+}
+
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -1634,6 +2367,8 @@ struct Report {
     machine: String,
     commit: String,
     library: String,
+    /// The library of the scale rows (`--big-tracks`), if they ran.
+    big_library: Option<String>,
     rows: Vec<Row>,
     notes: Vec<String>,
 }
@@ -1648,6 +2383,9 @@ impl Report {
         let _ = writeln!(s, "- machine: {}", self.machine);
         let _ = writeln!(s, "- commit: {}", self.commit);
         let _ = writeln!(s, "- library: {}", self.library);
+        if let Some(big) = &self.big_library {
+            let _ = writeln!(s, "- scale library: {big}");
+        }
         let _ = writeln!(s);
         s.push_str(&render_table(&self.rows));
         if !self.notes.is_empty() {
@@ -1670,11 +2408,11 @@ fn section_start(tracks: usize) -> String {
 const HEADER: &str = "\
 # MusicFS benchmarks
 
-Written by `cargo xtask bench [--tracks N]` (also `--runs R`, default 3; `--work-dir DIR`,
-default `target/bench`; `--no-record` to only print). It needs root (to drop the page cache),
-`/dev/fuse`, `bindfs` and `fuse3`. It builds the release binaries, generates a synthetic library
-once (`cargo xtask gen-library`, default 20000 tracks) and measures musicfs beside a `bindfs -r`
-mount of the same origin and the origin itself (native), in the same run.
+Written by `cargo xtask bench [--tracks N] [--big-tracks M]` (also `--runs R`, default 3;
+`--work-dir DIR`, default `target/bench`; `--no-record` to only print). It needs root (to drop the
+page cache), `/dev/fuse`, `bindfs` and `fuse3`. It builds the release binaries, generates a
+synthetic library once (`cargo xtask gen-library`, default 20000 tracks) and measures musicfs
+beside a `bindfs -r` mount of the same origin and the origin itself (native), in the same run.
 
 Cells are the median of the runs, with (min..max). Times are in seconds, throughputs in MB/s
 (10^6 bytes). Scan rates are from `musicfs scan`; start times run from spawning `musicfs mount`
@@ -1683,6 +2421,21 @@ until a readdir of the mountpoint lists an entry; the tree walk is
 each file with a 128 KiB buffer in one thread, cold (page cache dropped before each pass) or with
 the origin warm (the native tree is read first, then bindfs and musicfs each on their first pass
 through FUSE, then native again). Targets are reported, never asserted.
+
+The rows that start with \"M tracks:\" ran on a second generated library of `--big-tracks` tracks
+(default 100000; `0` skips them). The initial scan is one mount with a fresh state dir, page
+cache dropped first, spawn to first answered readdir. The start with the persistent state dir runs
+from spawning `musicfs mount` until a readdir of the mountpoint (polled every 1 ms) lists an entry,
+page cache warm; the engine's own `startup_ms` is in the notes. Every start with a reused or
+persistent state dir (also in the first table rows) is stopped only after its background
+reconcile finished, so that no run pays for the previous one being stopped in the middle of it.
+One changed track: with the mount up and its background reconcile finished, an mp3 of the library
+is retagged with lofty (new album artist, album and title) into a temporary file beside it that is
+renamed over the original, as a tagger does; the engine apply time is the `elapsed_us` of the
+engine's `checkpoint committed` log line for that change, the end-to-end time runs from the rename
+until the new path answers a lookup in the mount and includes the watcher's debounce
+(`debounce_ms`). Idle RSS is `VmRSS` of the engine and the shim 2 s after the reconcile finished;
+memory in MB (10^6 bytes).
 
 This file keeps the latest run per library size, newest first.
 ";
@@ -1731,8 +2484,15 @@ fn sections(text: &str) -> Vec<(&str, &str)> {
     out
 }
 
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+/// The command line of this run, with `--big-tracks` spelled out even when it was defaulted.
+fn command_line(big_tracks: usize) -> String {
+    let mut args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+    if !args
+        .iter()
+        .any(|a| a == "--big-tracks" || a.starts_with("--big-tracks="))
+    {
+        args.push(format!("--big-tracks {big_tracks}"));
+    }
     format!("cargo xtask {}", args.join(" "))
 }
 
@@ -1868,6 +2628,17 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(found[0], ("<!-- bench tracks=10 -->", a));
         assert_eq!(found[1], ("<!-- bench tracks=20 -->", b));
+    }
+
+    #[test]
+    fn log_fields() {
+        let line = "2026-11-26T14:08:20.999438Z DEBUG musicfs_engine::sync: checkpoint committed \
+                    upserts=1 removals=0 files=2000 elapsed_us=1134";
+        assert_eq!(log_field(line, "elapsed_us"), Some(1134));
+        assert_eq!(log_field(line, "upserts"), Some(1));
+        assert_eq!(log_field(line, "files"), Some(2000));
+        assert_eq!(log_field(line, "us"), None);
+        assert_eq!(log_field(line, "missing"), None);
     }
 
     #[test]
