@@ -165,6 +165,7 @@ pub fn run(args: &Args) -> Result<()> {
     let scan_tracks = bench.measure_scan()?;
     bench.measure_start()?;
     bench.measure_trees(scan_tracks)?;
+    bench.measure_stalls()?;
 
     // The scale rows come last; if they fail, the table so far is still recorded (with a note)
     // and the bench then fails.
@@ -732,6 +733,44 @@ impl Bench {
     }
 
     /// Tree walks and reads on the three roots.
+    /// Read stalls and failed reads while the engine is killed (kill -9) and
+    /// swapped, 10 times each, under 4 readers (see `stall.rs`).
+    fn measure_stalls(&mut self) -> Result<()> {
+        use crate::stall::{Fault, measure};
+        let musicfs = self.bin.clone();
+        for (kind, what, limit) in [
+            (
+                Fault::Kill9,
+                "engine kill -9 + restart x10 under load",
+                1000.0,
+            ),
+            (Fault::Swap, "engine swap x10 under load", 250.0),
+        ] {
+            let r = measure(&musicfs, &self.lib, &self.work, kind, 10)?;
+            self.rows.push(solo_row(
+                format!("{what}: read stall per fault p50 / p99 / max (ms)"),
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    r.recovery_p50_ms, r.recovery_p99_ms, r.recovery_max_ms
+                ),
+                below(
+                    Some(r.recovery_p99_ms),
+                    limit,
+                    &format!("p99 < {limit:.0} ms"),
+                ),
+            ));
+            self.rows.push(solo_row(
+                format!("{what}: read latency p50 / p99 / max (ms); failed reads"),
+                format!(
+                    "{:.1} / {:.1} / {:.0}; {} of {}",
+                    r.op_p50_ms, r.op_p99_ms, r.op_max_ms, r.failed, r.ops
+                ),
+                below(Some(r.failed as f64), 1.0, "0 failed"),
+            ));
+        }
+        Ok(())
+    }
+
     fn measure_trees(&mut self, scan_tracks: u64) -> Result<()> {
         let reused = self.reused_state();
         let (mut mfs, _) = self.mount_musicfs(&reused, "walk and read")?;
