@@ -95,6 +95,11 @@ impl Syncer {
         }
     }
 
+    /// The root directory of an origin.
+    pub fn origin_root(&self, origin: u32) -> Result<&PathBuf> {
+        self.origins.get(origin as usize).context("no such origin")
+    }
+
     /// Where invalidations go once the data plane serves.
     pub fn set_shared(&mut self, shared: Arc<Shared>) {
         self.shared = Some(shared);
@@ -211,11 +216,7 @@ impl Syncer {
         sub: &Path,
         mut dir_mtimes: Option<&mut HashMap<PathBuf, i64>>,
     ) -> Result<()> {
-        let root = self
-            .origins
-            .get(origin as usize)
-            .context("no such origin")?
-            .clone();
+        let root = self.origin_root(origin)?.clone();
         let start = root.join(sub);
         let mut prefix = sub.as_os_str().as_bytes().to_vec();
         if !prefix.is_empty() {
@@ -308,10 +309,7 @@ impl Syncer {
     /// Applies changes to single files (from a watcher): probes those that
     /// exist and changed, removes those that are gone.
     pub fn sync_files(&self, origin: u32, rels: &HashSet<Vec<u8>>) -> Result<()> {
-        let root = self
-            .origins
-            .get(origin as usize)
-            .context("no such origin")?;
+        let root = self.origin_root(origin)?;
         let mut jobs = Vec::new();
         let mut removals = Vec::new();
         for rel in rels {
@@ -411,11 +409,7 @@ pub fn watch_local(
     use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
     use std::os::fd::AsFd;
 
-    let root = syncer
-        .origins
-        .get(origin as usize)
-        .context("no such origin")?
-        .clone();
+    let root = syncer.origin_root(origin)?.clone();
     let inotify =
         Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).context("inotify_init")?;
     let mask = F::IN_CLOSE_WRITE
@@ -546,11 +540,7 @@ pub fn poll_network(
     interval: Duration,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let root = syncer
-        .origins
-        .get(origin as usize)
-        .context("no such origin")?
-        .clone();
+    let root = syncer.origin_root(origin)?.clone();
     info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
     let mut dir_mtimes: HashMap<PathBuf, i64> = HashMap::new();
     let mut passes: u32 = 0;

@@ -2353,7 +2353,8 @@ fn build(target: &Path, work: &Path) -> Result<PathBuf> {
 }
 
 /// The library `<work>/lib-<N>`, generated unless a completed generation is there.
-fn ensure_library(work: &Path, tracks: usize) -> Result<PathBuf> {
+/// The generated library of `tracks` tracks in `work` (made once, marked complete).
+pub(crate) fn ensure_library(work: &Path, tracks: usize) -> Result<PathBuf> {
     let lib = work.join(format!("lib-{tracks}"));
     let marker = work.join(format!("lib-{tracks}.complete"));
     if marker.is_file() && lib.is_dir() {

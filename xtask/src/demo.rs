@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{run_cmd, target_dir, workspace_root};
+use crate::target_dir;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,31 +23,10 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     let demo = target_dir().join("demo");
-    run_cmd(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "musicfs-engine",
-                "-p",
-                "musicfs-shim",
-            ]),
-    )?;
+    crate::build_release()?;
     let origins = if args.origins.is_empty() {
-        let lib = demo.join(format!("library-{}", args.tracks));
-        let done = lib.join(".generated");
-        if !done.exists() {
-            let _ = std::fs::remove_dir_all(&lib);
-            run_cmd(
-                Command::new(std::env::current_exe()?)
-                    .args(["gen-library", "--tracks", &args.tracks.to_string(), "--out"])
-                    .arg(&lib),
-            )?;
-            std::fs::write(&done, b"")?;
-        }
-        vec![lib]
+        std::fs::create_dir_all(&demo)?;
+        vec![crate::bench::ensure_library(&demo, args.tracks)?]
     } else {
         args.origins.clone()
     };

@@ -81,3 +81,19 @@ pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cargo build --release` of the two binaries.
+pub fn build_release() -> Result<()> {
+    run_cmd(
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "musicfs-engine",
+                "-p",
+                "musicfs-shim",
+            ]),
+    )
+}

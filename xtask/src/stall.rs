@@ -241,35 +241,12 @@ pub struct Args {
 
 /// `cargo xtask stall`: the stall measurement alone (release binaries).
 pub fn run(args: &Args) -> Result<()> {
-    crate::run_cmd(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(crate::workspace_root())
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "musicfs-engine",
-                "-p",
-                "musicfs-shim",
-            ]),
-    )?;
+    crate::build_release()?;
     let work = crate::target_dir().join("stall");
     std::fs::create_dir_all(&work)?;
     let lib = match &args.library {
         Some(l) => l.clone(),
-        None => {
-            let lib = work.join(format!("lib-{}", args.tracks));
-            if !work.join(format!("lib-{}.complete", args.tracks)).exists() {
-                let _ = std::fs::remove_dir_all(&lib);
-                crate::run_cmd(
-                    Command::new(std::env::current_exe()?)
-                        .args(["gen-library", "--tracks", &args.tracks.to_string(), "--out"])
-                        .arg(&lib),
-                )?;
-                std::fs::write(work.join(format!("lib-{}.complete", args.tracks)), b"")?;
-            }
-            lib
-        }
+        None => crate::bench::ensure_library(&work, args.tracks)?,
     };
     let musicfs = crate::target_dir().join("release/musicfs");
     for kind in [Fault::Kill9, Fault::Swap] {
