@@ -341,9 +341,20 @@ fn inotify_overflow_triggers_a_rescan() {
     std::fs::create_dir(&origin).unwrap();
     let old = std::fs::read_to_string(KNOB).unwrap();
     std::fs::write(KNOB, "8").unwrap();
-    let m = Mount::start_with(&[&origin], None, &[("MUSICFS_DEBOUNCE_MS", "300")]);
+    let m = Mount::start_with(
+        &[&origin],
+        None,
+        &[
+            ("MUSICFS_DEBOUNCE_MS", "300"),
+            ("MUSICFS_HEARTBEAT_TIMEOUT_MS", "60000"),
+        ],
+    );
     std::fs::write(KNOB, old.trim()).unwrap();
-    // Far more than 8 events in one burst.
+    // Far more than 8 events while the engine cannot read them (stopped), so
+    // the kernel's queue overflows for certain.
+    let engine = pids_with_cmdline(&format!("engine --state-dir {}", m.state.display()))[0];
+    // SAFETY: kill(2) on the engine this test started.
+    unsafe { libc::kill(engine, libc::SIGSTOP) };
     let normal: Vec<&ManifestEntry> = manifest
         .iter()
         .filter(|e| e.kind == "normal")
@@ -356,6 +367,8 @@ fn inotify_overflow_triggers_a_rescan() {
         )
         .unwrap();
     }
+    // SAFETY: as above.
+    unsafe { libc::kill(engine, libc::SIGCONT) };
     assert!(
         eventually(Duration::from_secs(20), || list_files(&m.mnt).len()
             == normal.len()),
