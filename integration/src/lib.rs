@@ -564,3 +564,16 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .unwrap();
     assert!(status.success(), "cp -a failed");
 }
+
+/// Like `list_files`, for a tree that may be changing under the walk: entries
+/// that vanish mid-walk are skipped instead of failing.
+pub fn list_files_lenient(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_path_buf))
+        .collect();
+    out.sort();
+    out
+}

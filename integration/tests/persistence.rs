@@ -102,9 +102,13 @@ fn ffmpeg_retag(file: &Path, title: &str) {
 }
 
 fn find_by_origin(mnt: &Path, origin: &Path) -> Option<PathBuf> {
-    list_files(mnt).into_iter().map(|r| mnt.join(r)).find(|p| {
-        getxattr(p, "user.musicfs.origin").as_deref() == Some(origin.as_os_str().as_encoded_bytes())
-    })
+    list_files_lenient(mnt)
+        .into_iter()
+        .map(|r| mnt.join(r))
+        .find(|p| {
+            getxattr(p, "user.musicfs.origin").as_deref()
+                == Some(origin.as_os_str().as_encoded_bytes())
+        })
 }
 
 /// Files added, modified, retagged, deleted and renamed in a live origin show
@@ -370,7 +374,7 @@ fn inotify_overflow_triggers_a_rescan() {
     // SAFETY: as above.
     unsafe { libc::kill(engine, libc::SIGCONT) };
     assert!(
-        eventually(Duration::from_secs(20), || list_files(&m.mnt).len()
+        eventually(Duration::from_secs(20), || list_files_lenient(&m.mnt).len()
             == normal.len()),
         "only {} of {} files after an overflow:\n{}",
         list_files(&m.mnt).len(),
@@ -409,11 +413,15 @@ fn polled_origin_follows_changes() {
     );
     std::fs::copy(origin_of(&src, &e), origin.join(format!("new.{}", e.ext))).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || list_files(&m.mnt).len() == 1),
+        eventually(Duration::from_secs(10), || list_files_lenient(&m.mnt).len()
+            == 1),
         "polled change not seen:\n{}",
         m.log_text()
     );
     std::fs::remove_file(origin.join(format!("new.{}", e.ext))).unwrap();
-    assert!(eventually(Duration::from_secs(10), || list_files(&m.mnt).is_empty()));
+    assert!(eventually(Duration::from_secs(10), || list_files_lenient(
+        &m.mnt
+    )
+    .is_empty()));
     assert!(m.stop().success());
 }
