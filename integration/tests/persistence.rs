@@ -307,17 +307,16 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
     std::fs::create_dir(&mnt).unwrap();
     let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
     let state = m.state.clone();
-    // Crash the shim first (SIGKILL: no unmount), then the supervisor and
-    // the engine.
-    let mut victims: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
-    assert_eq!(victims.len(), 1, "shim not found");
-    victims.push(m.pid() as i32);
-    victims.extend(pids_with_cmdline(&state.to_string_lossy()));
-    for pid in &victims {
-        // SAFETY: kill(2) on processes this test started.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    // Freeze the supervisor (it would clean up after its shim), crash the
+    // shim (SIGKILL: no unmount), then kill the rest.
+    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
+    assert_eq!(shim.len(), 1, "shim not found");
+    let supervisor = m.pid() as i32;
+    // SAFETY: kill(2) on processes this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGSTOP);
+        libc::kill(shim[0], libc::SIGKILL);
     }
-    m.abandon();
     assert!(
         // (stat may still answer from the kernel's attribute cache; readdir cannot.)
         eventually(Duration::from_secs(10), || matches!(
@@ -326,6 +325,13 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
         )),
         "could not make a stale mount"
     );
+    let mut rest = pids_with_cmdline(&state.to_string_lossy());
+    rest.push(supervisor);
+    for pid in rest {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    m.abandon();
     let m2 = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
     assert!(!list_files(&m2.mnt).is_empty());
     assert!(m2.log_text().contains("stale mount"), "{}", m2.log_text());
