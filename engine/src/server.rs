@@ -409,7 +409,12 @@ impl Drop for SocketGuard {
 
 fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
-    shared.connections.lock().push(Arc::downgrade(&writer));
+    {
+        // Heartbeats connect every second: drop the dead ones as we go.
+        let mut conns = shared.connections.lock();
+        conns.retain(|w| w.strong_count() > 0);
+        conns.push(Arc::downgrade(&writer));
+    }
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut greeted = false;
     loop {
