@@ -69,6 +69,13 @@ pub fn generated_library(tracks: usize, seed: u64) -> PathBuf {
     let cache = target_dir().join("integration-cache");
     std::fs::create_dir_all(&cache).unwrap();
     let dir = cache.join(format!("lib-{tracks}-{seed}"));
+    // One generation at a time in this process (tests run in parallel);
+    // other test processes use their own temporary directory and lose the
+    // final rename race harmlessly.
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = GENERATING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if dir.join(".complete").exists() {
         return dir;
     }
