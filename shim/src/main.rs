@@ -143,8 +143,29 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Logs every panic (thread, payload, backtrace) as one error line, then
+/// runs the default handling, so that a panic in any thread is never silent.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(non-string payload)".into());
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(thread = name, %location, "panic: {payload}\n{backtrace}");
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     init_logging();
+    install_panic_hook();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
