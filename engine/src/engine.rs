@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, Signal};
+use sd_notify::NotifyState;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -101,11 +102,29 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
     syncer.set_shared(shared.clone());
     let syncer = Arc::new(syncer);
     let _socket_guard = serve(shared.clone(), &socket)?;
+    let files = store.file_count()?;
     info!(
         startup_ms = started.elapsed().as_millis() as u64,
-        files = store.file_count()?,
-        "engine ready"
+        files, "engine ready"
     );
+    let status = format!("serving {files} files");
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // Ping systemd only while the request path answers (a self-ping
+        // through the data-plane socket).
+        let sock = socket.clone();
+        std::thread::Builder::new()
+            .name("musicfs-watchdog".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval / 2);
+                    if crate::client::ping(&sock, interval / 2).is_ok() {
+                        let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                    }
+                }
+            })
+            .context("cannot start the watchdog thread")?;
+    }
 
     // Follow the origins, then reconcile what changed while we were away.
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,6 +144,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
 
     let sig = signals.wait().context("sigwait")?;
     info!("engine stopping on {sig}");
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     stop.store(true, Ordering::Relaxed);
     shared.log_counters();
     let c = &syncer.counters;

@@ -159,6 +159,9 @@ fn engine_command(config: &Config, state_dir: &Path, socket: &Path, exe: &Path) 
         cmd.arg("--origin").arg(o);
     }
     cmd.env("MUSICFS_LOG", log_filter(config))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .env("MUSICFS_ENTRY_TTL_MS", config.entry_ttl_ms.to_string())
         .env("MUSICFS_SCAN_THREADS", config.scan_threads.to_string())
         .env(
@@ -193,6 +196,9 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
         cmd.arg("--no-passthrough");
     }
     cmd.env("MUSICFS_LOG", log_filter(config))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0)
@@ -392,6 +398,11 @@ async fn supervise(
         "musicfs: mounted at {} (Ctrl-C to unmount)",
         mountpoint.display()
     );
+    let status = format!("mounted at {}", mountpoint.display());
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
 
     // Supervise: restart an engine that exits, kill and replace one that
     // stops answering the heartbeat. The shim parks requests meanwhile.
@@ -491,6 +502,7 @@ async fn supervise(
             }
         }
     };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop_child(&mut shim, "shim").await;
     if matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
         || is_mountpoint(mountpoint).unwrap_or(false)

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
+use sd_notify::NotifyState;
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -93,6 +94,7 @@ fn run(args: Args) -> Result<()> {
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
     let notices = transport.clone();
+    let watchdog_transport = transport.clone();
     let mut session = fuser::Session::new(
         fs::ShimFs::new(transport, !args.no_passthrough),
         &args.mountpoint,
@@ -113,6 +115,34 @@ fn run(args: Args) -> Result<()> {
         let _ = writeln!(out, "READY");
         let _ = out.flush();
     }
+    // Under systemd: keep a copy of the FUSE fd in the fd store (the mount
+    // survives this process while systemd holds it), then report ready.
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        use std::os::fd::AsFd;
+        if let Err(e) = sd_notify::notify_with_fds(
+            &[NotifyState::FdStore, NotifyState::FdName("fuse")],
+            &[session.as_fd()],
+        ) {
+            error!("cannot store the FUSE fd with systemd: {e}");
+        }
+        let status = format!("mounted at {}", args.mountpoint.display());
+        let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let t = watchdog_transport;
+        std::thread::Builder::new()
+            .name("musicfs-watchdog".into())
+            .spawn(move || {
+                // Ping only while requests are being answered within their deadline.
+                loop {
+                    std::thread::sleep(interval / 2);
+                    if t.healthy() {
+                        let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                    }
+                }
+            })
+            .context("cannot start the watchdog thread")?;
+    }
 
     std::thread::Builder::new()
         .name("musicfs-signals".into())
@@ -124,6 +154,7 @@ fn run(args: Args) -> Result<()> {
                     }
                     Ok(sig) => {
                         info!("{sig}: unmounting");
+                        let _ = sd_notify::notify(&[NotifyState::Stopping]);
                         if let Err(e) = unmounter.unmount() {
                             error!("unmount failed: {e}");
                         }

@@ -174,6 +174,19 @@ impl Transport {
         Ok(Transport { state })
     }
 
+    /// Whether requests are being answered: no pending request has waited
+    /// more than half its deadline.
+    pub fn healthy(&self) -> bool {
+        let half = self.state.request_timeout / 2;
+        let limit = Instant::now() + self.state.request_timeout - half;
+        !self
+            .state
+            .pending
+            .lock()
+            .values()
+            .any(|p| p.deadline <= limit)
+    }
+
     /// Starts passing the engine's invalidation notices to the kernel.
     pub fn set_notifier(&self, notifier: fuser::Notifier) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(64 * 1024);

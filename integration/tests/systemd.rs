@@ -1,0 +1,180 @@
+//! The systemd protocol, against a fake NOTIFY_SOCKET listener: both
+//! processes report READY=1, WATCHDOG=1 and STOPPING=1 in that order, and the
+//! shim stores the FUSE fd with FDSTORE=1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use musicfs_integration::*;
+
+/// One notify datagram: its text and any file descriptors that came with it.
+struct Datagram {
+    text: String,
+    fds: Vec<OwnedFd>,
+}
+
+fn recv(sock: &UnixDatagram, timeout: Duration) -> Option<Datagram> {
+    use std::os::fd::AsRawFd;
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = vec![0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr points at live buffers for the duration of the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.len();
+    // SAFETY: as above.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return None;
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control buffer the kernel just filled.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some(Datagram {
+        text: String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+        fds,
+    })
+}
+
+/// Collects datagrams until `done` says so or `timeout` passes.
+fn collect(
+    sock: &UnixDatagram,
+    timeout: Duration,
+    mut done: impl FnMut(&[Datagram]) -> bool,
+) -> Vec<Datagram> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while Instant::now() < deadline && !done(&out) {
+        if let Some(d) = recv(sock, Duration::from_millis(100)) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn position(msgs: &[Datagram], needle: &str) -> Option<usize> {
+    msgs.iter()
+        .position(|m| m.text.lines().any(|l| l == needle))
+}
+
+fn sigterm_and_wait(child: &mut Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_order(msgs: &[Datagram], who: &str) {
+    let all: Vec<&str> = msgs.iter().map(|m| m.text.as_str()).collect();
+    let ready = position(msgs, "READY=1").unwrap_or_else(|| panic!("{who}: no READY=1 in {all:?}"));
+    let watchdog =
+        position(msgs, "WATCHDOG=1").unwrap_or_else(|| panic!("{who}: no WATCHDOG=1 in {all:?}"));
+    let stopping =
+        position(msgs, "STOPPING=1").unwrap_or_else(|| panic!("{who}: no STOPPING=1 in {all:?}"));
+    assert!(
+        ready < watchdog && watchdog < stopping,
+        "{who}: wrong order {all:?}"
+    );
+}
+
+#[test]
+fn engine_and_shim_speak_the_notify_protocol() {
+    let lib = generated_library(2000, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let engine_sock = UnixDatagram::bind(dir.path().join("engine.notify")).unwrap();
+    let shim_sock = UnixDatagram::bind(dir.path().join("shim.notify")).unwrap();
+
+    let mut engine = Command::new(musicfs_bin())
+        .arg("engine")
+        .arg("--origin")
+        .arg(&lib)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("NOTIFY_SOCKET", dir.path().join("engine.notify"))
+        .env("WATCHDOG_USEC", "300000")
+        .env("HOME", dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let shim_bin = musicfs_bin().with_file_name("musicfs-shim");
+    let mut shim = Command::new(&shim_bin)
+        .arg("--socket")
+        .arg(state.join("engine.sock"))
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .env("NOTIFY_SOCKET", dir.path().join("shim.notify"))
+        .env("WATCHDOG_USEC", "300000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let shim_msgs_1 = collect(&shim_sock, Duration::from_secs(60), |m| {
+        position(m, "WATCHDOG=1").is_some()
+    });
+    assert!(is_mountpoint(&mnt), "the shim did not mount");
+    let mut engine_msgs = collect(&engine_sock, Duration::from_secs(60), |m| {
+        position(m, "WATCHDOG=1").is_some()
+    });
+
+    // The fd store message carries the FUSE fd.
+    let store = shim_msgs_1
+        .iter()
+        .find(|m| m.text.lines().any(|l| l == "FDSTORE=1"))
+        .expect("no FDSTORE=1 from the shim");
+    assert!(store.text.contains("FDNAME=fuse"), "{}", store.text);
+    assert_eq!(store.fds.len(), 1, "FDSTORE=1 without exactly one fd");
+    let target = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&store.fds[0])
+    ))
+    .unwrap();
+    assert_eq!(
+        target,
+        Path::new("/dev/fuse"),
+        "the stored fd is not the FUSE device"
+    );
+
+    sigterm_and_wait(&mut shim);
+    let mut shim_msgs = shim_msgs_1;
+    shim_msgs.extend(collect(&shim_sock, Duration::from_secs(5), |m| {
+        position(m, "STOPPING=1").is_some()
+    }));
+    assert_order(&shim_msgs, "shim");
+    // The stored fd kept the connection, but the shim unmounted on SIGTERM.
+    assert!(!is_mountpoint(&mnt), "still mounted after SIGTERM");
+
+    sigterm_and_wait(&mut engine);
+    engine_msgs.extend(collect(&engine_sock, Duration::from_secs(5), |m| {
+        position(m, "STOPPING=1").is_some()
+    }));
+    assert_order(&engine_msgs, "engine");
+}
