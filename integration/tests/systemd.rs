@@ -178,3 +178,44 @@ fn engine_and_shim_speak_the_notify_protocol() {
     }));
     assert_order(&engine_msgs, "engine");
 }
+
+/// The packaged units pass `systemd-analyze verify` (with the binaries of
+/// this build in place of /usr/bin), warnings included.
+#[test]
+fn packaged_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = musicfs_bin();
+    let bin_dir = bin.parent().unwrap();
+    let mut units = Vec::new();
+    for name in ["musicfs-engine@", "musicfs-shim@"] {
+        let text = std::fs::read_to_string(
+            workspace_root().join(format!("packaging/systemd/{name}.service")),
+        )
+        .unwrap();
+        let text = text.replace("/usr/bin/", &format!("{}/", bin_dir.display()));
+        let unit = dir.path().join(format!("{name}mnt-music.service"));
+        std::fs::write(&unit, text).unwrap();
+        units.push(unit);
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .expect("systemd-analyze (package systemd) is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("musicfs")).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+    // The mount helper is a valid shell script.
+    let helper = workspace_root().join("packaging/systemd/mount.fuse.musicfs");
+    assert!(
+        Command::new("sh")
+            .arg("-n")
+            .arg(&helper)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
