@@ -83,12 +83,14 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         template,
     )?);
     let complete = store.scan_complete()?;
+    let (origins, stale_origins) = store.assign_origins(&config.origins)?;
     let mut syncer = Syncer::new(
         store.clone(),
-        config.origins.clone(),
+        origins.clone(),
         scan_threads(config),
         config.checkpoint_files,
     );
+    syncer.set_stale_origins(stale_origins);
     if !complete {
         // First start (or an interrupted first scan): fill the catalog before
         // serving, committing checkpoints as it goes.
@@ -98,7 +100,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         );
         syncer.sync_all()?;
     }
-    let shared = Shared::new(store.clone(), config.origins.clone(), config.entry_ttl_ms);
+    let shared = Shared::new(store.clone(), origins.clone(), config.entry_ttl_ms);
     syncer.set_shared(shared.clone());
     let syncer = Arc::new(syncer);
     let _socket_guard = serve(shared.clone(), &socket)?;
@@ -128,7 +130,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
 
     // Follow the origins, then reconcile what changed while we were away.
     let stop = Arc::new(AtomicBool::new(false));
-    start_watchers(config, &syncer, &stop);
+    start_watchers(config, &origins, &syncer, &stop);
     if complete {
         // Reconcile once the shim is back, so that what changed while no
         // engine ran reaches its kernel as invalidations (bounded wait).
@@ -159,10 +161,16 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn start_watchers(config: &Config, syncer: &Arc<Syncer>, stop: &Arc<AtomicBool>) {
+fn start_watchers(
+    config: &Config,
+    origins: &[Option<PathBuf>],
+    syncer: &Arc<Syncer>,
+    stop: &Arc<AtomicBool>,
+) {
     let debounce = Duration::from_millis(config.debounce_ms);
     let interval = Duration::from_secs(config.poll_interval_s);
-    for (idx, root) in config.origins.iter().enumerate() {
+    for (idx, root) in origins.iter().enumerate() {
+        let Some(root) = root else { continue };
         let origin = u32::try_from(idx).unwrap_or(u32::MAX);
         let use_inotify = match config.watch.as_str() {
             "off" => continue,

@@ -42,7 +42,8 @@ const IO_QUEUE_CAPACITY: usize = 1024;
 /// State shared by every connection.
 pub struct Shared {
     pub store: Arc<Store>,
-    origins: Vec<PathBuf>,
+    /// Origin directories by origin id (`None`: not configured any more).
+    origins: Vec<Option<PathBuf>>,
     /// Per origin: on a local filesystem, so opens and cached reads may run
     /// inline on the connection thread without risking a long stall.
     origin_is_local: Vec<bool>,
@@ -84,8 +85,11 @@ impl Shared {
         );
     }
 
-    pub fn new(store: Arc<Store>, origins: Vec<PathBuf>, entry_ttl_ms: u32) -> Arc<Shared> {
-        let origin_is_local = origins.iter().map(|o| is_local_fs(o)).collect();
+    pub fn new(store: Arc<Store>, origins: Vec<Option<PathBuf>>, entry_ttl_ms: u32) -> Arc<Shared> {
+        let origin_is_local = origins
+            .iter()
+            .map(|o| o.as_deref().is_some_and(is_local_fs))
+            .collect();
         Arc::new(Shared {
             store,
             connections: Mutex::new(Vec::new()),
@@ -148,7 +152,7 @@ impl Shared {
     }
 
     pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
-        let root = self.origins.get(origin as usize)?;
+        let root = self.origins.get(origin as usize)?.as_ref()?;
         Some(root.join(OsStr::from_bytes(rel)))
     }
 }

@@ -37,6 +37,10 @@ const INODES: TableDefinition<&str, u64> = TableDefinition::new("inodes");
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const CHILDREN: TableDefinition<&[u8], u64> = TableDefinition::new("children");
+/// Origin directory (as configured) -> the id used in file keys. An id is
+/// never given to another directory, so reordering or removing origins in
+/// the configuration can never make a key point into the wrong directory.
+const ORIGINS: TableDefinition<&str, u32> = TableDefinition::new("origins");
 
 /// Directory entries kept in the hot listing cache, in total.
 const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
@@ -264,6 +268,7 @@ impl Store {
                 meta.insert("template_hash", th)?;
             }
             txn.open_table(INODES)?;
+            txn.open_table(ORIGINS)?;
             txn.open_table(FILES)?;
             txn.open_table(NODES)?;
             txn.open_table(CHILDREN)?;
@@ -275,6 +280,68 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Gives every configured origin its id (keeping known ones). Returns the
+    /// origins indexed by id (`None` for ids not configured any more) and the
+    /// ids that are no longer configured.
+    pub fn assign_origins(
+        &self,
+        configured: &[std::path::PathBuf],
+    ) -> Result<(Vec<Option<std::path::PathBuf>>, Vec<u32>)> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_quick_repair(true);
+        let mut by_id: Vec<Option<std::path::PathBuf>> = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let mut table = txn.open_table(ORIGINS)?;
+            let mut known: HashMap<String, u32> = HashMap::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                known.insert(k.value().to_string(), v.value());
+            }
+            let mut next = known.values().max().map_or(0, |m| m + 1);
+            let mut wanted = std::collections::HashSet::new();
+            for path in configured {
+                let key = path.to_string_lossy().into_owned();
+                let id = match known.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let id = next;
+                        next += 1;
+                        table.insert(key.as_str(), id)?;
+                        known.insert(key.clone(), id);
+                        id
+                    }
+                };
+                wanted.insert(id);
+                if by_id.len() <= id as usize {
+                    by_id.resize(id as usize + 1, None);
+                }
+                by_id[id as usize] = Some(path.clone());
+            }
+            stale.extend(known.values().copied().filter(|id| !wanted.contains(id)));
+        }
+        txn.commit()?;
+        stale.sort_unstable();
+        Ok((by_id, stale))
+    }
+
+    /// Keys of every file of an origin.
+    pub fn origin_file_keys(&self, origin: u32) -> Result<Vec<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let lo = origin.to_be_bytes();
+        let mut out = Vec::new();
+        for row in files.range(lo.as_slice()..)? {
+            let (k, _) = row?;
+            let key = k.value();
+            if split_file_key(key).is_none_or(|(o, _)| o != origin) {
+                break;
+            }
+            out.push(key.to_vec());
+        }
+        Ok(out)
     }
 
     pub fn template(&self) -> &Template {

@@ -44,7 +44,10 @@ pub struct SyncCounters {
 pub struct Syncer {
     pub store: Arc<Store>,
     shared: Option<Arc<Shared>>,
-    pub origins: Vec<PathBuf>,
+    /// Origin directories by origin id (`None`: not configured any more).
+    pub origins: Vec<Option<PathBuf>>,
+    /// Ids of origins no longer configured: their files go at the next sync.
+    stale_origins: Vec<u32>,
     threads: usize,
     checkpoint_files: usize,
     pub counters: SyncCounters,
@@ -80,7 +83,7 @@ fn unchanged(known: Option<&KnownFile>, abs: &Path, meta: &std::fs::Metadata) ->
 impl Syncer {
     pub fn new(
         store: Arc<Store>,
-        origins: Vec<PathBuf>,
+        origins: Vec<Option<PathBuf>>,
         threads: usize,
         checkpoint_files: usize,
     ) -> Syncer {
@@ -88,6 +91,7 @@ impl Syncer {
             store,
             shared: None,
             origins,
+            stale_origins: Vec::new(),
             threads: threads.max(1),
             checkpoint_files: checkpoint_files.max(1),
             counters: SyncCounters::default(),
@@ -97,7 +101,15 @@ impl Syncer {
 
     /// The root directory of an origin.
     pub fn origin_root(&self, origin: u32) -> Result<&PathBuf> {
-        self.origins.get(origin as usize).context("no such origin")
+        self.origins
+            .get(origin as usize)
+            .and_then(Option::as_ref)
+            .context("no such origin")
+    }
+
+    /// Origins whose files must go (no longer configured).
+    pub fn set_stale_origins(&mut self, ids: Vec<u32>) {
+        self.stale_origins = ids;
     }
 
     /// Where invalidations go once the data plane serves.
@@ -179,10 +191,22 @@ impl Syncer {
     pub fn sync_all(&self) -> Result<()> {
         let t = Instant::now();
         let probed_before = self.counters.probed.load(Ordering::Relaxed);
-        for idx in 0..self.origins.len() {
+        for (idx, root) in self.origins.iter().enumerate() {
+            let Some(root) = root else { continue };
             let origin = u32::try_from(idx).unwrap_or(u32::MAX);
             if let Err(e) = self.sync_origin(origin, Path::new("")) {
-                warn!(origin = %self.origins[idx].display(), "sync failed: {e:#}");
+                warn!(origin = %root.display(), "sync failed: {e:#}");
+            }
+        }
+        for id in &self.stale_origins {
+            let keys = self.store.origin_file_keys(*id)?;
+            if !keys.is_empty() {
+                info!(
+                    origin_id = id,
+                    files = keys.len(),
+                    "origin no longer configured; removing its files"
+                );
+                self.commit(Vec::new(), &keys, false)?;
             }
         }
         self.commit(Vec::new(), &[], true)?;
@@ -572,7 +596,7 @@ mod tests {
             Template::parse(DEFAULT_TEMPLATE).unwrap(),
         )
         .unwrap();
-        Syncer::new(Arc::new(store), vec![origin.to_path_buf()], 2, 100)
+        Syncer::new(Arc::new(store), vec![Some(origin.to_path_buf())], 2, 100)
     }
 
     fn rewrite(path: &Path, byte: u8, mtime: std::time::SystemTime) {
@@ -646,7 +670,7 @@ mod prune_tests {
             Template::parse(DEFAULT_TEMPLATE).unwrap(),
         )
         .unwrap();
-        let s = Syncer::new(Arc::new(store), vec![origin.clone()], 1, 100);
+        let s = Syncer::new(Arc::new(store), vec![Some(origin.clone())], 1, 100);
         let mut mtimes = HashMap::new();
         s.sync_origin_pruned(0, Path::new(""), Some(&mut mtimes))
             .unwrap();
