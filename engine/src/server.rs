@@ -47,6 +47,8 @@ pub struct Shared {
     /// Per origin: on a local filesystem, so opens and cached reads may run
     /// inline on the connection thread without risking a long stall.
     origin_is_local: Vec<bool>,
+    /// Directory listings snapshotted at opendir, by handle.
+    dir_handles: DirHandles,
     /// Write halves of the connected shims, for invalidation notices.
     connections: Mutex<Vec<std::sync::Weak<Mutex<UnixStream>>>>,
     started: Instant,
@@ -93,6 +95,7 @@ impl Shared {
         Arc::new(Shared {
             store,
             connections: Mutex::new(Vec::new()),
+            dir_handles: DirHandles::default(),
             origin_is_local,
             origins,
             started: Instant::now(),
@@ -154,6 +157,61 @@ impl Shared {
     pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
         let root = self.origins.get(origin as usize)?.as_ref()?;
         Some(root.join(OsStr::from_bytes(rel)))
+    }
+}
+
+/// Open directory handles and their listing snapshots (bounded: the oldest
+/// go first; a handle without a snapshot reads the current listing).
+struct DirHandles {
+    /// Handles start at a per-engine random base, so a handle that a previous
+    /// engine gave out does not name one of ours.
+    inner: Mutex<(
+        u64,
+        std::collections::BTreeMap<u64, (u64, Arc<Vec<crate::store::Child>>)>,
+    )>,
+}
+
+impl Default for DirHandles {
+    fn default() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        // 32 random-ish high bits, a counter below.
+        DirHandles {
+            inner: Mutex::new((
+                (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) << 32,
+                Default::default(),
+            )),
+        }
+    }
+}
+
+/// Open directory handles kept at most.
+const DIR_HANDLES_MAX: usize = 4096;
+
+impl DirHandles {
+    fn open(&self, ino: u64, listing: Arc<Vec<crate::store::Child>>) -> u64 {
+        let mut inner = self.inner.lock();
+        inner.0 = inner.0.wrapping_add(1);
+        let fh = inner.0;
+        inner.1.insert(fh, (ino, listing));
+        while inner.1.len() > DIR_HANDLES_MAX {
+            inner.1.pop_first();
+        }
+        fh
+    }
+
+    /// The snapshot of `fh`, if it is ours and lists `ino`.
+    fn get(&self, fh: u64, ino: u64) -> Option<Arc<Vec<crate::store::Child>>> {
+        match self.inner.lock().1.get(&fh) {
+            Some((i, l)) if *i == ino => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    fn release(&self, fh: u64) {
+        self.inner.lock().1.remove(&fh);
     }
 }
 
@@ -446,7 +504,8 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
         match which {
             // One-way: the kernel ignores their answers and inodes are stable
             // for ever, so there is nothing to do and nothing to answer.
-            request::Forget(_) | request::Release(_) | request::Releasedir(_) => {}
+            request::Releasedir(r) => shared.dir_handles.release(r.get_fh()),
+            request::Forget(_) | request::Release(_) => {}
             request::Open(o) => {
                 let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
                 if shared.is_local(ino) {
@@ -558,15 +617,26 @@ fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8
                 None => error_frame(id, libc::ESTALE),
             },
             request::Opendir(o) => match store.node(o.get_ino())? {
-                Some(n) if n.is_dir => respond(id, 0, |r| {
-                    let mut o = r.init_opened();
-                    o.set_fh(0);
-                    o.set_keep_cache(true);
-                }),
+                Some(n) if n.is_dir => {
+                    // The listing as of opendir: readdir offsets index it, so
+                    // a change while the directory is being read can neither
+                    // skip nor repeat an entry that did not change.
+                    let fh = shared
+                        .dir_handles
+                        .open(o.get_ino(), store.children(o.get_ino())?);
+                    respond(id, 0, |r| {
+                        let mut o = r.init_opened();
+                        o.set_fh(fh);
+                        o.set_keep_cache(true);
+                    })
+                }
                 Some(_) => error_frame(id, libc::ENOTDIR),
                 None => error_frame(id, libc::ESTALE),
             },
-            request::Readdir(rd) => readdir(store, id, rd, ttl)?,
+            request::Readdir(rd) => {
+                let snapshot = shared.dir_handles.get(rd.get_fh(), rd.get_ino());
+                readdir(store, id, rd, ttl, snapshot)?
+            }
             request::Statfs(_) => {
                 let (files, nodes, bytes) = store.totals()?;
                 respond(id, 0, |r| {
@@ -615,7 +685,13 @@ fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8
     })
 }
 
-fn readdir(store: &Store, id: u64, rd: request::readdir::Reader<'_>, ttl: u32) -> Result<Vec<u8>> {
+fn readdir(
+    store: &Store,
+    id: u64,
+    rd: request::readdir::Reader<'_>,
+    ttl: u32,
+    snapshot: Option<Arc<Vec<crate::store::Child>>>,
+) -> Result<Vec<u8>> {
     let (ino, offset, plus) = (rd.get_ino(), rd.get_offset(), rd.get_plus());
     let max = rd.get_max_entries().clamp(1, MAX_READDIR_ENTRIES) as usize;
     let Some(node) = store.node(ino)? else {
@@ -624,7 +700,12 @@ fn readdir(store: &Store, id: u64, rd: request::readdir::Reader<'_>, ttl: u32) -
     if !node.is_dir {
         return Ok(error_frame(id, libc::ENOTDIR));
     }
-    let children = store.children(ino)?;
+    // A handle from another engine (before a restart) has no snapshot here:
+    // the current listing serves it.
+    let children = match snapshot {
+        Some(s) => s,
+        None => store.children(ino)?,
+    };
     // Positions: 0 = ".", 1 = "..", 2.. = children. An entry's offset cookie
     // is its position + 1, i.e. where the next call starts.
     let total = children.len() + 2;

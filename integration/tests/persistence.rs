@@ -498,3 +498,62 @@ fn reordered_and_removed_origins_are_safe() {
     assert_eq!(assert_files_match(&m.mnt, &[&b]), 3);
     assert!(m.stop().success());
 }
+
+/// A directory being listed while the tree changes neither skips nor
+/// repeats an entry that did not change (readdir reads the listing as of
+/// opendir).
+#[test]
+fn listing_a_changing_directory_skips_nothing() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    for i in 0..N {
+        std::fs::write(
+            origin.join(format!("f{i:05}.mp3")),
+            (i as u32).to_le_bytes(),
+        )
+        .unwrap();
+    }
+    let m = Mount::start_with(
+        &[&origin],
+        None,
+        &[
+            ("MUSICFS_DEBOUNCE_MS", "50"),
+            (
+                "MUSICFS_LOG",
+                "warn,musicfs_engine::sync=error,musicfs_engine::scan=error",
+            ),
+        ],
+    );
+    let album = m.mnt.join("Unknown Artist/Unknown Album");
+    let mut it = std::fs::read_dir(&album).unwrap();
+    let mut seen: Vec<String> = it
+        .by_ref()
+        .take(100)
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    // Delete 500 entries that sort before the reader's position.
+    for i in 0..500 {
+        std::fs::remove_file(origin.join(format!("f{i:05}.mp3"))).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || !album
+            .join("f00499.mp3")
+            .exists()),
+        "the deletions were not applied"
+    );
+    seen.extend(it.map(|e| e.unwrap().file_name().into_string().unwrap()));
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "an entry was listed twice");
+    for i in 500..N {
+        let name = format!("f{i:05}.mp3");
+        assert!(
+            sorted.binary_search(&name).is_ok(),
+            "{name} (unchanged) was skipped"
+        );
+    }
+    drop(m);
+}
