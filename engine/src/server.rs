@@ -162,13 +162,13 @@ impl Shared {
 
 /// Open directory handles and their listing snapshots (bounded: the oldest
 /// go first; a handle without a snapshot reads the current listing).
+/// A listing snapshot: the directory inode and its children then.
+type Snapshot = (u64, Arc<Vec<crate::store::Child>>);
+
 struct DirHandles {
     /// Handles start at a per-engine random base, so a handle that a previous
-    /// engine gave out does not name one of ours.
-    inner: Mutex<(
-        u64,
-        std::collections::BTreeMap<u64, (u64, Arc<Vec<crate::store::Child>>)>,
-    )>,
+    /// engine gave out does not name one of ours. (next handle, open handles)
+    inner: Mutex<(u64, std::collections::BTreeMap<u64, Snapshot>)>,
 }
 
 impl Default for DirHandles {
