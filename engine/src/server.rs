@@ -160,11 +160,11 @@ impl Shared {
     }
 }
 
-/// Open directory handles and their listing snapshots (bounded: the oldest
-/// go first; a handle without a snapshot reads the current listing).
 /// A listing snapshot: the directory inode and its children then.
 type Snapshot = (u64, Arc<Vec<crate::store::Child>>);
 
+/// Open directory handles and their listing snapshots (bounded: the oldest
+/// go first; a handle without a snapshot reads the current listing).
 struct DirHandles {
     /// Handles start at a per-engine random base, so a handle that a previous
     /// engine gave out does not name one of ours. (next handle, open handles)
