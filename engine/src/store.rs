@@ -1058,6 +1058,28 @@ mod tests {
     }
 
     #[test]
+    fn unknown_schema_version_is_refused_then_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
+        let err = Store::open(&path, t.clone())
+            .err()
+            .expect("a future schema was accepted");
+        assert!(format!("{err:#}").contains("schema version 99"), "{err:#}");
+        let s = Store::open_or_rebuild(&path, t).unwrap();
+        assert!(!s.scan_complete().unwrap());
+    }
+
+    #[test]
     fn garbage_catalog_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.redb");
