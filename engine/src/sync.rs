@@ -422,6 +422,14 @@ pub fn supervise(
     }
 }
 
+/// Fault injection: `MUSICFS_FAULT=watch-fail-once` makes the first watcher
+/// start fail, to show that the supervisor restarts it.
+fn injected_watch_fault() -> bool {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    std::env::var("MUSICFS_FAULT").is_ok_and(|f| f.split(',').any(|f| f == "watch-fail-once"))
+        && !FIRED.swap(true, Ordering::Relaxed)
+}
+
 /// Follows a local origin with inotify until `stop`.
 pub fn watch_local(
     syncer: &Syncer,
@@ -429,6 +437,9 @@ pub fn watch_local(
     debounce: Duration,
     stop: &AtomicBool,
 ) -> Result<()> {
+    if injected_watch_fault() {
+        anyhow::bail!("injected fault (MUSICFS_FAULT=watch-fail-once)");
+    }
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
     use std::os::fd::AsFd;

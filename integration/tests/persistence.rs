@@ -557,3 +557,41 @@ fn listing_a_changing_directory_skips_nothing() {
     }
     drop(m);
 }
+
+/// A watcher that dies is restarted by its supervisor, and changes are
+/// followed again.
+#[test]
+fn failed_watcher_is_restarted() {
+    let src = generated_library(TRACKS, SEED);
+    let e = read_manifest(&src)
+        .into_iter()
+        .find(|e| e.kind == "normal")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("o");
+    std::fs::create_dir(&origin).unwrap();
+    let m = Mount::start_with(
+        &[&origin],
+        None,
+        &[
+            ("MUSICFS_FAULT", "watch-fail-once"),
+            ("MUSICFS_DEBOUNCE_MS", "100"),
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || m
+            .log_text()
+            .contains("watching for changes")),
+        "the watcher was not restarted:\n{}",
+        m.log_text()
+    );
+    assert!(m.log_text().contains("injected fault"), "{}", m.log_text());
+    assert!(m.log_text().contains("restarting in"), "{}", m.log_text());
+    std::fs::copy(origin_of(&src, &e), origin.join(format!("new.{}", e.ext))).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || list_files_lenient(&m.mnt).len()
+            == 1),
+        "no change seen after the restart"
+    );
+    assert!(m.stop().success());
+}
