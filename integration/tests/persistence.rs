@@ -365,6 +365,20 @@ fn inotify_overflow_triggers_a_rescan() {
     let engine = pids_with_cmdline(&format!("engine --state-dir {}", m.state.display()))[0];
     // SAFETY: kill(2) on the engine this test started.
     unsafe { libc::kill(engine, libc::SIGSTOP) };
+    // SIGSTOP is asynchronous: wait until the kernel reports it stopped.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{engine}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .map(|r| r.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        }),
+        "the engine did not stop"
+    );
     let normal: Vec<&ManifestEntry> = manifest
         .iter()
         .filter(|e| e.kind == "normal")
