@@ -127,3 +127,59 @@ struct Response {
     invalidate :group { entries @17 :List(InvalEntry); inodes @18 :List(UInt64); }
   }
 }
+
+# ---------------------------------------------------------------------------
+# Control plane: a separate socket (STATE/control.sock, owner-only), the same
+# framing. Request/response by id.
+
+struct OriginStatus {
+  id @0 :UInt32;
+  path @1 :Text;
+  reachable @2 :Bool;    # the directory answers (stat within a deadline)
+  local @3 :Bool;        # on a local filesystem (inotify) or not (polling)
+}
+
+struct TaskStatus {
+  name @0 :Text;
+  running @1 :Bool;
+  restarts @2 :UInt32;
+  lastError @3 :Text;
+}
+
+struct Counter {
+  name @0 :Text;
+  value @1 :UInt64;
+}
+
+struct EngineStatus {
+  engineVersion @0 :Text;
+  pid @1 :UInt32;
+  uptimeMs @2 :UInt64;
+  stateDir @3 :Text;
+  files @4 :UInt64;
+  nodes @5 :UInt64;
+  bytes @6 :UInt64;
+  scanComplete @7 :Bool;
+  connectedShims @8 :UInt32;
+  origins @9 :List(OriginStatus);
+  tasks @10 :List(TaskStatus);
+  counters @11 :List(Counter);
+}
+
+struct ControlRequest {
+  id @0 :UInt64;
+  union {
+    status @1 :Void;
+    shutdown @2 :UInt32;   # drain deadline, ms
+  }
+}
+
+struct ControlResponse {
+  id @0 :UInt64;
+  errno @1 :Int32;
+  message @2 :Text;
+  union {
+    none @3 :Void;
+    status @4 :EngineStatus;
+  }
+}

@@ -74,11 +74,42 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Show the engine's state: catalog, origins, background tasks, counters.
+    Status {
+        /// Machine-readable JSON (stable keys).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print metrics in the Prometheus text format.
+    Metrics {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Stop a running mount in order (shim, then engine).
+    Shutdown {
+        /// Drain deadline in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Scan the origins once and print what was found (JSON), without mounting.
     Scan {
         #[command(flatten)]
         library: LibraryArgs,
     },
+}
+
+/// Which mount a command talks to.
+#[derive(Args, Debug, Default, Clone)]
+pub struct TargetArgs {
+    /// The state directory of the mount (default: derived from MOUNTPOINT).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The mountpoint.
+    pub mountpoint: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +154,13 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
             ..library.overrides()
         },
         Command::Engine { library, .. } | Command::Scan { library } => library.overrides(),
+        Command::Status { target, .. }
+        | Command::Metrics { target }
+        | Command::Shutdown { target, .. } => Overrides {
+            mountpoint: target.mountpoint.clone(),
+            state_dir: target.state_dir.clone(),
+            ..Overrides::default()
+        },
         Command::Unmount { .. } => Overrides::default(),
     };
     Config::load(cli.config.as_deref(), &overrides)

@@ -103,6 +103,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
     let shared = Shared::new(store.clone(), origins.clone(), config.entry_ttl_ms);
     syncer.set_shared(shared.clone());
     let syncer = Arc::new(syncer);
+    let _control_guard = crate::control::serve(shared.clone(), syncer.clone(), &state_dir)?;
     let _socket_guard = serve(shared.clone(), &socket)?;
     let files = store.file_count()?;
     info!(

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod model;
 pub mod mount;

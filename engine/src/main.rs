@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use musicfs_engine::cli::{Cli, Command, EngineAction, load_config};
-use musicfs_engine::{engine, mount, scan};
+use musicfs_engine::{control, engine, mount, scan};
 
 fn init_logging(level: &str) {
     let filter = std::env::var("MUSICFS_LOG").unwrap_or_else(|_| level.to_string());
@@ -21,7 +21,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mount::unmount(mountpoint, *lazy)?;
         return Ok(());
     }
-    let config = load_config(&cli)?;
+    let mut config = load_config(&cli)?;
+    // Absolute origin paths: they name origins in the catalog and the status.
+    for o in &mut config.origins {
+        if let Ok(abs) = o.canonicalize() {
+            *o = abs;
+        }
+    }
     init_logging(&config.log_level);
     match &cli.command {
         Command::Mount { .. } => mount::run(&config),
@@ -35,6 +41,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Engine { socket, .. } => engine::run(&config, socket.clone()),
+        Command::Status { json, .. } => {
+            let status = control::fetch_status(&config.resolved_state_dir()?)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", control::render_table(&status));
+            }
+            Ok(())
+        }
+        Command::Metrics { .. } => {
+            let status = control::fetch_status(&config.resolved_state_dir()?)?;
+            print!("{}", control::render_metrics(&status));
+            Ok(())
+        }
+        Command::Shutdown { timeout, .. } => {
+            let state_dir = config.resolved_state_dir()?;
+            let timeout = std::time::Duration::from_secs(*timeout);
+            // Under `musicfs mount` the supervisor stops everything in order;
+            // an engine alone (systemd) stops itself.
+            if mount::supervisor_socket(&state_dir).exists() {
+                mount::request_shutdown(&state_dir, timeout)?;
+            } else {
+                control::request_shutdown(&state_dir, timeout)?;
+            }
+            println!("stopped");
+            Ok(())
+        }
         Command::Scan { .. } => {
             config.check_origins()?;
             let out = scan::scan_origins(&config.origins, engine::scan_threads(&config));

@@ -462,8 +462,10 @@ async fn supervise(
                 engine_healthy = true;
                 engine_started = Instant::now();
                 heartbeat.reset();
-                if let Err(e) = outcome {
-                    warn!("control request failed: {e:#}");
+                match outcome {
+                    Ok(Control::Shutdown) => { info!("shutdown requested: unmounting"); break Ok(()); }
+                    Ok(Control::Continue) => {}
+                    Err(e) => warn!("control request failed: {e:#}"),
                 }
             }
             _ = heartbeat.tick() => {
@@ -518,8 +520,14 @@ async fn supervise(
 /// How long a new engine may take to answer its first heartbeat during a swap.
 const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One control request: a line `swap [BINARY]`; the answer is one line,
-/// `ok ...` or `error ...`.
+/// What the supervisor does after a control request.
+enum Control {
+    Continue,
+    Shutdown,
+}
+
+/// One control request: a line `swap [BINARY]` or `shutdown`; the answer is
+/// one line, `ok ...` or `error ...`.
 async fn control_request(
     stream: tokio::net::UnixStream,
     config: &Config,
@@ -527,7 +535,7 @@ async fn control_request(
     socket: &Path,
     engine: &mut Child,
     engine_bin: &mut PathBuf,
-) -> Result<()> {
+) -> Result<Control> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -538,7 +546,12 @@ async fn control_request(
     .await
     .context("no request")??;
     let mut words = line.split_whitespace();
+    let mut outcome = Control::Continue;
     let answer = match words.next() {
+        Some("shutdown") => {
+            outcome = Control::Shutdown;
+            "ok stopping\n".to_string()
+        }
         Some("swap") => {
             let new = words
                 .next()
@@ -551,7 +564,7 @@ async fn control_request(
         _ => format!("error unknown request {:?}\n", line.trim()),
     };
     write.write_all(answer.as_bytes()).await?;
-    Ok(())
+    Ok(outcome)
 }
 
 /// Waits until the engine at `socket` answers a ping, or fails.
@@ -640,6 +653,34 @@ async fn swap(
             )))
         }
     }
+}
+
+/// `musicfs shutdown` under `musicfs mount`: asks the supervisor to stop in
+/// order, then waits (bounded) until it is gone.
+pub fn request_shutdown(state_dir: &Path, timeout: Duration) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let path = supervisor_socket(state_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("no running `musicfs mount` for {}", state_dir.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"shutdown\n")?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer)?;
+    if !answer.starts_with("ok") {
+        bail!("{}", answer.trim().trim_start_matches("error "));
+    }
+    // The supervisor removes its socket when it is done.
+    let deadline = Instant::now() + timeout + STOP_TIMEOUT * 2;
+    while path.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "the mount did not stop within {} s",
+                (timeout + STOP_TIMEOUT * 2).as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// `musicfs engine swap`: asks the supervisor of `state_dir` to swap engines.

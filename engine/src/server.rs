@@ -463,6 +463,12 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
 /// Removes the socket file on drop, so no client connects to a dead engine.
 pub struct SocketGuard(PathBuf);
 
+impl SocketGuard {
+    pub fn new(path: PathBuf) -> SocketGuard {
+        SocketGuard(path)
+    }
+}
+
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);

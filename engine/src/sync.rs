@@ -387,28 +387,56 @@ pub fn supervise(
     stop: Arc<AtomicBool>,
     task: impl Fn() -> Result<()> + Send + 'static,
 ) {
+    let key = {
+        let mut tasks = TASKS.lock();
+        let key = format!("{name}-{}", tasks.len() + 1);
+        tasks.insert(
+            key.clone(),
+            TaskState {
+                running: true,
+                restarts: 0,
+                last_error: String::new(),
+            },
+        );
+        key
+    };
     let spawned = std::thread::Builder::new()
         .name(format!("musicfs-{name}"))
         .spawn(move || {
             let mut backoff = Duration::from_secs(1);
+            let record = |error: Option<String>, running: bool| {
+                if let Some(t) = TASKS.lock().get_mut(&key) {
+                    t.running = running;
+                    if let Some(e) = error {
+                        t.restarts += 1;
+                        t.last_error = e;
+                    }
+                }
+            };
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&task));
                 if stop.load(Ordering::Relaxed) {
-                    return;
+                    break;
                 }
                 match outcome {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => error!(
-                        task = name,
-                        "failed: {e:#}; restarting in {} s",
-                        backoff.as_secs()
-                    ),
-                    Err(_) => error!(
-                        task = name,
-                        "panicked; restarting in {} s",
-                        backoff.as_secs()
-                    ),
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        error!(
+                            task = name,
+                            "failed: {e:#}; restarting in {} s",
+                            backoff.as_secs()
+                        );
+                        record(Some(format!("{e:#}")), true);
+                    }
+                    Err(_) => {
+                        error!(
+                            task = name,
+                            "panicked; restarting in {} s",
+                            backoff.as_secs()
+                        );
+                        record(Some("panicked".into()), true);
+                    }
                 }
                 if started.elapsed() > Duration::from_secs(300) {
                     backoff = Duration::from_secs(1);
@@ -416,10 +444,31 @@ pub fn supervise(
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
+            record(None, false);
         });
     if let Err(e) = spawned {
         error!(task = name, "cannot start: {e}");
     }
+}
+
+/// A supervised background task, as the status shows it.
+#[derive(Clone, Debug)]
+pub struct TaskState {
+    pub running: bool,
+    pub restarts: u32,
+    pub last_error: String,
+}
+
+static TASKS: parking_lot::Mutex<std::collections::BTreeMap<String, TaskState>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+/// Every supervised task with its state.
+pub fn task_states() -> Vec<(String, TaskState)> {
+    TASKS
+        .lock()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Fault injection: `MUSICFS_FAULT=watch-fail-once` makes the first watcher
