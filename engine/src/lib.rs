@@ -9,6 +9,7 @@ pub mod control;
 pub mod engine;
 pub mod model;
 pub mod mount;
+pub mod origin_io;
 pub mod scan;
 pub mod server;
 pub mod store;

@@ -26,14 +26,14 @@ use musicfs_schema::{request, response};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+pub use crate::origin_io::is_local_fs;
+use crate::origin_io::{FdCache, pread_nowait};
 use crate::store::{NodeRec, Store, split_file_key};
 
 /// Largest read the engine serves in one request.
 pub const MAX_READ_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest number of directory entries in one readdir answer.
 pub const MAX_READDIR_ENTRIES: u32 = 1024;
-/// Origin files kept open for reads.
-const FD_CACHE_CAPACITY: usize = 256;
 /// Threads that open and read origin files.
 const IO_THREADS: usize = 8;
 /// Origin I/O jobs queued before a connection's reader waits (back-pressure).
@@ -212,88 +212,6 @@ impl DirHandles {
 
     fn release(&self, fh: u64) {
         self.inner.lock().1.remove(&fh);
-    }
-}
-
-/// A small LRU of open origin files, keyed by inode.
-#[derive(Default)]
-struct FdCache {
-    inner: Mutex<FdCacheInner>,
-    origin_opens: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-struct FdCacheInner {
-    clock: u64,
-    files: std::collections::HashMap<u64, (Arc<File>, u64, u64)>, // ino -> (file, version, last use)
-}
-
-impl FdCache {
-    fn get(&self, ino: u64, version: u64, path: &Path) -> io::Result<Arc<File>> {
-        {
-            let mut inner = self.inner.lock();
-            inner.clock += 1;
-            let now = inner.clock;
-            if let Some((f, v, used)) = inner.files.get_mut(&ino)
-                && *v == version
-            {
-                *used = now;
-                return Ok(f.clone());
-            }
-        }
-        let file = Arc::new(File::open(path)?);
-        bump(&self.origin_opens, 1);
-        let mut inner = self.inner.lock();
-        if inner.files.len() >= FD_CACHE_CAPACITY
-            && let Some(oldest) = inner
-                .files
-                .iter()
-                .min_by_key(|(_, (_, _, used))| *used)
-                .map(|(k, _)| *k)
-        {
-            inner.files.remove(&oldest);
-        }
-        let now = inner.clock;
-        inner.files.insert(ino, (file.clone(), version, now));
-        Ok(file)
-    }
-}
-
-/// Whether `path` is on a local filesystem (not NFS, SMB, FUSE, ...), where a
-/// syscall cannot hang for long.
-pub fn is_local_fs(path: &Path) -> bool {
-    const NETWORK_MAGICS: &[i64] = &[
-        0x6969,      // NFS
-        0x517b,      // SMB
-        0xff53_4d42, // CIFS
-        0xfe53_4d42, // SMB2
-        0x6573_5546, // FUSE (sshfs, rclone, ...)
-        0x00c3_6400, // Ceph
-        0x5346_414f, // AFS
-        0x0102_1997, // 9p
-        0x0bd0_0bd0, // Lustre
-    ];
-    match nix::sys::statfs::statfs(path) {
-        Ok(s) => !NETWORK_MAGICS.contains(&s.filesystem_type().0),
-        Err(_) => false,
-    }
-}
-
-/// `pread` that never waits for the disk: RWF_NOWAIT fails with EAGAIN unless
-/// the data is already in the page cache.
-fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: iov points into `buf`, which outlives the call; the fd is open.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `musicfs-shim`: holds the kernel FUSE session and forwards every request to
 //! the engine over Cap'n Proto. Deliberately small: no tree, no cache, no
-//! origins. It never uses `AutoUnmount`.
+//! origins. It never asks fuser to unmount when it dies (no auto-unmount):
+//! the mount must outlive this process while systemd holds its fd.
 
 mod fs;
 mod rpc;
