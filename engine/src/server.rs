@@ -106,13 +106,10 @@ impl Shared {
     }
 
     /// Whether the file behind `ino` lives on a local filesystem.
-    fn is_local(&self, ino: u64) -> bool {
-        matches!(self.store.node(ino), Ok(Some(n)) if self.node_is_local(&n))
-    }
-
-    fn node_is_local(&self, n: &NodeRec) -> bool {
-        split_file_key(&n.file_key)
-            .and_then(|(o, _)| self.origin_is_local.get(o as usize).copied())
+    fn origin_is_local(&self, origin: u32) -> bool {
+        self.origin_is_local
+            .get(origin as usize)
+            .copied()
             .unwrap_or(false)
     }
 
@@ -432,13 +429,17 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
             request::Forget(_) | request::Release(_) => {}
             request::Open(o) => {
                 let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
-                if shared.is_local(ino) {
-                    send_open(&writer, open(shared, id, ino, flags, pt));
-                } else {
-                    let (shared, writer) = (shared.clone(), writer.clone());
-                    pool.submit(Box::new(move || {
-                        send_open(&writer, open(&shared, id, ino, flags, pt))
-                    }));
+                match origin_of(shared, ino) {
+                    Err(errno) => send(&writer, &error_frame(id, errno)),
+                    Ok(origin) if origin.local => {
+                        send_open(&writer, open(shared, id, ino, flags, pt, origin));
+                    }
+                    Ok(origin) => {
+                        let (shared, writer) = (shared.clone(), writer.clone());
+                        pool.submit(Box::new(move || {
+                            send_open(&writer, open(&shared, id, ino, flags, pt, origin))
+                        }));
+                    }
                 }
             }
             request::Read(r) => {
@@ -673,8 +674,8 @@ fn readdir(
     }))
 }
 
-/// The origin file behind a file inode: (path, content version).
-fn origin_of(shared: &Shared, ino: u64) -> Result<(PathBuf, u64), i32> {
+/// The origin file behind a file inode.
+fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
     let node = match shared.store.node(ino) {
         Ok(Some(n)) => n,
         Ok(None) => return Err(libc::ESTALE),
@@ -687,8 +688,21 @@ fn origin_of(shared: &Shared, ino: u64) -> Result<(PathBuf, u64), i32> {
         return Err(libc::EISDIR);
     }
     let (origin, rel) = split_file_key(&node.file_key).ok_or(libc::EIO)?;
-    let path = shared.origin_path(origin, rel).ok_or(libc::EIO)?;
-    Ok((path, node.version))
+    Ok(Origin {
+        path: shared.origin_path(origin, rel).ok_or(libc::EIO)?,
+        version: node.version,
+        size_bytes: node.size_bytes,
+        local: shared.origin_is_local(origin),
+    })
+}
+
+/// The origin file behind a file node, read once per request.
+struct Origin {
+    path: PathBuf,
+    version: u64,
+    size_bytes: u64,
+    /// On a local filesystem: may be opened and read inline.
+    local: bool,
 }
 
 /// Opens a file. With `passthrough` (and a local origin) the origin file goes
@@ -699,19 +713,22 @@ fn open(
     ino: u64,
     flags: u32,
     passthrough: bool,
+    origin: Origin,
 ) -> (Vec<u8>, Option<Arc<File>>) {
     bump(&shared.counters.opens, 1);
     if flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 != 0 {
         return (error_frame(id, libc::EROFS), None);
     }
-    let (path, version) = match origin_of(shared, ino) {
-        Ok(v) => v,
-        Err(errno) => return (error_frame(id, errno), None),
-    };
+    let Origin {
+        path,
+        version,
+        local,
+        ..
+    } = origin;
     // Open now, so that a vanished origin file fails the open(2), not a later read.
     match shared.fds.get(ino, version, &path) {
         Ok(file) => {
-            let attach = passthrough && shared.is_local(ino);
+            let attach = passthrough && local;
             let frame = respond(id, 0, |r| {
                 let mut o = r.init_opened();
                 o.set_fh(version);
@@ -737,16 +754,15 @@ fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<File>>)) {
 /// Answers a read from the page cache without waiting, if the origin is local
 /// and every requested byte is cached; `None` means "send it to the pool".
 fn read_cached(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
-    let node = shared.store.node(ino).ok()??;
-    if node.is_dir || !shared.node_is_local(&node) {
+    let Origin {
+        path,
+        version,
+        size_bytes: file_size,
+        local,
+    } = origin_of(shared, ino).ok()?;
+    if !local {
         return None;
     }
-    let (origin, rel) = split_file_key(&node.file_key)?;
-    let (path, version, file_size) = (
-        shared.origin_path(origin, rel)?,
-        node.version,
-        node.size_bytes,
-    );
     let want = (size.min(MAX_READ_BYTES) as u64).min(file_size.saturating_sub(offset)) as usize;
     let file = shared.fds.get(ino, version, &path).ok()?;
     let mut buf = vec![0u8; want];
@@ -766,7 +782,7 @@ fn read_cached(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Op
 fn read(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Vec<u8> {
     bump(&shared.counters.reads, 1);
     let size = size.min(MAX_READ_BYTES) as usize;
-    let (path, version) = match origin_of(shared, ino) {
+    let Origin { path, version, .. } = match origin_of(shared, ino) {
         Ok(v) => v,
         Err(errno) => return error_frame(id, errno),
     };

@@ -14,7 +14,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use musicfs_schema::{NodeKind, attr, entry, response};
+use musicfs_schema::{NodeKind, attr, entry, request, response};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -102,6 +102,20 @@ fn body(res: Result<Resp<'_>, CallError>) -> Result<response::WhichReader<'_>, E
         return Err(Errno::from_i32(r.get_errno()));
     }
     r.which().map_err(|_| Errno::EIO)
+}
+
+/// A readdir request: plain or plus, with the batch size that suits each.
+fn readdir_request(r: request::Builder<'_>, ino: INodeNo, fh: FileHandle, offset: u64, plus: bool) {
+    let mut p = r.init_readdir();
+    p.set_ino(ino.0);
+    p.set_fh(fh.0);
+    p.set_offset(offset);
+    p.set_max_entries(if plus {
+        READDIRPLUS_BATCH
+    } else {
+        READDIR_BATCH
+    });
+    p.set_plus(plus);
 }
 
 fn kind_of(a: attr::Reader<'_>) -> FileType {
@@ -275,14 +289,7 @@ impl Filesystem for ShimFs {
     ) {
         self.t.call(
             "readdir",
-            |r| {
-                let mut p = r.init_readdir();
-                p.set_ino(ino.0);
-                p.set_fh(fh.0);
-                p.set_offset(offset);
-                p.set_max_entries(READDIR_BATCH);
-                p.set_plus(false);
-            },
+            |r| readdir_request(r, ino, fh, offset, false),
             move |res| {
                 let entries = match body(res) {
                     Ok(response::Entries(Ok(e))) => e,
@@ -319,14 +326,7 @@ impl Filesystem for ShimFs {
         let owner = self.owner();
         self.t.call(
             "readdirplus",
-            |r| {
-                let mut p = r.init_readdir();
-                p.set_ino(ino.0);
-                p.set_fh(fh.0);
-                p.set_offset(offset);
-                p.set_max_entries(READDIRPLUS_BATCH);
-                p.set_plus(true);
-            },
+            |r| readdir_request(r, ino, fh, offset, true),
             move |res| {
                 let entries = match body(res) {
                     Ok(response::Entries(Ok(e))) => e,
