@@ -164,6 +164,19 @@ struct EngineStatus {
   origins @9 :List(OriginStatus);
   tasks @10 :List(TaskStatus);
   counters @11 :List(Counter);
+  # How the previous engine left the catalog: "new", "clean" (closed in
+  # order) or "unclean" (crash or kill; redb recovered its last commit).
+  catalogPreviousClose @12 :Text;
+  inFlight @13 :UInt32;    # data-plane requests being served
+  reloads @14 :UInt32;     # successful reloads since start
+  template @15 :Text;      # the path template in force
+}
+
+struct Event {
+  seq @0 :UInt64;          # from 1, per engine process
+  timeMs @1 :UInt64;       # since the Unix epoch
+  kind @2 :Text;           # started sync change origin reload task stopping stopped
+  message @3 :Text;
 }
 
 struct ControlRequest {
@@ -171,6 +184,14 @@ struct ControlRequest {
   union {
     status @1 :Void;
     shutdown @2 :UInt32;   # drain deadline, ms
+    # Reload the configuration: `config` is the whole configuration as JSON
+    # (from `musicfs mount`, which owns it), or empty: the engine reloads
+    # from the files and environment it was started with.
+    reload :group { config @3 :Text; }
+    # Events after sequence number `after` (0: all kept). With `follow`, the
+    # connection stays open and new events keep coming; else the last frame
+    # is `none`.
+    events :group { after @4 :UInt64; follow @5 :Bool; }
   }
 }
 
@@ -181,5 +202,10 @@ struct ControlResponse {
   union {
     none @3 :Void;
     status @4 :EngineStatus;
+    reloaded :group {
+      applied @5 :List(Text);        # changed fields now in force
+      restartNeeded @6 :List(Text);  # changed fields that need a restart
+    }
+    event @7 :Event;
   }
 }

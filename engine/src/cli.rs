@@ -95,6 +95,24 @@ pub enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Reload the configuration of a running mount (as SIGHUP does): validated
+    /// first; hot fields apply at once, the others are named.
+    Reload {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print the engine's recent events (starts, syncs, changes, reloads,
+    /// task failures); with --follow, keep printing new ones.
+    Events {
+        /// Keep the connection and print events as they happen (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Scan the origins once and print what was found (JSON), without mounting.
     Scan {
         #[command(flatten)]
@@ -129,7 +147,14 @@ pub enum EngineAction {
 }
 
 pub fn load_config(cli: &Cli) -> Result<Config> {
-    let overrides = match &cli.command {
+    let mut c = Config::load(cli.config.as_deref(), &overrides(cli))?;
+    c.absolutize_origins();
+    Ok(c)
+}
+
+/// The configuration values given on the command line.
+pub fn overrides(cli: &Cli) -> Overrides {
+    match &cli.command {
         Command::Mount {
             library,
             allow_other,
@@ -156,12 +181,13 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
         Command::Engine { library, .. } | Command::Scan { library } => library.overrides(),
         Command::Status { target, .. }
         | Command::Metrics { target }
+        | Command::Reload { target }
+        | Command::Events { target, .. }
         | Command::Shutdown { target, .. } => Overrides {
             mountpoint: target.mountpoint.clone(),
             state_dir: target.state_dir.clone(),
             ..Overrides::default()
         },
         Command::Unmount { .. } => Overrides::default(),
-    };
-    Config::load(cli.config.as_deref(), &overrides)
+    }
 }

@@ -51,6 +51,9 @@ pub struct Config {
     /// An engine that does not answer a heartbeat within this is hung: it is
     /// killed and replaced (ms).
     pub heartbeat_timeout_ms: u64,
+    /// On SIGTERM or `musicfs shutdown`: how long requests in flight and
+    /// background tasks get to finish before the processes exit (ms).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             checkpoint_files: 1000,
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 5000,
+            drain_timeout_ms: 5000,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Config {
             "checkpoint_files",
             "heartbeat_interval_ms",
             "heartbeat_timeout_ms",
+            "drain_timeout_ms",
         ]);
         fig = fig.merge(env);
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
@@ -170,6 +175,15 @@ impl Config {
             bail!("poll_interval_s must be > 0");
         }
         Ok(())
+    }
+
+    /// Absolute origin paths: they name origins in the catalog and the status.
+    pub fn absolutize_origins(&mut self) {
+        for o in &mut self.origins {
+            if let Ok(abs) = o.canonicalize() {
+                *o = abs;
+            }
+        }
     }
 
     /// Every origin must be an existing directory.

@@ -1,15 +1,21 @@
 //! The engine's control plane: `STATE/control.sock` (owner-only), Cap'n Proto
 //! frames (`ControlRequest` / `ControlResponse` in `schema/musicfs.capnp`).
-//! `status` reports the catalog, origins (with a bounded reachability check),
-//! supervised tasks and counters; `shutdown` stops the engine as SIGTERM does.
-//! `musicfs status`, `musicfs metrics` and `musicfs shutdown` are its clients.
+//! - `status`: the catalog, origins (with a bounded reachability check),
+//!   supervised tasks, counters;
+//! - `shutdown`: the ordered stop, with a drain deadline;
+//! - `reload`: a new configuration (validated; hot fields applied);
+//! - `events`: the event log, optionally followed.
+//!
+//! One thread per connection (at most `MAX_CONNECTIONS`), so a follower
+//! never holds up a status. `musicfs status|metrics|shutdown|reload|events`
+//! are its clients.
 
 use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,8 +23,10 @@ use musicfs_schema::{control_request, control_response};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::server::{Shared, is_local_fs};
-use crate::sync::{Syncer, task_states};
+use crate::config::Config;
+use crate::engine::{ReloadReport, Runtime};
+use crate::events::Event;
+use crate::sync::task_states;
 
 /// How long an origin may take to answer `stat` before it counts as unreachable.
 const REACHABLE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,6 +47,10 @@ pub struct Status {
     pub bytes: u64,
     pub scan_complete: bool,
     pub connected_shims: u32,
+    /// "new", "clean" or "unclean": how the previous engine left the catalog.
+    pub catalog_previous_close: String,
+    pub in_flight: u32,
+    pub template: String,
     pub origins: Vec<OriginState>,
     pub tasks: Vec<TaskInfo>,
     pub counters: Vec<(String, u64)>,
@@ -73,18 +85,21 @@ fn reachable(path: &Path) -> bool {
     spawned.is_ok() && rx.recv_timeout(REACHABLE_TIMEOUT).unwrap_or(false)
 }
 
-fn collect(shared: &Shared, syncer: &Syncer, state_dir: &Path, started: Instant) -> Result<Status> {
+/// Control connections served at once (followers included).
+const MAX_CONNECTIONS: usize = 32;
+
+fn collect(rt: &Runtime) -> Result<Status> {
+    let shared = &rt.shared;
+    let syncer = &rt.syncer;
     let (files, nodes, bytes) = shared.store.totals()?;
-    let origins = syncer
-        .origins
+    let table = syncer.origins.snapshot();
+    let origins = table
         .iter()
-        .enumerate()
-        .filter_map(|(id, o)| o.as_ref().map(|p| (id, p)))
         .map(|(id, p)| OriginState {
-            id: u32::try_from(id).unwrap_or(u32::MAX),
+            id,
             path: p.display().to_string(),
             reachable: reachable(p),
-            local: is_local_fs(p),
+            local: table.is_local(id),
         })
         .collect();
     let tasks = task_states()
@@ -109,21 +124,29 @@ fn collect(shared: &Shared, syncer: &Syncer, state_dir: &Path, started: Instant)
         ("removed".into(), get(&s.removed)),
         ("commits".into(), get(&s.commits)),
         ("full_scans".into(), get(&s.full_scans)),
+        ("reloads".into(), get(&rt.reloads)),
     ];
     Ok(Status {
         engine_version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
-        uptime_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        state_dir: state_dir.display().to_string(),
+        uptime_ms: u64::try_from(rt.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        state_dir: rt.state_dir.display().to_string(),
         files,
         nodes,
         bytes,
         scan_complete: shared.store.scan_complete()?,
         connected_shims: u32::try_from(shared.connection_count()).unwrap_or(u32::MAX),
+        catalog_previous_close: rt.store.previous_close().as_str().to_string(),
+        in_flight: u32::try_from(shared.in_flight()).unwrap_or(u32::MAX),
+        template: rt.store.template().source().to_string(),
         origins,
         tasks,
         counters,
     })
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn status_frame(id: u64, st: &Status) -> Vec<u8> {
@@ -140,29 +163,28 @@ fn status_frame(id: u64, st: &Status) -> Vec<u8> {
     s.set_bytes(st.bytes);
     s.set_scan_complete(st.scan_complete);
     s.set_connected_shims(st.connected_shims);
-    let mut list = s
-        .reborrow()
-        .init_origins(u32::try_from(st.origins.len()).unwrap_or(0));
+    s.set_catalog_previous_close(&st.catalog_previous_close);
+    s.set_in_flight(st.in_flight);
+    s.set_template(&st.template);
+    let mut list = s.reborrow().init_origins(len32(st.origins.len()));
     for (i, o) in st.origins.iter().enumerate() {
-        let mut e = list.reborrow().get(u32::try_from(i).unwrap_or(0));
+        let mut e = list.reborrow().get(len32(i));
         e.set_id(o.id);
         e.set_path(&o.path);
         e.set_reachable(o.reachable);
         e.set_local(o.local);
     }
-    let mut list = s
-        .reborrow()
-        .init_tasks(u32::try_from(st.tasks.len()).unwrap_or(0));
+    let mut list = s.reborrow().init_tasks(len32(st.tasks.len()));
     for (i, t) in st.tasks.iter().enumerate() {
-        let mut e = list.reborrow().get(u32::try_from(i).unwrap_or(0));
+        let mut e = list.reborrow().get(len32(i));
         e.set_name(&t.name);
         e.set_running(t.running);
         e.set_restarts(t.restarts);
         e.set_last_error(&t.last_error);
     }
-    let mut list = s.init_counters(u32::try_from(st.counters.len()).unwrap_or(0));
+    let mut list = s.init_counters(len32(st.counters.len()));
     for (i, (n, v)) in st.counters.iter().enumerate() {
-        let mut e = list.reborrow().get(u32::try_from(i).unwrap_or(0));
+        let mut e = list.reborrow().get(len32(i));
         e.set_name(n);
         e.set_value(*v);
     }
@@ -179,40 +201,79 @@ fn simple_frame(id: u64, errno: i32, message: &str) -> Vec<u8> {
     musicfs_schema::to_frame(&msg)
 }
 
-/// Serves the control socket from a background thread.
-pub fn serve(
-    shared: Arc<Shared>,
-    syncer: Arc<Syncer>,
-    state_dir: &Path,
-) -> Result<crate::server::SocketGuard> {
-    let path = control_socket(state_dir);
+fn reloaded_frame(id: u64, report: &ReloadReport) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut r = msg.init_root::<control_response::Builder<'_>>();
+    r.set_id(id);
+    let mut g = r.init_reloaded();
+    let mut list = g.reborrow().init_applied(len32(report.applied.len()));
+    for (i, f) in report.applied.iter().enumerate() {
+        list.set(len32(i), f);
+    }
+    let mut list = g.init_restart_needed(len32(report.restart_needed.len()));
+    for (i, f) in report.restart_needed.iter().enumerate() {
+        list.set(len32(i), f);
+    }
+    musicfs_schema::to_frame(&msg)
+}
+
+fn event_frame(id: u64, e: &Event) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut r = msg.init_root::<control_response::Builder<'_>>();
+    r.set_id(id);
+    let mut ev = r.init_event();
+    ev.set_seq(e.seq);
+    ev.set_time_ms(e.time_ms);
+    ev.set_kind(&e.kind);
+    ev.set_message(&e.message);
+    musicfs_schema::to_frame(&msg)
+}
+
+/// Serves the control socket: an accept thread, one thread per connection.
+pub fn serve(rt: Arc<Runtime>) -> Result<crate::server::SocketGuard> {
+    let path = control_socket(&rt.state_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let state_dir = state_dir.to_path_buf();
-    let started = Instant::now();
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("musicfs-control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Err(e) = handle(stream, &shared, &syncer, &state_dir, started) {
-                    warn!("control request failed: {e:#}");
+                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                    let mut s = stream;
+                    let _ = s.write_all(&simple_frame(
+                        0,
+                        libc::EBUSY,
+                        "too many control connections",
+                    ));
+                    continue;
+                }
+                active.fetch_add(1, Ordering::AcqRel);
+                let (rt, active2) = (rt.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("musicfs-control-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = handle(stream, &rt) {
+                            warn!("control request failed: {e:#}");
+                        }
+                        active2.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if let Err(e) = spawned {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    warn!("cannot start a control thread: {e}");
                 }
             }
         })?;
     Ok(crate::server::SocketGuard::new(path))
 }
 
-fn handle(
-    stream: UnixStream,
-    shared: &Shared,
-    syncer: &Syncer,
-    state_dir: &Path,
-    started: Instant,
-) -> Result<()> {
+fn handle(stream: UnixStream, rt: &Runtime) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A client that stops reading must not hold this thread for ever.
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let Some(msg) = musicfs_schema::read_frame(&mut reader)? else {
@@ -221,57 +282,121 @@ fn handle(
     let req = msg.get_root::<control_request::Reader<'_>>()?;
     let id = req.get_id();
     let frame = match req.which()? {
-        control_request::Status(()) => match collect(shared, syncer, state_dir, started) {
+        control_request::Status(()) => match collect(rt) {
             Ok(st) => status_frame(id, &st),
             Err(e) => simple_frame(id, libc::EIO, &format!("{e:#}")),
         },
         control_request::Shutdown(timeout_ms) => {
             info!(timeout_ms, "shutdown requested over the control socket");
             writer.write_all(&simple_frame(id, 0, "engine stopping"))?;
-            // The main thread stops in order on SIGTERM.
-            nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM)?;
+            rt.request_stop(
+                "shutdown requested",
+                Duration::from_millis(u64::from(timeout_ms)),
+            );
             return Ok(());
+        }
+        control_request::Reload(r) => {
+            let text = r.get_config()?.to_str()?;
+            let new = if text.is_empty() {
+                None
+            } else {
+                match serde_json::from_str::<Config>(text) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let frame =
+                            simple_frame(id, libc::EINVAL, &format!("bad configuration: {e}"));
+                        writer.write_all(&frame)?;
+                        return Ok(());
+                    }
+                }
+            };
+            match rt.reload(new) {
+                Ok(report) => reloaded_frame(id, &report),
+                Err(e) => simple_frame(
+                    id,
+                    libc::EINVAL,
+                    &format!("{e:#}; the running configuration stays"),
+                ),
+            }
+        }
+        control_request::Events(e) => {
+            let (mut after, follow) = (e.get_after(), e.get_follow());
+            loop {
+                let batch = if follow {
+                    crate::events::wait_since(after, Duration::from_secs(1))
+                } else {
+                    crate::events::since(after)
+                };
+                for ev in &batch {
+                    writer.write_all(&event_frame(id, ev))?;
+                    after = ev.seq;
+                }
+                if !follow {
+                    break;
+                }
+                if rt.stopping() {
+                    writer.write_all(&simple_frame(id, 0, "engine stopping"))?;
+                    return Ok(());
+                }
+            }
+            simple_frame(id, 0, "end")
         }
     };
     writer.write_all(&frame)?;
     Ok(())
 }
 
-/// Client: the status of the engine of `state_dir`.
-pub fn fetch_status(state_dir: &Path) -> Result<Status> {
+fn connect(state_dir: &Path) -> Result<UnixStream> {
     let path = control_socket(state_dir);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
+    UnixStream::connect(&path).with_context(|| {
         format!(
             "no engine is running for {} ({} does not answer)",
             state_dir.display(),
             path.display()
         )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    })
+}
+
+/// Sends one request; returns the connection for the answers.
+fn send_request(
+    state_dir: &Path,
+    timeout: Option<Duration>,
+    fill: impl FnOnce(control_request::Builder<'_>),
+) -> Result<BufReader<UnixStream>> {
+    let mut stream = connect(state_dir)?;
+    stream.set_read_timeout(timeout)?;
     let mut msg = capnp::message::Builder::new_default();
     {
         let mut r = msg.init_root::<control_request::Builder<'_>>();
         r.set_id(1);
-        r.set_status(());
+        fill(r);
     }
     stream.write_all(&musicfs_schema::to_frame(&msg))?;
-    let mut reader = BufReader::new(stream);
+    Ok(BufReader::new(stream))
+}
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
+    t.ok()
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Client: the status of the engine of `state_dir`.
+pub fn fetch_status(state_dir: &Path) -> Result<Status> {
+    let mut reader = send_request(state_dir, Some(Duration::from_secs(10)), |mut r| {
+        r.set_status(())
+    })?;
     let answer = musicfs_schema::read_frame(&mut reader)?
         .context("the engine closed the control connection")?;
     let r = answer.get_root::<control_response::Reader<'_>>()?;
     if r.get_errno() != 0 {
-        bail!("engine: {}", r.get_message()?.to_str().unwrap_or("?"));
+        bail!("engine: {}", text(r.get_message()));
     }
     let control_response::Status(s) = r.which()? else {
         bail!("the engine answered something else than a status");
     };
     let s = s?;
-    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> String {
-        t.ok()
-            .and_then(|t| t.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
     Ok(Status {
         engine_version: text(s.get_engine_version()),
         pid: s.get_pid(),
@@ -282,6 +407,9 @@ pub fn fetch_status(state_dir: &Path) -> Result<Status> {
         bytes: s.get_bytes(),
         scan_complete: s.get_scan_complete(),
         connected_shims: s.get_connected_shims(),
+        catalog_previous_close: text(s.get_catalog_previous_close()),
+        in_flight: s.get_in_flight(),
+        template: text(s.get_template()),
         origins: s
             .get_origins()?
             .iter()
@@ -310,26 +438,162 @@ pub fn fetch_status(state_dir: &Path) -> Result<Status> {
     })
 }
 
-/// Client: asks the engine of `state_dir` to stop.
+/// Client: asks the engine of `state_dir` to stop, draining for `timeout`,
+/// and waits (bounded) until it is gone.
 pub fn request_shutdown(state_dir: &Path, timeout: Duration) -> Result<()> {
-    let path = control_socket(state_dir);
-    let mut stream = UnixStream::connect(&path)
-        .with_context(|| format!("no engine is running for {}", state_dir.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut msg = capnp::message::Builder::new_default();
-    {
-        let mut r = msg.init_root::<control_request::Builder<'_>>();
-        r.set_id(1);
-        r.set_shutdown(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
-    }
-    stream.write_all(&musicfs_schema::to_frame(&msg))?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = send_request(state_dir, Some(Duration::from_secs(10)), |mut r| {
+        r.set_shutdown(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX))
+    })?;
     let answer = musicfs_schema::read_frame(&mut reader)?.context("no answer")?;
     let r = answer.get_root::<control_response::Reader<'_>>()?;
     if r.get_errno() != 0 {
-        bail!("engine: {}", r.get_message()?.to_str().unwrap_or("?"));
+        bail!("engine: {}", text(r.get_message()));
+    }
+    // The engine removes its control socket last.
+    let path = control_socket(state_dir);
+    let limit = timeout + Duration::from_secs(15);
+    let deadline = Instant::now() + limit;
+    while path.exists() {
+        if Instant::now() > deadline {
+            bail!("the engine did not stop within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Client: asks the engine to reload (`config`: the whole configuration, or
+/// `None` for the engine's own files).
+pub fn request_reload(state_dir: &Path, config: Option<&Config>) -> Result<ReloadReport> {
+    let json = match config {
+        Some(c) => serde_json::to_string(c)?,
+        None => String::new(),
+    };
+    let mut reader = send_request(state_dir, Some(Duration::from_secs(60)), |r| {
+        r.init_reload().set_config(json.as_str())
+    })?;
+    let answer = musicfs_schema::read_frame(&mut reader)?.context("no answer")?;
+    let r = answer.get_root::<control_response::Reader<'_>>()?;
+    if r.get_errno() != 0 {
+        bail!("{}", text(r.get_message()));
+    }
+    let control_response::Reloaded(g) = r.which()? else {
+        bail!("the engine answered something else than a reload report");
+    };
+    let list = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> Result<Vec<String>> {
+        Ok(l?.iter().map(text).collect())
+    };
+    Ok(ReloadReport {
+        applied: list(g.get_applied())?,
+        restart_needed: list(g.get_restart_needed())?,
+    })
+}
+
+/// Client: the events after `after`; with `follow`, calls `each` for every
+/// event until the engine stops or the connection breaks.
+pub fn stream_events(
+    state_dir: &Path,
+    after: u64,
+    follow: bool,
+    mut each: impl FnMut(Event) -> Result<()>,
+) -> Result<()> {
+    let mut reader = send_request(
+        state_dir,
+        (!follow).then_some(Duration::from_secs(10)),
+        |r| {
+            let mut e = r.init_events();
+            e.set_after(after);
+            e.set_follow(follow);
+        },
+    )?;
+    loop {
+        let Some(answer) = musicfs_schema::read_frame(&mut reader)? else {
+            bail!("the engine closed the connection");
+        };
+        let r = answer.get_root::<control_response::Reader<'_>>()?;
+        if r.get_errno() != 0 {
+            bail!("engine: {}", text(r.get_message()));
+        }
+        match r.which()? {
+            control_response::Event(e) => {
+                let e = e?;
+                each(Event {
+                    seq: e.get_seq(),
+                    time_ms: e.get_time_ms(),
+                    kind: text(e.get_kind()),
+                    message: text(e.get_message()),
+                })?;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// `musicfs events [--follow] [--json]`. Following survives an engine
+/// restart (sequence numbers start again with the new engine).
+pub fn print_events(state_dir: &Path, follow: bool, json: bool) -> Result<()> {
+    use std::io::Write as _;
+    let print = |e: Event| -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+        } else {
+            let secs = i64::try_from(e.time_ms / 1000).unwrap_or(0);
+            let when = chrono_like(secs, e.time_ms % 1000);
+            writeln!(out, "{when}  {:<8} {}", e.kind, e.message)?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    if !follow {
+        return stream_events(state_dir, 0, false, print);
+    }
+    let mut after = 0;
+    loop {
+        let outcome = stream_events(state_dir, after, true, |e| {
+            after = e.seq;
+            print(e)
+        });
+        if let Err(e) = &outcome
+            && e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return Ok(());
+        }
+        // The engine went away (restart, swap): wait for the next one,
+        // bounded, and follow it from its first event.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while connect(state_dir).is_err() {
+            if Instant::now() > deadline {
+                bail!("the engine stopped and no engine came back within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("musicfs: the engine restarted; following the new one");
+        after = 0;
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) without a date crate.
+fn chrono_like(secs: i64, ms: u64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// The human status view.
@@ -356,7 +620,20 @@ pub fn render_table(s: &Status) -> String {
             " (first scan not complete)"
         }
     ));
-    out.push_str(&format!("shims       {} connected\n", s.connected_shims));
+    out.push_str(&format!(
+        "last close  {}\n",
+        match s.catalog_previous_close.as_str() {
+            "clean" => "clean (nothing to recover)",
+            "unclean" => "unclean (crash or kill; last commit recovered)",
+            "new" => "new catalog",
+            other => other,
+        }
+    ));
+    out.push_str(&format!("template    {}\n", s.template));
+    out.push_str(&format!(
+        "shims       {} connected, {} requests in flight\n",
+        s.connected_shims, s.in_flight
+    ));
     out.push_str("origins\n");
     for o in &s.origins {
         out.push_str(&format!(

@@ -1,18 +1,21 @@
 //! `musicfs engine`: open the catalog, serve at once, keep in step with the origins.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, Signal};
 use sd_notify::NotifyState;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
+use crate::origins::Origins;
 use crate::server::{Shared, is_local_fs, serve};
 use crate::store::Store;
 use crate::sync::{Syncer, poll_network, supervise, watch_local};
@@ -62,13 +65,398 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     }
 }
 
-/// Runs the engine until SIGTERM/SIGINT.
-pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
+/// Where a reload reads the configuration from: the same layers as at start.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config> {
+        let mut c = Config::load(self.file.as_deref(), &self.overrides)?;
+        c.absolutize_origins();
+        Ok(c)
+    }
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Fields that changed and now apply.
+    pub applied: Vec<String>,
+    /// Fields that changed but apply only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+impl ReloadReport {
+    /// One line for the log and the CLI.
+    pub fn summary(&self) -> String {
+        let mut s = if self.applied.is_empty() {
+            "nothing to apply".to_string()
+        } else {
+            format!("applied: {}", self.applied.join(", "))
+        };
+        if !self.restart_needed.is_empty() {
+            s.push_str(&format!(
+                "; changed but applied only after a restart: {}",
+                self.restart_needed.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+/// Fields read once at start, by the shim or the supervisor: a reload names
+/// them when they change, and `musicfs mount` (or systemd) must restart.
+const COLD_FIELDS: &[&str] = &[
+    "mountpoint",
+    "state_dir",
+    "allow_other",
+    "passthrough",
+    "engine_wait_timeout_ms",
+    "drain_timeout_ms",
+];
+
+/// Why the main thread should stop, and by when.
+pub struct StopRequest {
+    pub why: String,
+    pub drain: Duration,
+}
+
+/// The running engine: what reload and shutdown act on.
+pub struct Runtime {
+    config: parking_lot::Mutex<Config>,
+    source: ConfigSource,
+    pub store: Arc<Store>,
+    pub shared: Arc<Shared>,
+    pub syncer: Arc<Syncer>,
+    pub state_dir: PathBuf,
+    pub started: Instant,
+    /// Set at shutdown: every background task stops.
+    stop: Arc<AtomicBool>,
+    /// Per-origin watcher stop flags.
+    watchers: parking_lot::Mutex<HashMap<u32, Arc<AtomicBool>>>,
+    /// Threads of supervised tasks, joined (bounded) at shutdown.
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// One reload at a time.
+    reload_lock: parking_lot::Mutex<()>,
+    pub reloads: AtomicU64,
+    stop_tx: mpsc::Sender<StopRequest>,
+}
+
+impl Runtime {
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config.lock().clone()
+    }
+
+    /// Whether the engine is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Asks the main thread to stop in order (control plane `shutdown`).
+    pub fn request_stop(&self, why: &str, drain: Duration) {
+        let _ = self.stop_tx.send(StopRequest {
+            why: why.to_string(),
+            drain,
+        });
+    }
+
+    fn own(&self, handle: Option<JoinHandle<()>>) {
+        let mut tasks = self.tasks.lock();
+        tasks.retain(|h| !h.is_finished());
+        tasks.extend(handle);
+    }
+
+    /// Starts following origin `id` (inotify or polling, per the config).
+    fn start_watcher(&self, config: &Config, id: u32, root: &Path) {
+        let use_inotify = match config.watch.as_str() {
+            "off" => return,
+            "inotify" => true,
+            "poll" => false,
+            _ => is_local_fs(root),
+        };
+        let flag = Arc::new(AtomicBool::new(self.stop.load(Ordering::Relaxed)));
+        if let Some(old) = self.watchers.lock().insert(id, flag.clone()) {
+            old.store(true, Ordering::Relaxed);
+        }
+        let s = self.syncer.clone();
+        let st = flag.clone();
+        let handle = if use_inotify {
+            let debounce = Duration::from_millis(config.debounce_ms);
+            supervise(format!("watch-origin-{id}"), flag, move || {
+                watch_local(&s, id, debounce, &st)
+            })
+        } else {
+            if config.watch == "auto" {
+                info!(origin = %root.display(), "origin is on a network filesystem; polling instead of inotify");
+            }
+            let interval = Duration::from_secs(config.poll_interval_s);
+            supervise(format!("poll-origin-{id}"), flag, move || {
+                poll_network(&s, id, interval, &st)
+            })
+        };
+        self.own(handle);
+    }
+
+    fn stop_watcher(&self, id: u32) {
+        if let Some(flag) = self.watchers.lock().remove(&id) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn start_all_watchers(&self, config: &Config) {
+        let table = self.syncer.origins.snapshot();
+        for (id, root) in table.iter() {
+            self.start_watcher(config, id, root);
+        }
+        if table.iter().next().is_none() {
+            warn!("no origins to follow");
+        }
+    }
+
+    /// Reloads the configuration: `new`, or the layers it was loaded from.
+    /// Everything is validated before anything changes; on error the running
+    /// configuration stays and the error says why.
+    pub fn reload(&self, new: Option<Config>) -> Result<ReloadReport> {
+        let _one = self.reload_lock.lock();
+        let _ = sd_notify::notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now().unwrap_or(NotifyState::MonotonicUsec(0)),
+        ]);
+        let outcome = self.reload_inner(new);
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+        match &outcome {
+            Ok(r) => {
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                info!("configuration reloaded: {}", r.summary());
+                crate::events::emit("reload", r.summary());
+            }
+            Err(e) => {
+                warn!("reload refused, the running configuration stays: {e:#}");
+                crate::events::emit("reload", format!("refused: {e:#}"));
+            }
+        }
+        outcome
+    }
+
+    fn reload_inner(&self, new: Option<Config>) -> Result<ReloadReport> {
+        let new = match new {
+            Some(c) => c,
+            None => self.source.load()?,
+        };
+        // Validate everything first.
+        new.validate()?;
+        new.check_origins()?;
+        crate::logging::validate(&new.log_level)?;
+        let template = Template::parse(&new.template)?;
+        let old = self.config();
+        let mut report = ReloadReport::default();
+        let as_json = |c: &Config| serde_json::to_value(c).unwrap_or_default();
+        let (o, n) = (as_json(&old), as_json(&new));
+        for field in COLD_FIELDS {
+            if o.get(field) != n.get(field) {
+                report.restart_needed.push((*field).to_string());
+            }
+        }
+        if old.log_level != new.log_level {
+            crate::logging::set_level(&new.log_level)?;
+            report.applied.push("log_level".into());
+        }
+        if old.entry_ttl_ms != new.entry_ttl_ms {
+            self.shared
+                .entry_ttl_ms
+                .store(new.entry_ttl_ms, Ordering::Relaxed);
+            report.applied.push("entry_ttl_ms".into());
+        }
+        if old.scan_threads != new.scan_threads {
+            self.syncer
+                .threads
+                .store(scan_threads(&new), Ordering::Relaxed);
+            report.applied.push("scan_threads".into());
+        }
+        if old.checkpoint_files != new.checkpoint_files {
+            self.syncer
+                .checkpoint_files
+                .store(new.checkpoint_files, Ordering::Relaxed);
+            report.applied.push("checkpoint_files".into());
+        }
+        if old.template != new.template {
+            self.syncer.set_template(template)?;
+            report.applied.push("template".into());
+        }
+        let watching_changed = (&old.watch, old.debounce_ms, old.poll_interval_s)
+            != (&new.watch, new.debounce_ms, new.poll_interval_s);
+        if old.origins != new.origins {
+            let before = self.syncer.origins.snapshot();
+            let (by_id, stale) = self.store.assign_origins(&new.origins)?;
+            self.syncer.origins.replace(by_id);
+            let after = self.syncer.origins.snapshot();
+            let added: Vec<u32> = after
+                .iter()
+                .filter(|(id, _)| before.root(*id).is_none())
+                .map(|(id, _)| id)
+                .collect();
+            for (id, root) in before.iter() {
+                if after.root(id).is_none() {
+                    self.stop_watcher(id);
+                    crate::events::emit("origin", format!("removed origin {}", root.display()));
+                }
+            }
+            for (id, root) in after.iter() {
+                if added.contains(&id) {
+                    crate::events::emit("origin", format!("added origin {}", root.display()));
+                    if !watching_changed {
+                        self.start_watcher(&new, id, root);
+                    }
+                }
+            }
+            // Scan what was added and drop what was removed, in the background.
+            let s = self.syncer.clone();
+            let handle = supervise("sync-origins", self.stop.clone(), move || {
+                s.remove_origins(&stale)?;
+                for id in &added {
+                    s.sync_origin(*id, Path::new(""))?;
+                }
+                Ok(())
+            });
+            self.own(handle);
+            report.applied.push("origins".into());
+        }
+        if watching_changed {
+            let ids: Vec<u32> = self.watchers.lock().keys().copied().collect();
+            for id in ids {
+                self.stop_watcher(id);
+            }
+            self.start_all_watchers(&new);
+            report.applied.push("watch".into());
+        }
+        *self.config.lock() = new;
+        Ok(report)
+    }
+
+    /// The ordered stop: no new requests; in-flight ones answered (until the
+    /// drain deadline); background tasks stopped; the catalog closed clean.
+    fn shutdown(&self, why: &str, drain: Duration) {
+        let t = Instant::now();
+        let deadline = t + drain;
+        info!(
+            drain_ms = drain.as_millis() as u64,
+            "engine stopping ({why})"
+        );
+        crate::events::emit("stopping", format!("engine stopping ({why})"));
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+        self.shared.stop_taking_requests();
+        let left = self.shared.drain(deadline);
+        if left > 0 {
+            warn!(
+                left,
+                "requests still in flight at the drain deadline; the shim sends them to the next engine"
+            );
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for flag in self.watchers.lock().values() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        // Background tasks stop at their next check (a scan: its next
+        // checkpoint); give them until the deadline, at least a second.
+        let tasks_deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        let mut unfinished = 0;
+        for h in tasks {
+            while !h.is_finished() && Instant::now() < tasks_deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                unfinished += 1;
+            }
+        }
+        if unfinished > 0 {
+            warn!(
+                unfinished,
+                "background tasks still running at the deadline; the next start resumes their work"
+            );
+        }
+        let close_timeout = tasks_deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(2));
+        match self.store.close(close_timeout) {
+            Ok(()) => info!("catalog closed cleanly"),
+            Err(e) => {
+                warn!("the catalog was not closed cleanly ({e:#}); the next start recovers it")
+            }
+        }
+        self.shared.log_counters();
+        let c = &self.syncer.counters;
+        info!(
+            probed = c.probed.load(Ordering::Relaxed),
+            unchanged = c.unchanged.load(Ordering::Relaxed),
+            removed = c.removed.load(Ordering::Relaxed),
+            commits = c.commits.load(Ordering::Relaxed),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "engine stopped"
+        );
+    }
+}
+
+/// Default drain deadline for a stop by signal.
+pub fn drain_timeout(config: &Config) -> Duration {
+    Duration::from_millis(config.drain_timeout_ms)
+}
+
+/// Signals, from one thread: SIGTERM and SIGINT stop (also during the first
+/// scan), SIGHUP reloads once the engine runs.
+fn start_signal_thread(
+    signals: SigSet,
+    drain: Duration,
+    stop_tx: mpsc::Sender<StopRequest>,
+    early_stop: Arc<AtomicBool>,
+    runtime: Arc<std::sync::OnceLock<Arc<Runtime>>>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("musicfs-signals".into())
+        .spawn(move || {
+            loop {
+                match signals.wait() {
+                    Ok(Signal::SIGHUP) => match runtime.get() {
+                        Some(rt) => {
+                            info!("SIGHUP: reloading the configuration");
+                            let _ = rt.reload(None);
+                        }
+                        None => {
+                            warn!("SIGHUP during start-up ignored: reload once the engine serves")
+                        }
+                    },
+                    Ok(sig) => {
+                        early_stop.store(true, Ordering::Relaxed);
+                        let _ = stop_tx.send(StopRequest {
+                            why: sig.to_string(),
+                            drain,
+                        });
+                    }
+                    Err(e) => {
+                        error!("sigwait failed: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Runs the engine until SIGTERM/SIGINT or a control-plane shutdown.
+pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Result<()> {
     let started = Instant::now();
-    // Block the stop signals before any thread starts; the main thread waits for them.
+    // Block the signals before any thread starts; one thread waits for them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
     signals.thread_block().context("cannot block signals")?;
 
     config.check_origins()?;
@@ -78,12 +466,31 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
     let _lock = lock_state_dir(&state_dir)?;
     let socket = socket.unwrap_or_else(|| socket_path(&state_dir));
+
+    let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime_cell: Arc<std::sync::OnceLock<Arc<Runtime>>> = Arc::new(std::sync::OnceLock::new());
+    start_signal_thread(
+        signals,
+        drain_timeout(config),
+        stop_tx.clone(),
+        stop.clone(),
+        runtime_cell.clone(),
+    )?;
+
     let store = Arc::new(Store::open_or_rebuild(
         &state_dir.join("catalog.redb"),
         template,
     )?);
+    let previous = store.previous_close();
+    if previous == crate::store::PreviousClose::Unclean {
+        info!(
+            "the previous engine did not close the catalog (crash or kill); its last commit is kept"
+        );
+    }
     let complete = store.scan_complete()?;
-    let (origins, stale_origins) = store.assign_origins(&config.origins)?;
+    let (by_id, stale_origins) = store.assign_origins(&config.origins)?;
+    let origins = Origins::new(by_id);
     let mut syncer = Syncer::new(
         store.clone(),
         origins.clone(),
@@ -91,6 +498,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         config.checkpoint_files,
     );
     syncer.set_stale_origins(stale_origins);
+    syncer.set_stop(stop.clone());
     if !complete {
         // First start (or an interrupted first scan): fill the catalog before
         // serving, committing checkpoints as it goes.
@@ -98,17 +506,51 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
             known_files = store.file_count()?,
             "no complete scan in the catalog; scanning"
         );
-        syncer.sync_all()?;
+        if let Err(e) = syncer.sync_all() {
+            if stop.load(Ordering::Relaxed) {
+                info!("stopped during the first scan; it resumes from its last checkpoint");
+                if let Err(e) = store.close(Duration::from_secs(5)) {
+                    warn!("the catalog was not closed cleanly: {e:#}");
+                }
+                return Ok(());
+            }
+            return Err(e);
+        }
     }
     let shared = Shared::new(store.clone(), origins.clone(), config.entry_ttl_ms);
     syncer.set_shared(shared.clone());
     let syncer = Arc::new(syncer);
-    let _control_guard = crate::control::serve(shared.clone(), syncer.clone(), &state_dir)?;
-    let _socket_guard = serve(shared.clone(), &socket)?;
+    let runtime = Arc::new(Runtime {
+        config: parking_lot::Mutex::new(config.clone()),
+        source,
+        store: store.clone(),
+        shared: shared.clone(),
+        syncer: syncer.clone(),
+        state_dir: state_dir.clone(),
+        started,
+        stop: stop.clone(),
+        watchers: parking_lot::Mutex::new(HashMap::new()),
+        tasks: parking_lot::Mutex::new(Vec::new()),
+        reload_lock: parking_lot::Mutex::new(()),
+        reloads: AtomicU64::new(0),
+        stop_tx,
+    });
+    let control_guard = crate::control::serve(runtime.clone())?;
+    let socket_guard = serve(shared.clone(), &socket)?;
+    let _ = runtime_cell.set(runtime.clone());
     let files = store.file_count()?;
     info!(
         startup_ms = started.elapsed().as_millis() as u64,
         files, "engine ready"
+    );
+    crate::events::emit(
+        "started",
+        format!(
+            "engine {} serving {files} files (pid {}, previous close: {})",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            previous.as_str()
+        ),
     );
     let status = format!("serving {files} files");
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -116,10 +558,11 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
         // Ping systemd only while the request path answers (a self-ping
         // through the data-plane socket).
         let sock = socket.clone();
+        let st = stop.clone();
         std::thread::Builder::new()
             .name("musicfs-watchdog".into())
             .spawn(move || {
-                loop {
+                while !st.load(Ordering::Relaxed) {
                     std::thread::sleep(interval / 2);
                     if crate::client::ping(&sock, interval / 2).is_ok() {
                         let _ = sd_notify::notify(&[NotifyState::Watchdog]);
@@ -130,70 +573,31 @@ pub fn run(config: &Config, socket: Option<PathBuf>) -> Result<()> {
     }
 
     // Follow the origins, then reconcile what changed while we were away.
-    let stop = Arc::new(AtomicBool::new(false));
-    start_watchers(config, &origins, &syncer, &stop);
+    runtime.start_all_watchers(config);
     if complete {
         // Reconcile once the shim is back, so that what changed while no
         // engine ran reaches its kernel as invalidations (bounded wait).
-        let (s, st, sh) = (syncer.clone(), stop.clone(), shared.clone());
-        supervise("reconcile", st, move || {
+        let (s, sh) = (syncer.clone(), shared.clone());
+        let handle = supervise("reconcile", stop.clone(), move || {
             let deadline = Instant::now() + Duration::from_secs(2);
             while sh.connection_count() == 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             s.sync_all()
         });
+        runtime.own(handle);
     }
 
-    let sig = signals.wait().context("sigwait")?;
-    info!("engine stopping on {sig}");
-    let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    stop.store(true, Ordering::Relaxed);
-    shared.log_counters();
-    let c = &syncer.counters;
-    info!(
-        probed = c.probed.load(Ordering::Relaxed),
-        unchanged = c.unchanged.load(Ordering::Relaxed),
-        removed = c.removed.load(Ordering::Relaxed),
-        commits = c.commits.load(Ordering::Relaxed),
-        "sync counters"
-    );
-    info!("engine stopped");
+    // Wait for a stop (signal or control plane); the senders live as long
+    // as the runtime and the signal thread.
+    let req = stop_rx.recv().unwrap_or(StopRequest {
+        why: "no stop channel".into(),
+        drain: drain_timeout(config),
+    });
+    // Socket files go first: nothing new connects to a stopping engine.
+    drop(socket_guard);
+    runtime.shutdown(&req.why, req.drain);
+    drop(control_guard);
+    crate::events::emit("stopped", "engine stopped");
     Ok(())
-}
-
-fn start_watchers(
-    config: &Config,
-    origins: &[Option<PathBuf>],
-    syncer: &Arc<Syncer>,
-    stop: &Arc<AtomicBool>,
-) {
-    let debounce = Duration::from_millis(config.debounce_ms);
-    let interval = Duration::from_secs(config.poll_interval_s);
-    for (idx, root) in origins.iter().enumerate() {
-        let Some(root) = root else { continue };
-        let origin = u32::try_from(idx).unwrap_or(u32::MAX);
-        let use_inotify = match config.watch.as_str() {
-            "off" => continue,
-            "inotify" => true,
-            "poll" => false,
-            _ => is_local_fs(root),
-        };
-        let (s, st) = (syncer.clone(), stop.clone());
-        if use_inotify {
-            supervise("watch", stop.clone(), move || {
-                watch_local(&s, origin, debounce, &st)
-            });
-        } else {
-            if config.watch == "auto" {
-                info!(origin = %root.display(), "origin is on a network filesystem; polling instead of inotify");
-            }
-            supervise("poll", stop.clone(), move || {
-                poll_network(&s, origin, interval, &st)
-            });
-        }
-    }
-    if config.origins.is_empty() {
-        warn!("no origins to follow");
-    }
 }

@@ -1,36 +1,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use musicfs_engine::cli::{Cli, Command, EngineAction, load_config};
-use musicfs_engine::{control, engine, mount, scan};
-
-fn init_logging(level: &str) {
-    let filter = std::env::var("MUSICFS_LOG").unwrap_or_else(|_| level.to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
+use musicfs_engine::cli::{Cli, Command, EngineAction, load_config, overrides};
+use musicfs_engine::{control, engine, logging, mount, scan};
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Unmount { lazy, mountpoint } = &cli.command {
-        init_logging("info");
+        logging::init("info");
         mount::unmount(mountpoint, *lazy)?;
         return Ok(());
     }
-    let mut config = load_config(&cli)?;
-    // Absolute origin paths: they name origins in the catalog and the status.
-    for o in &mut config.origins {
-        if let Ok(abs) = o.canonicalize() {
-            *o = abs;
-        }
-    }
-    init_logging(&config.log_level);
+    let config = load_config(&cli)?;
+    logging::init(&config.log_level);
+    let source = engine::ConfigSource {
+        file: cli.config.clone(),
+        overrides: overrides(&cli),
+    };
     match &cli.command {
-        Command::Mount { .. } => mount::run(&config),
+        Command::Mount { .. } => mount::run(&config, source),
         Command::Engine {
             action: Some(EngineAction::Swap { binary, .. }),
             ..
@@ -40,7 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{msg}");
             Ok(())
         }
-        Command::Engine { socket, .. } => engine::run(&config, socket.clone()),
+        Command::Engine { socket, .. } => engine::run(&config, socket.clone(), source),
         Command::Status { json, .. } => {
             let status = control::fetch_status(&config.resolved_state_dir()?)?;
             if *json {
@@ -54,6 +41,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let status = control::fetch_status(&config.resolved_state_dir()?)?;
             print!("{}", control::render_metrics(&status));
             Ok(())
+        }
+        Command::Reload { .. } => {
+            let state_dir = config.resolved_state_dir()?;
+            // Under `musicfs mount` the supervisor reloads (it starts
+            // engines with its configuration); an engine alone reloads itself.
+            let summary = if mount::supervisor_socket(&state_dir).exists() {
+                mount::request_reload(&state_dir)?
+            } else {
+                control::request_reload(&state_dir, None)?.summary()
+            };
+            println!("reloaded: {summary}");
+            Ok(())
+        }
+        Command::Events { follow, json, .. } => {
+            control::print_events(&config.resolved_state_dir()?, *follow, *json)
         }
         Command::Shutdown { timeout, .. } => {
             let state_dir = config.resolved_state_dir()?;

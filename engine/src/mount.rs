@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::engine::socket_path;
+use crate::engine::{ConfigSource, socket_path};
 
 /// How long the engine may take to scan and start serving.
 const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(900);
@@ -169,6 +169,10 @@ fn engine_command(config: &Config, state_dir: &Path, socket: &Path, exe: &Path) 
             config.checkpoint_files.to_string(),
         )
         .env("MUSICFS_WATCH", &config.watch)
+        .env(
+            "MUSICFS_DRAIN_TIMEOUT_MS",
+            config.drain_timeout_ms.to_string(),
+        )
         .env("MUSICFS_DEBOUNCE_MS", config.debounce_ms.to_string())
         .env(
             "MUSICFS_POLL_INTERVAL_S",
@@ -188,7 +192,9 @@ fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
         .arg("--mountpoint")
         .arg(mountpoint)
         .arg("--engine-wait-timeout-ms")
-        .arg(config.engine_wait_timeout_ms.to_string());
+        .arg(config.engine_wait_timeout_ms.to_string())
+        .arg("--drain-timeout-ms")
+        .arg(config.drain_timeout_ms.to_string());
     if config.allow_other {
         cmd.arg("--allow-other");
     }
@@ -301,7 +307,9 @@ impl Backoff {
     }
 }
 
-async fn stop_child(child: &mut Child, what: &str) {
+/// SIGTERM, then SIGKILL if the child has not exited after `drain` plus
+/// `STOP_TIMEOUT` (its own ordered stop is bounded by `drain`).
+async fn stop_child(child: &mut Child, what: &str, drain: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -309,20 +317,56 @@ async fn stop_child(child: &mut Child, what: &str) {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
-    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+    wait_or_kill(child, what, drain + STOP_TIMEOUT).await;
+}
+
+async fn wait_or_kill(child: &mut Child, what: &str, limit: Duration) {
+    match tokio::time::timeout(limit, child.wait()).await {
         Ok(_) => {}
         Err(_) => {
             warn!(
                 "{what} did not stop within {} s; killing it",
-                STOP_TIMEOUT.as_secs()
+                limit.as_secs()
             );
             let _ = child.kill().await;
         }
     }
 }
 
+/// The engine's ordered stop with a drain deadline, through its control
+/// socket (SIGTERM if that does not answer).
+async fn stop_engine(engine: &mut Child, state_dir: &Path, drain: Duration) {
+    if let Ok(Some(_)) = engine.try_wait() {
+        return;
+    }
+    let dir = state_dir.to_path_buf();
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            // Only the request: the waiting is done here, on the child.
+            let path = crate::control::control_socket(&dir);
+            let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+            stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+            let mut msg = capnp::message::Builder::new_default();
+            {
+                let mut r = msg.init_root::<musicfs_schema::control_request::Builder<'_>>();
+                r.set_id(1);
+                r.set_shutdown(u32::try_from(drain.as_millis()).unwrap_or(u32::MAX));
+            }
+            stream.write_all(&musicfs_schema::to_frame(&msg))
+        }),
+    )
+    .await;
+    if !matches!(asked, Ok(Ok(Ok(())))) {
+        stop_child(engine, "engine", drain).await;
+        return;
+    }
+    wait_or_kill(engine, "engine", drain + STOP_TIMEOUT).await;
+}
+
 /// Runs the pair until a signal, an external unmount or a fatal error.
-pub fn run(config: &Config) -> Result<()> {
+pub fn run(config: &Config, source: ConfigSource) -> Result<()> {
     let mountpoint = config
         .mountpoint
         .clone()
@@ -346,11 +390,18 @@ pub fn run(config: &Config) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(supervise(config, &mountpoint, &state_dir, &socket))
+    rt.block_on(supervise(
+        config.clone(),
+        source,
+        &mountpoint,
+        &state_dir,
+        &socket,
+    ))
 }
 
 async fn supervise(
-    config: &Config,
+    mut config: Config,
+    source: ConfigSource,
     mountpoint: &Path,
     state_dir: &Path,
     socket: &Path,
@@ -358,6 +409,8 @@ async fn supervise(
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let config = &mut config;
 
     let _ = std::fs::remove_file(socket);
     let started = Instant::now();
@@ -374,19 +427,19 @@ async fn supervise(
     });
     tokio::select! {
         r = engine_ready => r?,
-        _ = sigterm.recv() => { stop_child(&mut engine, "engine").await; return Ok(()); }
-        _ = sigint.recv() => { stop_child(&mut engine, "engine").await; return Ok(()); }
+        _ = sigterm.recv() => { stop_engine(&mut engine, state_dir, drain_timeout(config)).await; return Ok(()); }
+        _ = sigint.recv() => { stop_engine(&mut engine, state_dir, drain_timeout(config)).await; return Ok(()); }
     }
     let mut shim = match shim_command(config, mountpoint, socket).spawn() {
         Ok(s) => s,
         Err(e) => {
-            stop_child(&mut engine, "engine").await;
+            stop_engine(&mut engine, state_dir, drain_timeout(config)).await;
             bail!("cannot start {}: {e}", shim_binary().display());
         }
     };
     if let Err(e) = wait_shim_ready(&mut shim).await {
-        stop_child(&mut shim, "shim").await;
-        stop_child(&mut engine, "engine").await;
+        stop_child(&mut shim, "shim", drain_timeout(config)).await;
+        stop_engine(&mut engine, state_dir, drain_timeout(config)).await;
         return Err(e);
     }
     info!(
@@ -413,12 +466,23 @@ async fn supervise(
     let mut engine_alive = true;
     // Whether the current engine has answered a heartbeat.
     let mut engine_healthy = true;
+    let mut heartbeat_timeout = heartbeat_timeout;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The drain deadline of the final stop (`musicfs shutdown --timeout`).
+    let mut drain = drain_timeout(config);
     let result = loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: unmounting"); break Ok(()); }
             _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                if let Ok(Some((every, timeout))) = reload(config, &source, state_dir).await {
+                    heartbeat = tokio::time::interval(every);
+                    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    heartbeat_timeout = timeout;
+                }
+            }
             status = shim.wait() => {
                 break match status {
                     Ok(s) if s.success() => { info!("unmounted"); Ok(()) }
@@ -457,14 +521,25 @@ async fn supervise(
             }
             conn = control.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let outcome = control_request(stream, config, state_dir, socket, &mut engine, &mut engine_bin).await;
-                engine_alive = true;
-                engine_healthy = true;
-                engine_started = Instant::now();
-                heartbeat.reset();
+                let outcome = control_request(stream, config, &source, state_dir, socket, &mut engine, &mut engine_bin).await;
                 match outcome {
-                    Ok(Control::Shutdown) => { info!("shutdown requested: unmounting"); break Ok(()); }
-                    Ok(Control::Continue) => {}
+                    Ok(Control::Shutdown(d)) => {
+                        info!("shutdown requested: unmounting");
+                        drain = d.unwrap_or(drain);
+                        break Ok(());
+                    }
+                    Ok(Control::Swapped) => {
+                        engine_alive = true;
+                        engine_healthy = true;
+                        engine_started = Instant::now();
+                        heartbeat.reset();
+                    }
+                    Ok(Control::Reloaded(Some((every, timeout)))) => {
+                        heartbeat = tokio::time::interval(every);
+                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        heartbeat_timeout = timeout;
+                    }
+                    Ok(Control::Reloaded(None) | Control::Continue) => {}
                     Err(e) => warn!("control request failed: {e:#}"),
                 }
             }
@@ -505,14 +580,16 @@ async fn supervise(
         }
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    stop_child(&mut shim, "shim").await;
+    // In order: the shim first (it unmounts, answers what is in flight),
+    // then the engine (drains, stops its tasks, closes the catalog).
+    stop_child(&mut shim, "shim", drain).await;
     if matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
         || is_mountpoint(mountpoint).unwrap_or(false)
     {
         warn!("the mount is still there after the shim stopped; detaching it");
         let _ = lazy_unmount(mountpoint);
     }
-    stop_child(&mut engine, "engine").await;
+    stop_engine(&mut engine, state_dir, drain).await;
     let _ = std::fs::remove_file(&control_path);
     result
 }
@@ -520,17 +597,82 @@ async fn supervise(
 /// How long a new engine may take to answer its first heartbeat during a swap.
 const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
+fn drain_timeout(config: &Config) -> Duration {
+    Duration::from_millis(config.drain_timeout_ms)
+}
+
+/// Heartbeat settings that a reload changed: (interval, timeout).
+type Heartbeat = Option<(Duration, Duration)>;
+
+/// Reloads the configuration from its sources: validated here, applied by
+/// the engine (hot fields), then kept for engines started later. The
+/// supervisor applies the heartbeat fields itself. On error nothing changes.
+async fn reload(config: &mut Config, source: &ConfigSource, state_dir: &Path) -> Result<Heartbeat> {
+    let outcome = reload_inner(config, source, state_dir).await;
+    match &outcome {
+        Ok((summary, _)) => info!("configuration reloaded: {summary}"),
+        Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
+    }
+    outcome.map(|(_, hb)| hb)
+}
+
+async fn reload_inner(
+    config: &mut Config,
+    source: &ConfigSource,
+    state_dir: &Path,
+) -> Result<(String, Heartbeat)> {
+    let mut new = source.load()?;
+    // Fields the supervisor resolved at start keep their resolved values.
+    new.state_dir = config.state_dir.clone().or(new.state_dir);
+    if new.mountpoint.is_none() {
+        new.mountpoint = config.mountpoint.clone();
+    }
+    new.check_origins()?;
+    crate::logging::validate(&new.log_level)?;
+    let dir = state_dir.to_path_buf();
+    let sent = new.clone();
+    let mut report = tokio::time::timeout(
+        Duration::from_secs(70),
+        tokio::task::spawn_blocking(move || crate::control::request_reload(&dir, Some(&sent))),
+    )
+    .await
+    .context("the engine did not answer the reload within 70 s")?
+    .context("reload task")?
+    .context("the engine refused the reload")?;
+    let mut hb = None;
+    if (config.heartbeat_interval_ms, config.heartbeat_timeout_ms)
+        != (new.heartbeat_interval_ms, new.heartbeat_timeout_ms)
+    {
+        hb = Some((
+            Duration::from_millis(new.heartbeat_interval_ms),
+            Duration::from_millis(new.heartbeat_timeout_ms),
+        ));
+        report.applied.push("heartbeat".into());
+    }
+    if config.log_level != new.log_level {
+        let _ = crate::logging::set_level(&new.log_level);
+    }
+    *config = new;
+    Ok((report.summary(), hb))
+}
+
 /// What the supervisor does after a control request.
 enum Control {
     Continue,
-    Shutdown,
+    /// Stop, with this drain deadline (or the configured one).
+    Shutdown(Option<Duration>),
+    /// A new engine serves.
+    Swapped,
+    /// The configuration changed (and maybe the heartbeat).
+    Reloaded(Heartbeat),
 }
 
-/// One control request: a line `swap [BINARY]` or `shutdown`; the answer is
-/// one line, `ok ...` or `error ...`.
+/// One control request: a line `swap [BINARY]`, `reload` or `shutdown
+/// [DRAIN_MS]`; the answer is one line, `ok ...` or `error ...`.
 async fn control_request(
     stream: tokio::net::UnixStream,
-    config: &Config,
+    config: &mut Config,
+    source: &ConfigSource,
     state_dir: &Path,
     socket: &Path,
     engine: &mut Child,
@@ -549,13 +691,29 @@ async fn control_request(
     let mut outcome = Control::Continue;
     let answer = match words.next() {
         Some("shutdown") => {
-            outcome = Control::Shutdown;
+            let drain = words
+                .next()
+                .and_then(|w| w.parse().ok())
+                .map(Duration::from_millis);
+            outcome = Control::Shutdown(drain);
             "ok stopping\n".to_string()
         }
+        Some("reload") => match reload_inner(config, source, state_dir).await {
+            Ok((summary, hb)) => {
+                info!("configuration reloaded: {summary}");
+                outcome = Control::Reloaded(hb);
+                format!("ok {summary}\n")
+            }
+            Err(e) => {
+                error!("reload refused, the running configuration stays: {e:#}");
+                format!("error {e:#}; the running configuration stays\n")
+            }
+        },
         Some("swap") => {
             let new = words
                 .next()
                 .map_or_else(|| engine_bin.clone(), PathBuf::from);
+            outcome = Control::Swapped;
             match swap(config, state_dir, socket, engine, engine_bin, new).await {
                 Ok(msg) => format!("ok {msg}\n"),
                 Err(e) => format!("error {e:#}\n"),
@@ -620,7 +778,7 @@ async fn swap(
         );
     }
     info!(binary = %new_bin.display(), "swapping the engine");
-    stop_child(engine, "engine").await;
+    stop_engine(engine, state_dir, drain_timeout(config)).await;
     let stopped = t.elapsed();
     let mut new = engine_command(config, state_dir, socket, &new_bin)?
         .spawn()
@@ -663,7 +821,7 @@ pub fn request_shutdown(state_dir: &Path, timeout: Duration) -> Result<()> {
     let mut stream = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("no running `musicfs mount` for {}", state_dir.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(b"shutdown\n")?;
+    stream.write_all(format!("shutdown {}\n", timeout.as_millis()).as_bytes())?;
     let mut answer = String::new();
     std::io::BufReader::new(stream).read_line(&mut answer)?;
     if !answer.starts_with("ok") {
@@ -681,6 +839,25 @@ pub fn request_shutdown(state_dir: &Path, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// `musicfs reload` under `musicfs mount`: the supervisor reloads its
+/// configuration and hands it to the engine. Returns the summary.
+pub fn request_reload(state_dir: &Path) -> Result<String> {
+    use std::io::{BufRead, Write};
+    let path = supervisor_socket(state_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("no running `musicfs mount` for {}", state_dir.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
+    stream.write_all(b"reload\n")?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .context("no answer from the supervisor")?;
+    match answer.trim().strip_prefix("ok ") {
+        Some(msg) => Ok(msg.to_string()),
+        None => bail!("{}", answer.trim().trim_start_matches("error ")),
+    }
 }
 
 /// `musicfs engine swap`: asks the supervisor of `state_dir` to swap engines.

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use std::io::{BufReader, Write};
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::origin_io::is_local_fs;
 use crate::origin_io::{FdCache, pread_nowait};
+use crate::origins::Origins;
 use crate::store::{NodeRec, Store, split_file_key};
 
 /// Largest read the engine serves in one request.
@@ -42,17 +44,22 @@ const IO_QUEUE_CAPACITY: usize = 1024;
 /// State shared by every connection.
 pub struct Shared {
     pub store: Arc<Store>,
-    /// Origin directories by origin id (`None`: not configured any more).
-    origins: Vec<Option<PathBuf>>,
-    /// Per origin: on a local filesystem, so opens and cached reads may run
-    /// inline on the connection thread without risking a long stall.
-    origin_is_local: Vec<bool>,
+    /// Origin directories by origin id, and whether each is on a local
+    /// filesystem (then opens and cached reads may run inline on the
+    /// connection thread without risking a long stall). Swapped on reload.
+    pub origins: Arc<Origins>,
     /// Directory listings snapshotted at opendir, by handle.
     dir_handles: DirHandles,
-    /// Write halves of the connected shims, for invalidation notices.
-    connections: Mutex<Vec<std::sync::Weak<Mutex<UnixStream>>>>,
+    /// The connected shims: write halves for invalidation notices, and a
+    /// handle to stop reading from them at shutdown.
+    connections: Mutex<Vec<ConnRef>>,
     started: Instant,
-    entry_ttl_ms: u32,
+    /// Kernel cache lifetime for entries and attributes (hot: reload).
+    pub entry_ttl_ms: AtomicU32,
+    /// Set at shutdown: new connections are refused.
+    stopping: AtomicBool,
+    /// Requests read and not yet answered.
+    in_flight: AtomicUsize,
     fds: FdCache,
     pub counters: Counters,
 }
@@ -87,37 +94,59 @@ impl Shared {
         );
     }
 
-    pub fn new(store: Arc<Store>, origins: Vec<Option<PathBuf>>, entry_ttl_ms: u32) -> Arc<Shared> {
-        let origin_is_local = origins
-            .iter()
-            .map(|o| o.as_deref().is_some_and(is_local_fs))
-            .collect();
+    pub fn new(store: Arc<Store>, origins: Arc<Origins>, entry_ttl_ms: u32) -> Arc<Shared> {
         Arc::new(Shared {
             store,
             connections: Mutex::new(Vec::new()),
             dir_handles: DirHandles::default(),
-            origin_is_local,
             origins,
             started: Instant::now(),
-            entry_ttl_ms,
+            entry_ttl_ms: AtomicU32::new(entry_ttl_ms),
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             fds: FdCache::default(),
             counters: Counters::default(),
         })
     }
 
-    /// Whether the file behind `ino` lives on a local filesystem.
-    fn origin_is_local(&self, origin: u32) -> bool {
-        self.origin_is_local
-            .get(origin as usize)
-            .copied()
-            .unwrap_or(false)
-    }
-
     /// Number of connected shims (and other clients).
     pub fn connection_count(&self) -> usize {
         let mut conns = self.connections.lock();
-        conns.retain(|w| w.strong_count() > 0);
+        conns.retain(|c| c.writer.strong_count() > 0);
         conns.len()
+    }
+
+    /// Requests read and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Shutdown, first step: refuse new connections and stop reading new
+    /// requests (what is already in a socket buffer is still read and
+    /// answered; the shim replays anything else to the next engine).
+    pub fn stop_taking_requests(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let conns = self.connections.lock();
+        for c in conns.iter() {
+            let _ = c.ctl.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// Shutdown, second step: waits until every request read has been
+    /// answered, or `deadline`. Returns how many were still in flight.
+    pub fn drain(&self, deadline: Instant) -> usize {
+        loop {
+            let n = self.in_flight();
+            if n == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
     }
 
     /// Tells every connected shim to drop what its kernel cached for these.
@@ -144,16 +173,35 @@ impl Shared {
             }
         }
         let frame = musicfs_schema::to_frame(&msg);
-        let mut conns = self.connections.lock();
-        conns.retain(|w| w.strong_count() > 0);
-        for w in conns.iter().filter_map(std::sync::Weak::upgrade) {
+        let writers: Vec<Writer> = {
+            let mut conns = self.connections.lock();
+            conns.retain(|c| c.writer.strong_count() > 0);
+            conns.iter().filter_map(|c| c.writer.upgrade()).collect()
+        };
+        for w in writers {
             send(&w, &frame);
         }
     }
 
     pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
-        let root = self.origins.get(origin as usize)?.as_ref()?;
+        let root = self.origins.root(origin)?;
         Some(root.join(OsStr::from_bytes(rel)))
+    }
+}
+
+/// A connected client, as the shared state knows it.
+struct ConnRef {
+    writer: std::sync::Weak<Mutex<UnixStream>>,
+    /// Another handle on the socket, to shut its read side down at stop.
+    ctl: UnixStream,
+}
+
+/// One request being served; dropped once its answer is written.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -350,6 +398,9 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
+                    // Stopping: no new connections (the socket file is gone
+                    // too; this only catches a connect that raced it).
+                    Ok(_) if shared.stopping.load(Ordering::Acquire) => {}
                     Ok(stream) => {
                         let shared = shared.clone();
                         let pool = pool.clone();
@@ -395,8 +446,14 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
     {
         // Heartbeats connect every second: drop the dead ones as we go.
         let mut conns = shared.connections.lock();
-        conns.retain(|w| w.strong_count() > 0);
-        conns.push(Arc::downgrade(&writer));
+        conns.retain(|c| c.writer.strong_count() > 0);
+        conns.push(ConnRef {
+            writer: Arc::downgrade(&writer),
+            ctl: stream.try_clone()?,
+        });
+    }
+    if shared.stopping.load(Ordering::Acquire) {
+        return Ok(());
     }
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut greeted = false;
@@ -409,6 +466,8 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
         let id = req.get_id();
         bump(&shared.counters.requests, 1);
         let which = req.which()?;
+        // Counted until its answer is written (moved into pool jobs).
+        let op = shared.begin_request();
         if !greeted {
             let request::Hello(hello) = which else {
                 send(&writer, &error_frame(id, libc::EPROTO));
@@ -437,7 +496,8 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                     Ok(origin) => {
                         let (shared, writer) = (shared.clone(), writer.clone());
                         pool.submit(Box::new(move || {
-                            send_open(&writer, open(&shared, id, ino, flags, pt, origin))
+                            send_open(&writer, open(&shared, id, ino, flags, pt, origin));
+                            drop(op);
                         }));
                     }
                 }
@@ -451,7 +511,8 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                 } else {
                     let (shared, writer) = (shared.clone(), writer.clone());
                     pool.submit(Box::new(move || {
-                        send(&writer, &read(&shared, id, ino, offset, size))
+                        send(&writer, &read(&shared, id, ino, offset, size));
+                        drop(op);
                     }));
                 }
             }
@@ -514,7 +575,7 @@ fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>
 fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8> {
     let result = (|| -> Result<Vec<u8>> {
         let store = &shared.store;
-        let ttl = shared.entry_ttl_ms;
+        let ttl = shared.entry_ttl_ms.load(Ordering::Relaxed);
         Ok(match which {
             request::Lookup(l) => {
                 let (parent, name) = (l.get_parent(), l.get_name()?);
@@ -688,11 +749,14 @@ fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
         return Err(libc::EISDIR);
     }
     let (origin, rel) = split_file_key(&node.file_key).ok_or(libc::EIO)?;
+    let table = shared.origins.snapshot();
+    // An origin removed by a reload: its files are on their way out.
+    let root = table.root(origin).ok_or(libc::ESTALE)?;
     Ok(Origin {
-        path: shared.origin_path(origin, rel).ok_or(libc::EIO)?,
+        path: root.join(OsStr::from_bytes(rel)),
         version: node.version,
         size_bytes: node.size_bytes,
-        local: shared.origin_is_local(origin),
+        local: table.is_local(origin),
     })
 }
 

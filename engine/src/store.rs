@@ -1,7 +1,8 @@
 //! The catalog (redb) and the virtual tree that lives in it.
 //!
-//! Tables (schema version 2):
-//! - `meta`: schema version, `next_ino`, `scan_complete`, template hash;
+//! Tables (schema version 3):
+//! - `meta`: schema version, `next_ino`, `scan_complete`, template hash,
+//!   `clean_close` (1 only between an orderly close and the next open);
 //! - `inodes`: virtual path -> inode, for ever (an inode is never reused);
 //! - `files`: origin file key (origin index BE + relative path) -> `FileEntry`;
 //! - `nodes`: inode -> `NodeRec` (parent, name, kind, attributes);
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
@@ -173,9 +174,36 @@ impl ListingCache {
 
 /// The catalog and the tree in it.
 pub struct Store {
-    db: Database,
-    template: Template,
+    /// `None` once closed. Every transaction holds a read guard for its
+    /// whole life, so `close` waits for the ones in flight (bounded).
+    db: RwLock<Option<Database>>,
+    /// Hot: a reload may change it (`set_template`).
+    template: RwLock<Template>,
     listings: Mutex<ListingCache>,
+    /// How the previous engine left the catalog.
+    previous_close: PreviousClose,
+}
+
+/// How the catalog was left by the engine before this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreviousClose {
+    /// A new catalog.
+    New,
+    /// Closed in order (`Store::close`): nothing to recover.
+    Clean,
+    /// The previous engine died (kill, crash, power): redb recovered the
+    /// last commit on open.
+    Unclean,
+}
+
+impl PreviousClose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreviousClose::New => "new",
+            PreviousClose::Clean => "clean",
+            PreviousClose::Unclean => "unclean",
+        }
+    }
 }
 
 impl Store {
@@ -184,16 +212,56 @@ impl Store {
     pub fn open(path: &Path, template: Template) -> Result<Store> {
         let mut builder = Database::builder();
         builder.set_cache_size(DB_CACHE_BYTES);
+        builder.set_repair_callback(|session| {
+            if session.progress() == 0.0 {
+                warn!("catalog was not closed cleanly and has no allocator record: full repair");
+            }
+        });
         let db = builder
             .create(path)
             .with_context(|| format!("cannot open catalog {}", path.display()))?;
-        let store = Store {
-            db,
-            template,
+        let mut store = Store {
+            db: RwLock::new(Some(db)),
+            template: RwLock::new(template),
             listings: Mutex::new(ListingCache::default()),
+            previous_close: PreviousClose::New,
         };
-        store.init_schema(path)?;
+        store.previous_close = store.init_schema(path)?;
         Ok(store)
+    }
+
+    /// The open database, for one transaction (hold the guard as long as
+    /// the transaction). Recursive: never waits behind a pending `close`
+    /// while the same thread holds another guard.
+    fn db(&self) -> Result<MappedRwLockReadGuard<'_, Database>> {
+        RwLockReadGuard::try_map(self.db.read_recursive(), Option::as_ref)
+            .map_err(|_| anyhow::anyhow!("the catalog is closed (engine stopping)"))
+    }
+
+    /// How the engine before this one left the catalog.
+    pub fn previous_close(&self) -> PreviousClose {
+        self.previous_close
+    }
+
+    /// Closes the catalog in order: waits (up to `timeout`) for transactions
+    /// in flight, records the clean close and closes the database, so the
+    /// next open has nothing to recover. Later calls fail with "closed".
+    pub fn close(&self, timeout: std::time::Duration) -> Result<()> {
+        let Some(mut guard) = self.db.try_write_for(timeout) else {
+            bail!(
+                "a catalog transaction did not finish within {} ms",
+                timeout.as_millis()
+            );
+        };
+        let Some(db) = guard.take() else {
+            return Ok(());
+        };
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
+        txn.open_table(META)?.insert("clean_close", 1)?;
+        txn.commit()?;
+        db.close().context("closing the catalog")?;
+        Ok(())
     }
 
     /// Opens the catalog; a catalog that cannot be opened is moved aside (one
@@ -224,15 +292,24 @@ impl Store {
         }
     }
 
-    fn init_schema(&self, path: &Path) -> Result<()> {
-        let mut txn = self.db.begin_write()?;
+    fn init_schema(&self, path: &Path) -> Result<PreviousClose> {
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         // Every commit records the allocator state, so that reopening after a
         // kill is a quick repair, not a full one.
         txn.set_quick_repair(true);
         let mut rebuild_tree = false;
+        let previous;
         {
             let mut meta = txn.open_table(META)?;
             let version = meta.get("schema_version")?.map(|v| v.value());
+            previous = match (version, meta.get("clean_close")?.map(|v| v.value())) {
+                (None, _) => PreviousClose::New,
+                (Some(_), Some(1)) => PreviousClose::Clean,
+                _ => PreviousClose::Unclean,
+            };
+            // Until the next orderly close, a reopen means a crash.
+            meta.insert("clean_close", 0)?;
             match version {
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
@@ -262,7 +339,7 @@ impl Store {
                     path.display()
                 ),
             }
-            let th = template_hash(&self.template);
+            let th = template_hash(&self.template.read());
             if meta.get("template_hash")?.map(|v| v.value()) != Some(th) {
                 rebuild_tree = version.is_some();
                 meta.insert("template_hash", th)?;
@@ -276,10 +353,38 @@ impl Store {
         ensure_root(&txn)?;
         if rebuild_tree {
             info!("path template changed: rebuilding the tree from the catalog");
-            self.rebuild_tree_in(&txn)?;
+            self.rebuild_tree_in(&txn, &self.template.read())?;
         }
         txn.commit()?;
-        Ok(())
+        Ok(previous)
+    }
+
+    /// Changes the path template at run time: the tree is rebuilt from the
+    /// file records in one commit (inodes stay with their paths). Returns
+    /// what the kernel must forget: every name under the root, and the root.
+    pub fn set_template(&self, template: Template) -> Result<Invalidations> {
+        let mut inval = Invalidations::default();
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
+        {
+            let children = txn.open_table(CHILDREN)?;
+            let lo = ROOT_INO.to_be_bytes();
+            let hi = (ROOT_INO + 1).to_be_bytes();
+            for row in children.range(lo.as_slice()..hi.as_slice())? {
+                let (k, _) = row?;
+                let name = String::from_utf8_lossy(&k.value()[8..]).into_owned();
+                inval.entries.push((ROOT_INO, name));
+            }
+        }
+        txn.open_table(META)?
+            .insert("template_hash", template_hash(&template))?;
+        self.rebuild_tree_in(&txn, &template)?;
+        txn.commit()?;
+        inval.inodes.push(ROOT_INO);
+        *self.template.write() = template;
+        info!("path template changed: tree rebuilt");
+        Ok(inval)
     }
 
     /// Gives every configured origin its id (keeping known ones). Returns the
@@ -289,7 +394,8 @@ impl Store {
         &self,
         configured: &[std::path::PathBuf],
     ) -> Result<(Vec<Option<std::path::PathBuf>>, Vec<u32>)> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
         let mut by_id: Vec<Option<std::path::PathBuf>> = Vec::new();
         let mut stale = Vec::new();
@@ -329,7 +435,8 @@ impl Store {
 
     /// Keys of every file of an origin.
     pub fn origin_file_keys(&self, origin: u32) -> Result<Vec<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let files = txn.open_table(FILES)?;
         let lo = origin.to_be_bytes();
         let mut out = Vec::new();
@@ -344,26 +451,30 @@ impl Store {
         Ok(out)
     }
 
-    pub fn template(&self) -> &Template {
-        &self.template
+    /// The path template in use.
+    pub fn template(&self) -> Template {
+        self.template.read().clone()
     }
 
     /// Whether a full scan has completed at least once.
     pub fn scan_complete(&self) -> Result<bool> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get("scan_complete")?.is_some_and(|v| v.value() == 1))
     }
 
     pub fn file_count(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         Ok(txn.open_table(FILES)?.len()?)
     }
 
     // ---------------------------------------------------------------- reads
 
     pub fn node(&self, ino: u64) -> Result<Option<NodeRec>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let nodes = txn.open_table(NODES)?;
         match nodes.get(ino)? {
             Some(v) => Ok(Some(
@@ -374,7 +485,8 @@ impl Store {
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<(u64, NodeRec)>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let children = txn.open_table(CHILDREN)?;
         let Some(ino) = children
             .get(child_key(parent, name).as_slice())?
@@ -397,7 +509,8 @@ impl Store {
         if let Some(l) = self.listings.lock().get(dir) {
             return Ok(l);
         }
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let children = txn.open_table(CHILDREN)?;
         let nodes = txn.open_table(NODES)?;
         let lo = dir.to_be_bytes();
@@ -426,7 +539,8 @@ impl Store {
 
     /// Several nodes in one read transaction.
     pub fn nodes(&self, inos: &[u64]) -> Result<Vec<Option<NodeRec>>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let nodes = txn.open_table(NODES)?;
         inos.iter()
             .map(|ino| match nodes.get(*ino)? {
@@ -439,7 +553,8 @@ impl Store {
     }
 
     pub fn file(&self, key: &[u8]) -> Result<Option<FileEntry>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let files = txn.open_table(FILES)?;
         match files.get(key)? {
             Some(v) => Ok(Some(
@@ -452,7 +567,8 @@ impl Store {
     /// (size, mtime, origin inode, fingerprint) of every file of `origin`
     /// under `prefix` (relative path bytes; empty = the whole origin).
     pub fn file_stats(&self, origin: u32, prefix: &[u8]) -> Result<HashMap<Vec<u8>, KnownFile>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let files = txn.open_table(FILES)?;
         let lo = file_key(origin, prefix);
         let mut out = HashMap::new();
@@ -482,7 +598,8 @@ impl Store {
 
     /// (files, nodes, bytes of all files), kept up to date by every write.
     pub fn totals(&self) -> Result<(u64, u64, u64)> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
         Ok((get("file_count")?, get("node_count")?, get("total_bytes")?))
@@ -502,7 +619,8 @@ impl Store {
     ) -> Result<Invalidations> {
         let mut inval = Invalidations::default();
         let mut touched_dirs = Vec::new();
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
         {
             let mut w = Writer::new(&txn)?;
@@ -511,10 +629,12 @@ impl Store {
                     w.remove_node(old.ino, &mut inval, &mut touched_dirs)?;
                 }
             }
+            let template = self.template.read();
             let mut rendered: Vec<(Vec<String>, FileRecord)> = upserts
                 .drain(..)
-                .map(|r| (self.template.render(&r), r))
+                .map(|r| (template.render(&r), r))
                 .collect();
+            drop(template);
             rendered.sort_by(|a, b| {
                 (&a.0, a.1.origin, &a.1.rel_path).cmp(&(&b.0, b.1.origin, &b.1.rel_path))
             });
@@ -535,7 +655,7 @@ impl Store {
     }
 
     /// Rebuilds nodes and children from the file records (template change).
-    fn rebuild_tree_in(&self, txn: &WriteTransaction) -> Result<()> {
+    fn rebuild_tree_in(&self, txn: &WriteTransaction, template: &Template) -> Result<()> {
         let entries: Vec<FileRecord> = {
             let files = txn.open_table(FILES)?;
             let mut v = Vec::new();
@@ -556,7 +676,7 @@ impl Store {
         let mut w = Writer::new(txn)?;
         let mut rendered: Vec<(Vec<String>, FileRecord)> = entries
             .into_iter()
-            .map(|r| (self.template.render(&r), r))
+            .map(|r| (template.render(&r), r))
             .collect();
         rendered.sort_by(|a, b| {
             (&a.0, a.1.origin, &a.1.rel_path).cmp(&(&b.0, b.1.origin, &b.1.rel_path))

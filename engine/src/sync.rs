@@ -19,13 +19,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tracing::{debug, error, info, warn};
 
 use crate::model::FileRecord;
+use crate::origins::Origins;
 use crate::scan::{is_audio_file, probe_file};
 use crate::server::Shared;
 use crate::store::{KnownFile, Store, file_key};
@@ -44,12 +45,16 @@ pub struct SyncCounters {
 pub struct Syncer {
     pub store: Arc<Store>,
     shared: Option<Arc<Shared>>,
-    /// Origin directories by origin id (`None`: not configured any more).
-    pub origins: Vec<Option<PathBuf>>,
+    /// Origin directories by origin id (swapped on reload).
+    pub origins: Arc<Origins>,
     /// Ids of origins no longer configured: their files go at the next sync.
-    stale_origins: Vec<u32>,
-    threads: usize,
-    checkpoint_files: usize,
+    stale_origins: parking_lot::Mutex<Vec<u32>>,
+    /// Probe threads (hot: reload).
+    pub threads: AtomicUsize,
+    /// Files probed per checkpoint commit (hot: reload).
+    pub checkpoint_files: AtomicUsize,
+    /// Set at shutdown: long scans stop at the next checkpoint.
+    stop: Arc<AtomicBool>,
     pub counters: SyncCounters,
     /// Serialises writers (scan, watcher, poller).
     write_lock: parking_lot::Mutex<()>,
@@ -83,7 +88,7 @@ fn unchanged(known: Option<&KnownFile>, abs: &Path, meta: &std::fs::Metadata) ->
 impl Syncer {
     pub fn new(
         store: Arc<Store>,
-        origins: Vec<Option<PathBuf>>,
+        origins: Arc<Origins>,
         threads: usize,
         checkpoint_files: usize,
     ) -> Syncer {
@@ -91,25 +96,60 @@ impl Syncer {
             store,
             shared: None,
             origins,
-            stale_origins: Vec::new(),
-            threads: threads.max(1),
-            checkpoint_files: checkpoint_files.max(1),
+            stale_origins: parking_lot::Mutex::new(Vec::new()),
+            threads: AtomicUsize::new(threads.max(1)),
+            checkpoint_files: AtomicUsize::new(checkpoint_files.max(1)),
+            stop: Arc::new(AtomicBool::new(false)),
             counters: SyncCounters::default(),
             write_lock: parking_lot::Mutex::new(()),
         }
     }
 
     /// The root directory of an origin.
-    pub fn origin_root(&self, origin: u32) -> Result<&PathBuf> {
+    pub fn origin_root(&self, origin: u32) -> Result<PathBuf> {
         self.origins
-            .get(origin as usize)
-            .and_then(Option::as_ref)
-            .context("no such origin")
+            .root(origin)
+            .with_context(|| format!("origin {origin} is not configured"))
     }
 
     /// Origins whose files must go (no longer configured).
-    pub fn set_stale_origins(&mut self, ids: Vec<u32>) {
-        self.stale_origins = ids;
+    pub fn set_stale_origins(&self, ids: Vec<u32>) {
+        *self.stale_origins.lock() = ids;
+    }
+
+    /// The flag that stops long scans (at the next checkpoint) at shutdown.
+    pub fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = stop;
+    }
+
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            anyhow::bail!("stopping");
+        }
+        Ok(())
+    }
+
+    /// Removes the files of origins that are no longer configured (one commit).
+    pub fn remove_origins(&self, ids: &[u32]) -> Result<()> {
+        for id in ids {
+            let keys = self.store.origin_file_keys(*id)?;
+            if !keys.is_empty() {
+                info!(
+                    origin_id = id,
+                    files = keys.len(),
+                    "origin no longer configured; removing its files"
+                );
+                crate::events::emit(
+                    "origin",
+                    format!(
+                        "origin {id} no longer configured: {} files removed",
+                        keys.len()
+                    ),
+                );
+                self.commit(Vec::new(), &keys, false)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where invalidations go once the data plane serves.
@@ -136,6 +176,25 @@ impl Syncer {
             elapsed_us = t.elapsed().as_micros() as u64,
             "checkpoint committed"
         );
+        if n_up + n_rm > 0 {
+            crate::events::emit(
+                "change",
+                format!("{n_up} files added or changed, {n_rm} removed ({files} in the catalog)"),
+            );
+        }
+        if let Some(shared) = &self.shared {
+            shared.invalidate(&inval);
+        }
+        Ok(())
+    }
+
+    /// Re-lays the tree out with a new path template (one commit) and tells
+    /// the kernel to forget the old names.
+    pub fn set_template(&self, template: crate::template::Template) -> Result<()> {
+        let inval = {
+            let _w = self.write_lock.lock();
+            self.store.set_template(template)?
+        };
         if let Some(shared) = &self.shared {
             shared.invalidate(&inval);
         }
@@ -152,7 +211,8 @@ impl Syncer {
         let jobs = &jobs;
         let mut out = Vec::with_capacity(n);
         std::thread::scope(|s| {
-            let workers: Vec<_> = (0..self.threads.min(n))
+            let threads = self.threads.load(Ordering::Relaxed).max(1);
+            let workers: Vec<_> = (0..threads.min(n))
                 .map(|_| {
                     s.spawn(|| {
                         let mut mine = Vec::new();
@@ -191,35 +251,35 @@ impl Syncer {
     pub fn sync_all(&self) -> Result<()> {
         let t = Instant::now();
         let probed_before = self.counters.probed.load(Ordering::Relaxed);
-        for (idx, root) in self.origins.iter().enumerate() {
-            let Some(root) = root else { continue };
-            let origin = u32::try_from(idx).unwrap_or(u32::MAX);
+        let table = self.origins.snapshot();
+        for (origin, root) in table.iter() {
+            self.check_stop()?;
             if let Err(e) = self.sync_origin(origin, Path::new("")) {
                 warn!(origin = %root.display(), "sync failed: {e:#}");
             }
         }
-        for id in &self.stale_origins {
-            let keys = self.store.origin_file_keys(*id)?;
-            if !keys.is_empty() {
-                info!(
-                    origin_id = id,
-                    files = keys.len(),
-                    "origin no longer configured; removing its files"
-                );
-                self.commit(Vec::new(), &keys, false)?;
-            }
-        }
+        self.check_stop()?;
+        let stale = std::mem::take(&mut *self.stale_origins.lock());
+        self.remove_origins(&stale)?;
         self.commit(Vec::new(), &[], true)?;
         self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
         release_free_memory();
         let (files, nodes, bytes) = self.store.totals()?;
+        let probed = self.counters.probed.load(Ordering::Relaxed) - probed_before;
         info!(
             files,
             nodes,
             bytes,
-            probed = self.counters.probed.load(Ordering::Relaxed) - probed_before,
+            probed,
             elapsed_ms = t.elapsed().as_millis() as u64,
             "sync finished"
+        );
+        crate::events::emit(
+            "sync",
+            format!(
+                "full sync finished in {} ms: {files} files, {probed} probed",
+                t.elapsed().as_millis()
+            ),
         );
         Ok(())
     }
@@ -240,7 +300,7 @@ impl Syncer {
         sub: &Path,
         mut dir_mtimes: Option<&mut HashMap<PathBuf, i64>>,
     ) -> Result<()> {
-        let root = self.origin_root(origin)?.clone();
+        let root = self.origin_root(origin)?;
         let start = root.join(sub);
         let mut prefix = sub.as_os_str().as_bytes().to_vec();
         if !prefix.is_empty() {
@@ -311,7 +371,8 @@ impl Syncer {
                     continue;
                 }
                 jobs.push((origin, entry.into_path(), rel));
-                if jobs.len() >= self.checkpoint_files {
+                if jobs.len() >= self.checkpoint_files.load(Ordering::Relaxed) {
+                    self.check_stop()?;
                     let recs = self.probe(std::mem::take(&mut jobs));
                     self.commit(recs, &[], false)?;
                 }
@@ -380,28 +441,28 @@ fn release_free_memory() {
     }
 }
 
-/// Runs `task` until `stop`, restarting it with backoff when it fails or
-/// panics (1 s, doubling to 60 s; reset after a healthy 5 minutes).
+/// Runs `task` on its own thread until it returns `Ok` or `stop` is set,
+/// restarting it with backoff when it fails or panics (1 s, doubling to 60 s;
+/// reset after a healthy 5 minutes). The task is listed under `name` in the
+/// status while it exists; the returned handle lets shutdown wait for it.
 pub fn supervise(
-    name: &'static str,
+    name: impl Into<String>,
     stop: Arc<AtomicBool>,
     task: impl Fn() -> Result<()> + Send + 'static,
-) {
-    let key = {
-        let mut tasks = TASKS.lock();
-        let key = format!("{name}-{}", tasks.len() + 1);
-        tasks.insert(
-            key.clone(),
-            TaskState {
-                running: true,
-                restarts: 0,
-                last_error: String::new(),
-            },
-        );
-        key
-    };
+) -> Option<std::thread::JoinHandle<()>> {
+    let key: String = name.into();
+    TASKS.lock().insert(
+        key.clone(),
+        TaskState {
+            running: true,
+            restarts: 0,
+            last_error: String::new(),
+        },
+    );
+    let thread_name = format!("musicfs-{key}");
+    let name = key.clone();
     let spawned = std::thread::Builder::new()
-        .name(format!("musicfs-{name}"))
+        .name(thread_name)
         .spawn(move || {
             let mut backoff = Duration::from_secs(1);
             let record = |error: Option<String>, running: bool| {
@@ -419,35 +480,48 @@ pub fn supervise(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match outcome {
+                let why = match outcome {
                     Ok(Ok(())) => break,
-                    Ok(Err(e)) => {
-                        error!(
-                            task = name,
-                            "failed: {e:#}; restarting in {} s",
-                            backoff.as_secs()
-                        );
-                        record(Some(format!("{e:#}")), true);
-                    }
-                    Err(_) => {
-                        error!(
-                            task = name,
-                            "panicked; restarting in {} s",
-                            backoff.as_secs()
-                        );
-                        record(Some("panicked".into()), true);
-                    }
-                }
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(_) => "panicked".to_string(),
+                };
+                error!(
+                    task = %key,
+                    "failed: {why}; restarting in {} s",
+                    backoff.as_secs()
+                );
+                crate::events::emit(
+                    "task",
+                    format!(
+                        "{key} failed ({why}); restarting in {} s",
+                        backoff.as_secs()
+                    ),
+                );
+                record(Some(why), true);
                 if started.elapsed() > Duration::from_secs(300) {
                     backoff = Duration::from_secs(1);
                 }
-                std::thread::sleep(backoff);
+                // Sleep in steps, so that a stop is never held up by a backoff.
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
-            record(None, false);
+            if stop.load(Ordering::Relaxed) {
+                // Stopped on purpose (shutdown, or its origin went away).
+                TASKS.lock().remove(&key);
+            } else {
+                record(None, false);
+            }
         });
-    if let Err(e) = spawned {
-        error!(task = name, "cannot start: {e}");
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            error!(task = %name, "cannot start: {e}");
+            TASKS.lock().remove(&name);
+            None
+        }
     }
 }
 
@@ -493,7 +567,7 @@ pub fn watch_local(
     use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
     use std::os::fd::AsFd;
 
-    let root = syncer.origin_root(origin)?.clone();
+    let root = syncer.origin_root(origin)?;
     let inotify =
         Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).context("inotify_init")?;
     let mask = F::IN_CLOSE_WRITE
@@ -624,7 +698,7 @@ pub fn poll_network(
     interval: Duration,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let root = syncer.origin_root(origin)?.clone();
+    let root = syncer.origin_root(origin)?;
     info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
     let mut dir_mtimes: HashMap<PathBuf, i64> = HashMap::new();
     let mut passes: u32 = 0;
@@ -656,7 +730,12 @@ mod tests {
             Template::parse(DEFAULT_TEMPLATE).unwrap(),
         )
         .unwrap();
-        Syncer::new(Arc::new(store), vec![Some(origin.to_path_buf())], 2, 100)
+        Syncer::new(
+            Arc::new(store),
+            Origins::new(vec![Some(origin.to_path_buf())]),
+            2,
+            100,
+        )
     }
 
     fn rewrite(path: &Path, byte: u8, mtime: std::time::SystemTime) {
@@ -730,7 +809,12 @@ mod prune_tests {
             Template::parse(DEFAULT_TEMPLATE).unwrap(),
         )
         .unwrap();
-        let s = Syncer::new(Arc::new(store), vec![Some(origin.clone())], 1, 100);
+        let s = Syncer::new(
+            Arc::new(store),
+            Origins::new(vec![Some(origin.clone())]),
+            1,
+            100,
+        );
         let mut mtimes = HashMap::new();
         s.sync_origin_pruned(0, Path::new(""), Some(&mut mtimes))
             .unwrap();

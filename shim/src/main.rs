@@ -6,16 +6,18 @@
 mod fs;
 mod rpc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use sd_notify::NotifyState;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +44,10 @@ struct Args {
     /// Never use kernel passthrough (every read goes through the engine).
     #[arg(long)]
     no_passthrough: bool,
+    /// On SIGTERM/SIGINT: how long open files and requests in flight get
+    /// before the FUSE connection is closed, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    drain_timeout_ms: u64,
     /// FUSE worker threads (they only parse and queue requests).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -96,6 +102,7 @@ fn run(args: Args) -> Result<()> {
     config.clone_fd = true;
     let notices = transport.clone();
     let watchdog_transport = transport.clone();
+    let drain_transport = transport.clone();
     let mut session = fuser::Session::new(
         fs::ShimFs::new(transport, !args.no_passthrough),
         &args.mountpoint,
@@ -145,6 +152,10 @@ fn run(args: Args) -> Result<()> {
             .context("cannot start the watchdog thread")?;
     }
 
+    let session_done = Arc::new(AtomicBool::new(false));
+    let done = session_done.clone();
+    let mountpoint = args.mountpoint.clone();
+    let drain = Duration::from_millis(args.drain_timeout_ms);
     std::thread::Builder::new()
         .name("musicfs-signals".into())
         .spawn(move || {
@@ -154,11 +165,9 @@ fn run(args: Args) -> Result<()> {
                         info!("SIGHUP ignored by the shim (reload is the engine's job)")
                     }
                     Ok(sig) => {
-                        info!("{sig}: unmounting");
+                        info!("{sig}: stopping");
                         let _ = sd_notify::notify(&[NotifyState::Stopping]);
-                        if let Err(e) = unmounter.unmount() {
-                            error!("unmount failed: {e}");
-                        }
+                        stop(&mut unmounter, &mountpoint, &drain_transport, &done, drain);
                         return;
                     }
                     Err(e) => {
@@ -170,9 +179,73 @@ fn run(args: Args) -> Result<()> {
         })
         .context("cannot start the signal thread")?;
 
-    session.run().context("FUSE session failed")?;
+    let outcome = session.run().context("FUSE session failed");
+    session_done.store(true, Ordering::Release);
+    outcome?;
     info!("unmounted; shim exiting");
     Ok(())
+}
+
+/// The ordered stop: unmount (no new opens or lookups), let open files and
+/// requests in flight finish until the drain deadline, then end the FUSE
+/// connection.
+fn stop(
+    unmounter: &mut fuser::SessionUnmounter,
+    mountpoint: &Path,
+    transport: &rpc::Transport,
+    session_done: &AtomicBool,
+    drain: Duration,
+) {
+    let deadline = Instant::now() + drain;
+    match unmounter.unmount() {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            // Files are open: detach the mount from the tree now; open
+            // files keep working until they close or the deadline.
+            info!(
+                drain_ms = drain.as_millis() as u64,
+                "files are still open: detached the mount; they get until the drain deadline"
+            );
+            if let Err(e) = detach(mountpoint) {
+                error!("cannot detach {}: {e:#}", mountpoint.display());
+            }
+        }
+        Err(e) => error!("unmount failed: {e}"),
+    }
+    while !session_done.load(Ordering::Acquire) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if session_done.load(Ordering::Acquire) {
+        return; // main returns and logs
+    }
+    // Still open at the deadline: answer what is in flight, then close.
+    while transport.pending() > 0 && Instant::now() < deadline + Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    warn!(
+        pending = transport.pending(),
+        "drain deadline reached with files still open; closing the FUSE connection"
+    );
+    std::process::exit(0);
+}
+
+/// Lazy unmount: MNT_DETACH as root, `fusermount3 -uz` otherwise.
+fn detach(mountpoint: &Path) -> Result<()> {
+    match nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let out = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(mountpoint)
+                .output()
+                .context("cannot run fusermount3")?;
+            if !out.status.success() {
+                bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Logs every panic (thread, payload, backtrace) as one error line, then

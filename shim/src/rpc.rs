@@ -187,6 +187,11 @@ impl Transport {
             .any(|p| p.deadline <= limit)
     }
 
+    /// Requests sent (or waiting for an engine) and not answered yet.
+    pub fn pending(&self) -> usize {
+        self.state.pending.lock().len()
+    }
+
     /// Starts passing the engine's invalidation notices to the kernel.
     pub fn set_notifier(&self, notifier: fuser::Notifier) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(64 * 1024);
