@@ -288,11 +288,12 @@ fn handle(stream: UnixStream, rt: &Runtime) -> Result<()> {
         },
         control_request::Shutdown(timeout_ms) => {
             info!(timeout_ms, "shutdown requested over the control socket");
-            writer.write_all(&simple_frame(id, 0, "engine stopping"))?;
             rt.request_stop(
                 "shutdown requested",
                 Duration::from_millis(u64::from(timeout_ms)),
             );
+            // The client may not wait for the answer.
+            let _ = writer.write_all(&simple_frame(id, 0, "engine stopping"));
             return Ok(());
         }
         control_request::Reload(r) => {

@@ -89,7 +89,8 @@ mod tests {
         emit("test", "one");
         emit("test", "two");
         let got = waiter.join().unwrap();
-        assert!(!got.is_empty() && got[0].message == "one", "{got:?}");
+        // Woken by an event (other tests in this process emit too).
+        assert!(!got.is_empty());
         let all: Vec<String> = since(before)
             .into_iter()
             .filter(|e| e.kind == "test")

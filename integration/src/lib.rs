@@ -213,6 +213,23 @@ impl Mount {
         mnt: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Mount {
+        Self::start_full(origins, None, state, mnt, env)
+    }
+
+    /// Mounts with the origins (and everything else) from a config file:
+    /// `musicfs --config FILE mount --state-dir STATE MNT`, so that a reload
+    /// can change them.
+    pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Mount {
+        Self::start_full(&[], Some(config), None, None, env)
+    }
+
+    fn start_full(
+        origins: &[&Path],
+        config: Option<&Path>,
+        state: Option<&Path>,
+        mnt: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Mount {
         let root = tempfile::Builder::new()
             .prefix("mfs")
             .tempdir_in("/tmp")
@@ -228,6 +245,9 @@ impl Mount {
         let state = state.map_or_else(|| root.path().join("state"), Path::to_path_buf);
         let log = root.path().join("musicfs.log");
         let mut cmd = Command::new(musicfs_bin());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
         cmd.arg("mount").arg("--state-dir").arg(&state);
         for o in origins {
             cmd.arg("--origin").arg(o);
@@ -370,12 +390,25 @@ pub struct EngineProc {
 
 impl EngineProc {
     pub fn start(origin: &Path, state: &Path, log: &Path, env: &[(&str, &str)]) -> EngineProc {
+        let args = [
+            "engine".as_ref(),
+            "--origin".as_ref(),
+            origin.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ];
+        Self::start_args(&args, state, log, env)
+    }
+
+    /// `musicfs ARGS...` (the arguments include `engine`), logging to `log`.
+    pub fn start_args(
+        args: &[&std::ffi::OsStr],
+        state: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> EngineProc {
         let mut cmd = Command::new(musicfs_bin());
-        cmd.arg("engine")
-            .arg("--origin")
-            .arg(origin)
-            .arg("--state-dir")
-            .arg(state)
+        cmd.args(args)
             .env("HOME", state.parent().unwrap_or(state))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

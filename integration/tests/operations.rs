@@ -113,3 +113,313 @@ fn shutdown_stops_the_mount_and_status_says_nothing_runs() {
     assert!(!ok);
     assert!(err.contains("no engine is running"), "unclear: {err}");
 }
+
+fn status_json(state: &Path) -> serde_json::Value {
+    let (ok, out, err) = musicfs(&["status", "--json"], state);
+    assert!(ok, "status failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// One small origin: `files` copies of a real generated track, in `dir`.
+fn small_origin(dir: &Path, files: usize, tag: &str) {
+    let src = generated_library(2000, 7);
+    let e = read_manifest(&src)
+        .into_iter()
+        .find(|e| e.kind == "normal" && e.ext == "mp3")
+        .unwrap();
+    let from = src.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+        &e.raw_path(),
+    ));
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        std::fs::copy(&from, dir.join(format!("{tag}-{i}.mp3"))).unwrap();
+    }
+}
+
+/// Every file name in the mount whose name contains `needle`.
+fn names_with(mnt: &Path, needle: &str) -> Vec<String> {
+    list_files_lenient(mnt)
+        .into_iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.contains(needle))
+        .collect()
+}
+
+/// SIGTERM while readers and a walker are busy: `musicfs mount` exits 0 in
+/// order (shim, then engine), leaves no mount and no process behind, and the
+/// catalog was closed cleanly (the next engine has nothing to recover). The
+/// same check after a kill -9 says "unclean", so it can fail.
+#[test]
+fn sigterm_under_read_load_stops_in_order_and_closes_the_catalog() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let lib = generated_library(2000, 7);
+    let mut m = Mount::start_with(&[&lib], None, &[]);
+    let files = list_files(&m.mnt);
+    assert!(files.len() >= 1000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for r in 0..4 {
+        let (files, stop, bytes) = (files.clone(), stop.clone(), bytes.clone());
+        workers.push(std::thread::spawn(move || {
+            for f in files.iter().skip(r * 97).cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                // Errors are expected once the mount goes away.
+                if let Ok(data) = std::fs::read(f) {
+                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    {
+        let (mnt, stop) = (m.mnt.clone(), stop.clone());
+        workers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = list_files_lenient(&mnt);
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = bytes.load(Ordering::Relaxed);
+    assert!(before > 0, "no load before the signal");
+    let status = m.stop_with_signal(libc::SIGTERM);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let log = m.log_text();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(!is_mountpoint(&m.mnt), "still mounted:\n{log}");
+    assert!(std::fs::read_dir(&m.mnt).is_ok(), "mountpoint left broken");
+    let state = m.state.to_string_lossy().into_owned();
+    assert!(
+        pids_with_cmdline(&state).is_empty(),
+        "processes left behind: {:?}",
+        pids_with_cmdline(&state)
+    );
+    assert!(log.contains("catalog closed cleanly"), "{log}");
+    let (shim_stop, engine_stop) = (
+        log.find("musicfs_shim: SIGTERM: stopping").expect("shim stop logged"),
+        log.find("engine stopping").expect("engine stop logged"),
+    );
+    assert!(shim_stop < engine_stop, "the engine stopped before the shim:\n{log}");
+
+    // The next engine finds a clean catalog...
+    let log_path = m.root.path().join("engine2.log");
+    let mut e = EngineProc::start(&lib, &m.state, &log_path, &[("MUSICFS_LOG", "info")]);
+    e.wait_log("engine ready", 1, Duration::from_secs(60));
+    let st = status_json(&m.state);
+    assert_eq!(st["catalog_previous_close"], "clean", "{st}");
+    // ...and after a kill -9, the one after it does not.
+    e.kill9();
+    let mut e = EngineProc::start(&lib, &m.state, &log_path, &[("MUSICFS_LOG", "info")]);
+    e.wait_log("engine ready", 1, Duration::from_secs(60));
+    let st = status_json(&m.state);
+    assert_eq!(st["catalog_previous_close"], "unclean", "{st}");
+    assert!(e.stop().success());
+}
+
+/// SIGHUP with a broken configuration: refused with one clear log line, the
+/// old configuration keeps serving; `musicfs reload` says why and fails.
+#[test]
+fn sighup_with_a_broken_config_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    small_origin(&a, 3, "alpha");
+    let cfg = dir.path().join("musicfs.toml");
+    let good = format!("origins = [{:?}]\nlog_level = \"info\"\n", a);
+    std::fs::write(&cfg, &good).unwrap();
+    let m = Mount::start_with_config(&cfg, &[]);
+    assert_eq!(names_with(&m.mnt, "alpha").len(), 3);
+
+    // Not TOML at all.
+    std::fs::write(&cfg, "origins = [unclosed\n").unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    assert!(
+        eventually(Duration::from_secs(10), || m
+            .log_text()
+            .contains("reload refused, the running configuration stays")),
+        "no refusal logged:\n{}",
+        m.log_text()
+    );
+    assert_eq!(names_with(&m.mnt, "alpha").len(), 3, "the old config stopped serving");
+
+    // Valid TOML, bad values: a missing origin, a bad template.
+    for (bad, why) in [
+        (
+            format!("origins = [{:?}]\n", dir.path().join("nope")),
+            "nope",
+        ),
+        (
+            format!("origins = [{:?}]\ntemplate = \"{{nosuch}}\"\n", a),
+            "nosuch",
+        ),
+    ] {
+        std::fs::write(&cfg, &bad).unwrap();
+        let (ok, out, err) = musicfs(&["reload"], &m.state);
+        assert!(!ok, "a broken config was accepted: {out}");
+        assert!(err.contains(why), "the error does not say why: {err}");
+        assert!(err.contains("running configuration stays"), "{err}");
+    }
+    assert_eq!(names_with(&m.mnt, "alpha").len(), 3);
+    let st = status_json(&m.state);
+    assert_eq!(st["origins"].as_array().unwrap().len(), 1, "{st}");
+
+    // Fixed again: the reload goes through.
+    std::fs::write(&cfg, &good).unwrap();
+    let (ok, out, err) = musicfs(&["reload"], &m.state);
+    assert!(ok, "{out}{err}");
+    assert!(m.stop().success());
+}
+
+/// SIGHUP that adds an origin makes its files appear; a reload that removes
+/// one makes them go; a template change re-lays the tree out; cold fields
+/// are named, not applied.
+#[test]
+fn sighup_adding_an_origin_shows_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    small_origin(&a, 3, "alpha");
+    small_origin(&b, 4, "bravo");
+    let cfg = dir.path().join("musicfs.toml");
+    std::fs::write(&cfg, format!("origins = [{:?}]\n", a)).unwrap();
+    let m = Mount::start_with_config(&cfg, &[]);
+    assert_eq!(names_with(&m.mnt, "bravo").len(), 0);
+
+    std::fs::write(&cfg, format!("origins = [{:?}, {:?}]\n", a, b)).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    assert!(
+        eventually(Duration::from_secs(15), || names_with(&m.mnt, "bravo").len() == 4),
+        "the new origin's files did not appear:\n{}",
+        m.log_text()
+    );
+    assert_eq!(names_with(&m.mnt, "alpha").len(), 3);
+    let st = status_json(&m.state);
+    assert_eq!(st["origins"].as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(st["files"], 7, "{st}");
+
+    // Remove a, change the template and two cold fields in one reload.
+    std::fs::write(
+        &cfg,
+        format!(
+            "origins = [{:?}]\ntemplate = \"flat/{{filename}}.{{ext}}\"\nallow_other = true\nlog_level = \"debug\"\n",
+            b
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = musicfs(&["reload"], &m.state);
+    assert!(ok, "{out}{err}");
+    for applied in ["origins", "template", "log_level"] {
+        assert!(out.contains(applied), "{applied} not applied: {out}");
+    }
+    assert!(
+        out.contains("after a restart: allow_other"),
+        "the cold field is not named: {out}"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || names_with(&m.mnt, "alpha").is_empty()),
+        "the removed origin's files stayed"
+    );
+    let flat: Vec<String> = std::fs::read_dir(m.mnt.join("flat"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(flat.len(), 4, "{flat:?}");
+    assert!(flat.iter().all(|n| n.starts_with("bravo-")), "{flat:?}");
+    let st = status_json(&m.state);
+    assert_eq!(st["template"], "flat/{filename}.{ext}", "{st}");
+    assert!(m.stop().success());
+}
+
+/// Under systemd the engine runs alone with `--config`: SIGHUP makes it
+/// reload its own configuration files.
+#[test]
+fn engine_alone_reloads_its_config_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    small_origin(&a, 2, "alpha");
+    small_origin(&b, 5, "bravo");
+    let cfg = dir.path().join("engine.toml");
+    std::fs::write(&cfg, format!("origins = [{:?}]\n", a)).unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("engine.log");
+    let args = [
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "engine".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ];
+    let mut e = EngineProc::start_args(&args, &state, &log, &[("MUSICFS_LOG", "info")]);
+    e.wait_log("engine ready", 1, Duration::from_secs(60));
+    assert_eq!(status_json(&state)["files"], 2);
+    std::fs::write(&cfg, format!("origins = [{:?}, {:?}]\n", a, b)).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(e.child.id() as i32, libc::SIGHUP) };
+    assert!(
+        eventually(Duration::from_secs(15), || status_json(&state)["files"] == 7),
+        "{}",
+        e.log_text()
+    );
+    assert!(e.log_text().contains("configuration reloaded: applied: origins"));
+    assert!(e.stop().success());
+    assert!(e.log_text().contains("catalog closed cleanly"), "{}", e.log_text());
+}
+
+/// `musicfs events` lists what happened; `--follow` prints new events as
+/// they happen.
+#[test]
+fn events_list_and_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    small_origin(&a, 2, "alpha");
+    let m = Mount::start_with(&[&a], None, &[]);
+    let (ok, out, err) = musicfs(&["events"], &m.state);
+    assert!(ok, "{err}");
+    assert!(out.contains("started") && out.contains("serving 2 files"), "{out}");
+
+    let mut follower = Command::new(musicfs_bin())
+        .args(["events", "--follow", "--json", "--state-dir"])
+        .arg(&m.state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    // Past events first.
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first["kind"], "started", "{first}");
+    small_origin(&a, 3, "late");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    let change = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if v["kind"] == "change" => break Some(v),
+            Ok(v) => seen.push(v),
+            Err(_) => break None,
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let change = change.unwrap_or_else(|| panic!("no change event followed; saw {seen:?}"));
+    assert!(
+        change["message"].as_str().unwrap().contains("added or changed"),
+        "{change}"
+    );
+    assert!(m.stop().success());
+}
