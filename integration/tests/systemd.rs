@@ -219,3 +219,111 @@ fn packaged_units_verify() {
             .success()
     );
 }
+
+/// Removes the installed helper when the test ends, however it ends.
+struct Installed(std::path::PathBuf);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An /etc/fstab line of type `fuse.musicfs` mounts through the packaged
+/// helper (here without systemd as PID 1: the helper starts `musicfs mount`
+/// detached and returns once the mount is live); `umount` ends it, and the
+/// supervisor goes away.
+#[test]
+fn fstab_line_mounts_through_the_helper() {
+    let helper = workspace_root().join("packaging/systemd/mount.fuse.musicfs");
+    let target = Path::new("/sbin/mount.fuse.musicfs");
+    if let Ok(existing) = std::fs::read(target) {
+        assert_eq!(
+            existing,
+            std::fs::read(&helper).unwrap(),
+            "another mount.fuse.musicfs is installed at {}; not overwriting it",
+            target.display()
+        );
+    }
+    std::fs::copy(&helper, target).unwrap();
+    let _installed = Installed(target.to_path_buf());
+
+    let lib = generated_library(2000, 7);
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-fstab")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a test fstab\n{} {} fuse.musicfs defaults,noauto,allow_other 0 0\n",
+            lib.display(),
+            mnt.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&mnt)
+        .env("MUSICFS_BIN", musicfs_bin())
+        .env("MUSICFS_NO_SYSTEMD", "1")
+        .env("MUSICFS_CONFIG_DIR", dir.path().join("etc"))
+        .env("MUSICFS_LOG_DIR", dir.path().join("log"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .output()
+        .unwrap();
+    let logs = || {
+        let mut all = String::new();
+        for e in std::fs::read_dir(dir.path().join("log"))
+            .into_iter()
+            .flatten()
+        {
+            all += &std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        }
+        all
+    };
+    assert!(
+        out.status.success(),
+        "mount -T failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    assert!(is_mountpoint(&mnt), "not mounted:\n{}", logs());
+    // The helper wrote the per-mount configuration with the origin.
+    let conf = std::fs::read_dir(dir.path().join("etc"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(&conf)
+            .unwrap()
+            .contains(&lib.display().to_string())
+    );
+    assert_eq!(list_files(&mnt).len(), read_manifest(&lib).len());
+    let supervisor = conf.to_string_lossy().into_owned();
+    assert_eq!(
+        pids_with_cmdline(&supervisor).len(),
+        1,
+        "one `musicfs mount`"
+    );
+
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || pids_with_cmdline(&supervisor)
+            .is_empty()),
+        "musicfs mount still runs after umount:\n{}",
+        logs()
+    );
+    assert!(!is_mountpoint(&mnt));
+}
