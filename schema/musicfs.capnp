@@ -170,6 +170,9 @@ struct EngineStatus {
   inFlight @13 :UInt32;    # data-plane requests being served
   reloads @14 :UInt32;     # successful reloads since start
   template @15 :Text;      # the path template in force
+  # Cache figures (gauges): listing cache directories and entries, open
+  # origin files, catalog page cache size.
+  cache @16 :List(Counter);
 }
 
 struct Event {

@@ -51,6 +51,8 @@ pub struct Status {
     pub catalog_previous_close: String,
     pub in_flight: u32,
     pub template: String,
+    /// Cache figures (gauges), by name.
+    pub cache: Vec<(String, u64)>,
     pub origins: Vec<OriginState>,
     pub tasks: Vec<TaskInfo>,
     pub counters: Vec<(String, u64)>,
@@ -139,6 +141,18 @@ fn collect(rt: &Runtime) -> Result<Status> {
         catalog_previous_close: rt.store.previous_close().as_str().to_string(),
         in_flight: u32::try_from(shared.in_flight()).unwrap_or(u32::MAX),
         template: rt.store.template().source().to_string(),
+        cache: {
+            let (dirs, entries, db) = rt.store.cache_figures();
+            vec![
+                ("listing_cache_dirs".into(), dirs),
+                ("listing_cache_entries".into(), entries),
+                (
+                    "open_origin_files".into(),
+                    shared.open_origin_files() as u64,
+                ),
+                ("catalog_cache_bytes".into(), db),
+            ]
+        },
         origins,
         tasks,
         counters,
@@ -182,8 +196,14 @@ fn status_frame(id: u64, st: &Status) -> Vec<u8> {
         e.set_restarts(t.restarts);
         e.set_last_error(&t.last_error);
     }
-    let mut list = s.init_counters(len32(st.counters.len()));
+    let mut list = s.reborrow().init_counters(len32(st.counters.len()));
     for (i, (n, v)) in st.counters.iter().enumerate() {
+        let mut e = list.reborrow().get(len32(i));
+        e.set_name(n);
+        e.set_value(*v);
+    }
+    let mut list = s.init_cache(len32(st.cache.len()));
+    for (i, (n, v)) in st.cache.iter().enumerate() {
         let mut e = list.reborrow().get(len32(i));
         e.set_name(n);
         e.set_value(*v);
@@ -411,6 +431,11 @@ pub fn fetch_status(state_dir: &Path) -> Result<Status> {
         catalog_previous_close: text(s.get_catalog_previous_close()),
         in_flight: s.get_in_flight(),
         template: text(s.get_template()),
+        cache: s
+            .get_cache()?
+            .iter()
+            .map(|c| (text(c.get_name()), c.get_value()))
+            .collect(),
         origins: s
             .get_origins()?
             .iter()
@@ -663,6 +688,10 @@ pub fn render_table(s: &Status) -> String {
             }
         ));
     }
+    out.push_str("cache\n");
+    for (n, v) in &s.cache {
+        out.push_str(&format!("  {n:<22} {v}\n"));
+    }
     out.push_str("counters\n");
     for (n, v) in &s.counters {
         out.push_str(&format!("  {n:<12} {v}\n"));
@@ -741,6 +770,18 @@ pub fn render_metrics(s: &Status) -> String {
                 )
             })
             .collect(),
+    );
+    for (n, v) in &s.cache {
+        gauge(
+            n,
+            "Cache figure (see musicfs status).",
+            vec![(String::new(), *v)],
+        );
+    }
+    gauge(
+        "in_flight_requests",
+        "Data-plane requests being served.",
+        vec![(String::new(), u64::from(s.in_flight))],
     );
     for (n, v) in &s.counters {
         out.push_str(&format!(

@@ -118,6 +118,17 @@ const COLD_FIELDS: &[&str] = &[
     "drain_timeout_ms",
 ];
 
+/// The cold fields that differ between two configurations.
+pub fn cold_changes(old: &Config, new: &Config) -> Vec<String> {
+    let as_json = |c: &Config| serde_json::to_value(c).unwrap_or_default();
+    let (o, n) = (as_json(old), as_json(new));
+    COLD_FIELDS
+        .iter()
+        .filter(|f| o.get(**f) != n.get(**f))
+        .map(|f| (*f).to_string())
+        .collect()
+}
+
 /// Why the main thread should stop, and by when.
 pub struct StopRequest {
     pub why: String,
@@ -243,6 +254,9 @@ impl Runtime {
     }
 
     fn reload_inner(&self, new: Option<Config>) -> Result<ReloadReport> {
+        // From `musicfs mount`, which compares the cold fields itself (it
+        // started this engine with some of them as flags).
+        let from_supervisor = new.is_some();
         let new = match new {
             Some(c) => c,
             None => self.source.load()?,
@@ -254,12 +268,8 @@ impl Runtime {
         let template = Template::parse(&new.template)?;
         let old = self.config();
         let mut report = ReloadReport::default();
-        let as_json = |c: &Config| serde_json::to_value(c).unwrap_or_default();
-        let (o, n) = (as_json(&old), as_json(&new));
-        for field in COLD_FIELDS {
-            if o.get(field) != n.get(field) {
-                report.restart_needed.push((*field).to_string());
-            }
+        if !from_supervisor {
+            report.restart_needed = cold_changes(&old, &new);
         }
         if old.log_level != new.log_level {
             crate::logging::set_level(&new.log_level)?;

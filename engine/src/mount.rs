@@ -639,6 +639,7 @@ async fn reload_inner(
     .context("the engine did not answer the reload within 70 s")?
     .context("reload task")?
     .context("the engine refused the reload")?;
+    report.restart_needed = crate::engine::cold_changes(config, &new);
     let mut hb = None;
     if (config.heartbeat_interval_ms, config.heartbeat_timeout_ms)
         != (new.heartbeat_interval_ms, new.heartbeat_timeout_ms)

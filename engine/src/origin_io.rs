@@ -25,6 +25,11 @@ struct FdCacheInner {
 }
 
 impl FdCache {
+    /// Origin files held open now.
+    pub(crate) fn open_files(&self) -> usize {
+        self.inner.lock().files.len()
+    }
+
     pub(crate) fn get(&self, ino: u64, version: u64, path: &Path) -> io::Result<Arc<File>> {
         {
             let mut inner = self.inner.lock();

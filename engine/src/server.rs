@@ -116,6 +116,11 @@ impl Shared {
         conns.len()
     }
 
+    /// Origin files held open for reads (the fd cache).
+    pub fn open_origin_files(&self) -> usize {
+        self.fds.open_files()
+    }
+
     /// Requests read and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)

@@ -451,6 +451,13 @@ impl Store {
         Ok(out)
     }
 
+    /// The listing cache: (directories, entries) held, and the catalog's
+    /// page cache size in bytes.
+    pub fn cache_figures(&self) -> (u64, u64, u64) {
+        let c = self.listings.lock();
+        (c.map.len() as u64, c.entries as u64, DB_CACHE_BYTES as u64)
+    }
+
     /// The path template in use.
     pub fn template(&self) -> Template {
         self.template.read().clone()
