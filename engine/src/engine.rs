@@ -148,7 +148,7 @@ pub struct Runtime {
     stop: Arc<AtomicBool>,
     /// Per-origin watcher stop flags.
     watchers: parking_lot::Mutex<HashMap<u32, Arc<AtomicBool>>>,
-    /// Threads of supervised tasks, joined (bounded) at shutdown.
+    /// Threads of supervised tasks (shutdown reports the ones still running).
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     /// One reload at a time.
     reload_lock: parking_lot::Mutex<()>,

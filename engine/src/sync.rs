@@ -451,14 +451,25 @@ pub fn supervise(
     task: impl Fn() -> Result<()> + Send + 'static,
 ) -> Option<std::thread::JoinHandle<()>> {
     let key: String = name.into();
+    // A task restarted under the same name (a watcher after a reload) gets
+    // a new token; the old thread, winding down, must not touch its entry.
+    static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     TASKS.lock().insert(
         key.clone(),
         TaskState {
             running: true,
             restarts: 0,
             last_error: String::new(),
+            token,
         },
     );
+    let remove = move |key: &str| {
+        let mut tasks = TASKS.lock();
+        if tasks.get(key).is_some_and(|t| t.token == token) {
+            tasks.remove(key);
+        }
+    };
     let thread_name = format!("musicfs-{key}");
     let name = key.clone();
     let spawned = std::thread::Builder::new()
@@ -466,7 +477,9 @@ pub fn supervise(
         .spawn(move || {
             let mut backoff = Duration::from_secs(1);
             let record = |error: Option<String>, running: bool| {
-                if let Some(t) = TASKS.lock().get_mut(&key) {
+                if let Some(t) = TASKS.lock().get_mut(&key)
+                    && t.token == token
+                {
                     t.running = running;
                     if let Some(e) = error {
                         t.restarts += 1;
@@ -510,7 +523,7 @@ pub fn supervise(
             }
             if stop.load(Ordering::Relaxed) {
                 // Stopped on purpose (shutdown, or its origin went away).
-                TASKS.lock().remove(&key);
+                remove(&key);
             } else {
                 record(None, false);
             }
@@ -519,7 +532,7 @@ pub fn supervise(
         Ok(h) => Some(h),
         Err(e) => {
             error!(task = %name, "cannot start: {e}");
-            TASKS.lock().remove(&name);
+            remove(&name);
             None
         }
     }
@@ -531,6 +544,8 @@ pub struct TaskState {
     pub running: bool,
     pub restarts: u32,
     pub last_error: String,
+    /// Which incarnation of the name this is.
+    token: u64,
 }
 
 static TASKS: parking_lot::Mutex<std::collections::BTreeMap<String, TaskState>> =
@@ -771,6 +786,40 @@ mod tests {
             3,
             "only the file with the untrustworthy mtime is re-read"
         );
+    }
+
+    /// A task restarted under the same name keeps its status entry when the
+    /// old incarnation winds down; a stopped task leaves the status.
+    #[test]
+    fn restarted_task_keeps_its_status_entry() {
+        let (old_stop, new_stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let wait = |stop: Arc<AtomicBool>| {
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(())
+            }
+        };
+        let old = supervise("test-same-name", old_stop.clone(), wait(old_stop.clone())).unwrap();
+        let new = supervise("test-same-name", new_stop.clone(), wait(new_stop.clone())).unwrap();
+        old_stop.store(true, Ordering::Relaxed);
+        old.join().unwrap();
+        let listed = |name: &str| {
+            task_states()
+                .into_iter()
+                .any(|(n, t)| n == name && t.running)
+        };
+        assert!(
+            listed("test-same-name"),
+            "the new task vanished from the status"
+        );
+        new_stop.store(true, Ordering::Relaxed);
+        new.join().unwrap();
+        assert!(!task_states().iter().any(|(n, _)| n == "test-same-name"));
     }
 
     /// An unreachable origin keeps what the catalog knows.
