@@ -355,6 +355,9 @@ fn handle(stream: UnixStream, rt: &Runtime) -> Result<()> {
                 if !follow {
                     break;
                 }
+                if client_gone(reader.get_ref()) {
+                    return Ok(());
+                }
                 if rt.stopping() {
                     writer.write_all(&simple_frame(id, 0, "engine stopping"))?;
                     return Ok(());
@@ -365,6 +368,25 @@ fn handle(stream: UnixStream, rt: &Runtime) -> Result<()> {
     };
     writer.write_all(&frame)?;
     Ok(())
+}
+
+/// Whether the client closed its end (it sends nothing after its request,
+/// so readable means end of file). Checked without blocking, so an idle
+/// follower that went away frees its thread within a second.
+fn client_gone(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match recv(
+        stream.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK,
+    ) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN) => false,
+        Err(_) => true,
+    }
 }
 
 fn connect(state_dir: &Path) -> Result<UnixStream> {

@@ -453,5 +453,35 @@ fn events_list_and_follow() {
             .contains("added or changed"),
         "{change}"
     );
+
+    // Followers that go away free their place, even with no new events:
+    // more of them than the control plane serves at once, all killed.
+    let mut many: Vec<std::process::Child> = (0..40)
+        .map(|_| {
+            Command::new(musicfs_bin())
+                .args(["events", "--follow", "--state-dir"])
+                .arg(&m.state)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (ok, _, err) = musicfs(&["status"], &m.state);
+            !ok && err.contains("too many control connections")
+        }),
+        "40 followers never filled the control plane"
+    );
+    for c in &mut many {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || musicfs(&["status"], &m.state).0),
+        "the control plane stayed full after its followers left: {}",
+        musicfs(&["status"], &m.state).2
+    );
     assert!(m.stop().success());
 }
