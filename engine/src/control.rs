@@ -342,6 +342,12 @@ fn handle(stream: UnixStream, rt: &Runtime) -> Result<()> {
         }
         control_request::Events(e) => {
             let (mut after, follow) = (e.get_after(), e.get_follow());
+            if follow && rt.stopping() {
+                // Followers wait for the next engine instead.
+                let frame = simple_frame(id, libc::ESHUTDOWN, "engine stopping");
+                writer.write_all(&frame)?;
+                return Ok(());
+            }
             loop {
                 let batch = if follow {
                     crate::events::wait_since(after, Duration::from_secs(1))
@@ -560,7 +566,7 @@ pub fn stream_events(
         };
         let r = answer.get_root::<control_response::Reader<'_>>()?;
         if r.get_errno() != 0 {
-            bail!("engine: {}", text(r.get_message()));
+            return Err(EngineRefused(r.get_errno(), text(r.get_message())).into());
         }
         match r.which()? {
             control_response::Event(e) => {
@@ -576,6 +582,18 @@ pub fn stream_events(
         }
     }
 }
+
+/// An error the engine answered (as opposed to a lost connection).
+#[derive(Debug)]
+struct EngineRefused(i32, String);
+
+impl std::fmt::Display for EngineRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "engine: {}", self.1)
+    }
+}
+
+impl std::error::Error for EngineRefused {}
 
 /// `musicfs events [--follow] [--json]`. Following survives an engine
 /// restart (sequence numbers start again with the new engine).
@@ -596,29 +614,47 @@ pub fn print_events(state_dir: &Path, follow: bool, json: bool) -> Result<()> {
     if !follow {
         return stream_events(state_dir, 0, false, print);
     }
+    // Nothing runs: say so at once (later losses are engine restarts).
+    drop(connect(state_dir)?);
     let mut after = 0;
+    // Since when no engine has been followed (None: following one).
+    let mut lost: Option<Instant> = None;
     loop {
+        let mut streaming = false;
         let outcome = stream_events(state_dir, after, true, |e| {
+            if !streaming && lost.is_some() {
+                eprintln!("musicfs: the engine restarted; following the new one");
+            }
+            streaming = true;
             after = e.seq;
             print(e)
         });
-        if let Err(e) = &outcome
-            && e.downcast_ref::<std::io::Error>()
+        if streaming {
+            lost = None;
+        }
+        if let Err(e) = &outcome {
+            // Our stdout closed (`| head`): done.
+            if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        {
-            return Ok(());
-        }
-        // The engine went away (restart, swap): wait for the next one,
-        // bounded, and follow it from its first event.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while connect(state_dir).is_err() {
-            if Instant::now() > deadline {
-                bail!("the engine stopped and no engine came back within 60 s");
+            {
+                return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // Refused (too many followers...): say so, do not retry. A
+            // stopping engine is waited out.
+            if let Some(r) = e.downcast_ref::<EngineRefused>()
+                && r.0 != libc::ESHUTDOWN
+            {
+                return outcome;
+            }
         }
-        eprintln!("musicfs: the engine restarted; following the new one");
+        // The engine went away or is stopping (restart, swap): wait for the
+        // next one, bounded, and follow it from its first event.
+        let since = *lost.get_or_insert_with(Instant::now);
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!("the engine stopped and no engine came back within 60 s");
+        }
         after = 0;
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
