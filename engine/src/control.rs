@@ -492,12 +492,18 @@ pub fn fetch_status(state_dir: &Path) -> Result<Status> {
     })
 }
 
+/// Sends the `shutdown` request only (the caller decides how to wait);
+/// returns the connection for the answer.
+pub fn send_shutdown(state_dir: &Path, drain: Duration) -> Result<BufReader<UnixStream>> {
+    send_request(state_dir, Some(Duration::from_secs(10)), |mut r| {
+        r.set_shutdown(u32::try_from(drain.as_millis()).unwrap_or(u32::MAX))
+    })
+}
+
 /// Client: asks the engine of `state_dir` to stop, draining for `timeout`,
 /// and waits (bounded) until it is gone.
 pub fn request_shutdown(state_dir: &Path, timeout: Duration) -> Result<()> {
-    let mut reader = send_request(state_dir, Some(Duration::from_secs(10)), |mut r| {
-        r.set_shutdown(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX))
-    })?;
+    let mut reader = send_shutdown(state_dir, timeout)?;
     let answer = musicfs_schema::read_frame(&mut reader)?.context("no answer")?;
     let r = answer.get_root::<control_response::Reader<'_>>()?;
     if r.get_errno() != 0 {

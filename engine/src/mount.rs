@@ -342,20 +342,8 @@ async fn stop_engine(engine: &mut Child, state_dir: &Path, drain: Duration) {
     let dir = state_dir.to_path_buf();
     let asked = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            // Only the request: the waiting is done here, on the child.
-            let path = crate::control::control_socket(&dir);
-            let mut stream = std::os::unix::net::UnixStream::connect(path)?;
-            stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-            let mut msg = capnp::message::Builder::new_default();
-            {
-                let mut r = msg.init_root::<musicfs_schema::control_request::Builder<'_>>();
-                r.set_id(1);
-                r.set_shutdown(u32::try_from(drain.as_millis()).unwrap_or(u32::MAX));
-            }
-            stream.write_all(&musicfs_schema::to_frame(&msg))
-        }),
+        // Only the request: the waiting is done here, on the child.
+        tokio::task::spawn_blocking(move || crate::control::send_shutdown(&dir, drain).map(drop)),
     )
     .await;
     if !matches!(asked, Ok(Ok(Ok(())))) {
@@ -467,8 +455,7 @@ async fn supervise(
     // Whether the current engine has answered a heartbeat.
     let mut engine_healthy = true;
     let mut heartbeat_timeout = heartbeat_timeout;
-    let mut heartbeat = tokio::time::interval(heartbeat_every);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = heartbeat_timer(heartbeat_every);
     // The drain deadline of the final stop (`musicfs shutdown --timeout`).
     let mut drain = drain_timeout(config);
     let result = loop {
@@ -477,9 +464,8 @@ async fn supervise(
             _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
-                if let Ok(Some((every, timeout))) = reload(config, &source, state_dir).await {
-                    heartbeat = tokio::time::interval(every);
-                    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                if let Ok((_, Some((every, timeout)))) = reload(config, &source, state_dir).await {
+                    heartbeat = heartbeat_timer(every);
                     heartbeat_timeout = timeout;
                 }
             }
@@ -535,8 +521,7 @@ async fn supervise(
                         heartbeat.reset();
                     }
                     Ok(Control::Reloaded(Some((every, timeout)))) => {
-                        heartbeat = tokio::time::interval(every);
-                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        heartbeat = heartbeat_timer(every);
                         heartbeat_timeout = timeout;
                     }
                     Ok(Control::Reloaded(None) | Control::Continue) => {}
@@ -597,6 +582,13 @@ async fn supervise(
 /// How long a new engine may take to answer its first heartbeat during a swap.
 const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The heartbeat tick; a late tick is not made up for.
+fn heartbeat_timer(every: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 fn drain_timeout(config: &Config) -> Duration {
     Duration::from_millis(config.drain_timeout_ms)
 }
@@ -607,13 +599,18 @@ type Heartbeat = Option<(Duration, Duration)>;
 /// Reloads the configuration from its sources: validated here, applied by
 /// the engine (hot fields), then kept for engines started later. The
 /// supervisor applies the heartbeat fields itself. On error nothing changes.
-async fn reload(config: &mut Config, source: &ConfigSource, state_dir: &Path) -> Result<Heartbeat> {
+/// Returns the summary and the heartbeat change; logs either way.
+async fn reload(
+    config: &mut Config,
+    source: &ConfigSource,
+    state_dir: &Path,
+) -> Result<(String, Heartbeat)> {
     let outcome = reload_inner(config, source, state_dir).await;
     match &outcome {
         Ok((summary, _)) => info!("configuration reloaded: {summary}"),
         Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
     }
-    outcome.map(|(_, hb)| hb)
+    outcome
 }
 
 async fn reload_inner(
@@ -699,16 +696,12 @@ async fn control_request(
             outcome = Control::Shutdown(drain);
             "ok stopping\n".to_string()
         }
-        Some("reload") => match reload_inner(config, source, state_dir).await {
+        Some("reload") => match reload(config, source, state_dir).await {
             Ok((summary, hb)) => {
-                info!("configuration reloaded: {summary}");
                 outcome = Control::Reloaded(hb);
                 format!("ok {summary}\n")
             }
-            Err(e) => {
-                error!("reload refused, the running configuration stays: {e:#}");
-                format!("error {e:#}; the running configuration stays\n")
-            }
+            Err(e) => format!("error {e:#}; the running configuration stays\n"),
         },
         Some("swap") => {
             let new = words
