@@ -137,7 +137,7 @@ fn collect(rt: &Runtime) -> Result<Status> {
         nodes,
         bytes,
         scan_complete: shared.store.scan_complete()?,
-        connected_shims: u32::try_from(shared.connection_count()).unwrap_or(u32::MAX),
+        connected_shims: u32::try_from(shared.shim_count()).unwrap_or(u32::MAX),
         catalog_previous_close: rt.store.previous_close().as_str().to_string(),
         in_flight: u32::try_from(shared.in_flight()).unwrap_or(u32::MAX),
         template: rt.store.template().source().to_string(),
@@ -395,14 +395,24 @@ fn client_gone(stream: &UnixStream) -> bool {
     }
 }
 
+/// Nothing answers on the control socket.
+#[derive(Debug)]
+struct NotRunning(String);
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 fn connect(state_dir: &Path) -> Result<UnixStream> {
     let path = control_socket(state_dir);
-    UnixStream::connect(&path).with_context(|| {
-        format!(
+    UnixStream::connect(&path).map_err(|e| {
+        anyhow::Error::new(e).context(NotRunning(format!(
             "no engine is running for {} ({} does not answer)",
             state_dir.display(),
             path.display()
-        )
+        )))
     })
 }
 
@@ -620,9 +630,8 @@ pub fn print_events(state_dir: &Path, follow: bool, json: bool) -> Result<()> {
     if !follow {
         return stream_events(state_dir, 0, false, print);
     }
-    // Nothing runs: say so at once (later losses are engine restarts).
-    drop(connect(state_dir)?);
     let mut after = 0;
+    let mut first = true;
     // Since when no engine has been followed (None: following one).
     let mut lost: Option<Instant> = None;
     loop {
@@ -639,6 +648,11 @@ pub fn print_events(state_dir: &Path, follow: bool, json: bool) -> Result<()> {
             lost = None;
         }
         if let Err(e) = &outcome {
+            // Nothing runs: say so at once (later losses are restarts). No
+            // separate probe connection: it would hold a control slot.
+            if first && e.downcast_ref::<NotRunning>().is_some() {
+                return outcome;
+            }
             // Our stdout closed (`| head`): done.
             if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
@@ -659,6 +673,7 @@ pub fn print_events(state_dir: &Path, follow: bool, json: bool) -> Result<()> {
         if since.elapsed() > Duration::from_secs(60) {
             bail!("the engine stopped and no engine came back within 60 s");
         }
+        first = false;
         after = 0;
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -581,7 +581,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         let (s, sh) = (syncer.clone(), shared.clone());
         let handle = supervise("reconcile", stop.clone(), move || {
             let deadline = Instant::now() + Duration::from_secs(2);
-            while sh.connection_count() == 0 && Instant::now() < deadline {
+            while sh.shim_count() == 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             s.sync_all()

@@ -109,11 +109,15 @@ impl Shared {
         })
     }
 
-    /// Number of connected shims (and other clients).
-    pub fn connection_count(&self) -> usize {
+    /// Number of connected shims (greeted as such; the supervisor's
+    /// heartbeat connections are not counted).
+    pub fn shim_count(&self) -> usize {
         let mut conns = self.connections.lock();
         conns.retain(|c| c.writer.strong_count() > 0);
-        conns.len()
+        conns
+            .iter()
+            .filter(|c| c.shim.load(Ordering::Acquire))
+            .count()
     }
 
     /// Origin files held open for reads (the fd cache).
@@ -199,6 +203,8 @@ struct ConnRef {
     writer: std::sync::Weak<Mutex<UnixStream>>,
     /// Another handle on the socket, to shut its read side down at stop.
     ctl: UnixStream,
+    /// Said hello as a shim.
+    shim: Arc<AtomicBool>,
 }
 
 /// One request being served; dropped once its answer is written.
@@ -448,6 +454,7 @@ impl Drop for SocketGuard {
 
 fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let is_shim = Arc::new(AtomicBool::new(false));
     {
         // Heartbeats connect every second: drop the dead ones as we go.
         let mut conns = shared.connections.lock();
@@ -455,6 +462,7 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
         conns.push(ConnRef {
             writer: Arc::downgrade(&writer),
             ctl: stream.try_clone()?,
+            shim: is_shim.clone(),
         });
     }
     if shared.stopping.load(Ordering::Acquire) {
@@ -478,11 +486,12 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                 send(&writer, &error_frame(id, libc::EPROTO));
                 anyhow::bail!("the first request was not hello");
             };
-            let (frame, ok) = hello_response(id, hello?);
+            let (frame, ok, shim) = hello_response(id, hello?);
             send(&writer, &frame);
             if !ok {
                 anyhow::bail!("incompatible client");
             }
+            is_shim.store(shim, Ordering::Release);
             greeted = true;
             continue;
         }
@@ -541,7 +550,9 @@ fn protocol_range() -> (u32, u32) {
     }
 }
 
-fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>, bool) {
+/// The answer to a hello, whether it is compatible, and whether the
+/// client is a shim.
+fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>, bool, bool) {
     let theirs = (hello.get_min_protocol(), hello.get_max_protocol());
     let ours = protocol_range();
     let name = hello
@@ -574,7 +585,8 @@ fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>
         h.set_message(&why);
         r.set_errno(libc::EPROTO);
     }
-    (musicfs_schema::to_frame(&msg), ok)
+    let shim = ok && name.starts_with("musicfs-shim");
+    (musicfs_schema::to_frame(&msg), ok, shim)
 }
 
 fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8> {
