@@ -409,8 +409,25 @@ pub fn drain_timeout(config: &Config) -> Duration {
     Duration::from_millis(config.drain_timeout_ms)
 }
 
+/// Set by `musicfs mount` on the engines it starts: its pid. The
+/// configuration is the supervisor's, so a SIGHUP sent to such an engine
+/// is passed on to it.
+pub const SUPERVISOR_PID_ENV: &str = "MUSICFS_SUPERVISOR_PID";
+
+/// Set by `musicfs mount`: why it started this engine (`mount`, `engine
+/// swap`, a crash or a missed heartbeat of the previous one).
+pub const START_REASON_ENV: &str = "MUSICFS_START_REASON";
+
+/// The supervisor that started this engine, while it is still our parent.
+fn supervisor_pid() -> Option<nix::unistd::Pid> {
+    let pid: i32 = std::env::var(SUPERVISOR_PID_ENV).ok()?.parse().ok()?;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    (pid.as_raw() > 1 && nix::unistd::getppid() == pid).then_some(pid)
+}
+
 /// Signals, from one thread: SIGTERM and SIGINT stop (also during the first
-/// scan), SIGHUP reloads once the engine runs.
+/// scan), SIGHUP reloads once the engine runs (under `musicfs mount`, the
+/// supervisor reloads: the SIGHUP is passed on to it).
 fn start_signal_thread(
     signals: SigSet,
     drain: Duration,
@@ -424,6 +441,15 @@ fn start_signal_thread(
             loop {
                 match signals.wait() {
                     Ok(Signal::SIGHUP) => match runtime.get() {
+                        Some(_) if let Some(pid) = supervisor_pid() => {
+                            info!(
+                                supervisor = pid.as_raw(),
+                                "SIGHUP: the configuration is the supervisor's; passed on to it"
+                            );
+                            if let Err(e) = nix::sys::signal::kill(pid, Signal::SIGHUP) {
+                                warn!("cannot pass SIGHUP on to the supervisor: {e}");
+                            }
+                        }
                         Some(rt) => {
                             info!("SIGHUP: reloading the configuration");
                             let _ = rt.reload(None);
@@ -544,10 +570,15 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         startup_ms = started.elapsed().as_millis() as u64,
         files, "engine ready"
     );
+    let why = std::env::var(START_REASON_ENV)
+        .ok()
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("; reason: {w}"))
+        .unwrap_or_default();
     crate::events::emit(
         "started",
         format!(
-            "engine {} serving {files} files (pid {}, previous close: {})",
+            "engine {} serving {files} files (pid {}, previous close: {}{why})",
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
             previous.as_str()

@@ -146,7 +146,15 @@ pub fn supervisor_socket(state_dir: &Path) -> PathBuf {
     state_dir.join("supervisor.sock")
 }
 
-fn engine_command(config: &Config, state_dir: &Path, socket: &Path, exe: &Path) -> Result<Command> {
+/// The command that starts an engine; `why` reaches its `started` event
+/// (`musicfs events`), so the log says why an engine was (re)started.
+fn engine_command(
+    config: &Config,
+    state_dir: &Path,
+    socket: &Path,
+    exe: &Path,
+    why: &str,
+) -> Result<Command> {
     let mut cmd = Command::new(exe);
     cmd.arg("engine")
         .arg("--state-dir")
@@ -159,6 +167,11 @@ fn engine_command(config: &Config, state_dir: &Path, socket: &Path, exe: &Path) 
         cmd.arg("--origin").arg(o);
     }
     cmd.env("MUSICFS_LOG", log_filter(config))
+        .env(
+            crate::engine::SUPERVISOR_PID_ENV,
+            std::process::id().to_string(),
+        )
+        .env(crate::engine::START_REASON_ENV, why)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
@@ -407,7 +420,7 @@ async fn supervise(
     let _ = std::fs::remove_file(&control_path);
     let control = tokio::net::UnixListener::bind(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;
-    let mut engine = engine_command(config, state_dir, socket, &engine_bin)?
+    let mut engine = engine_command(config, state_dir, socket, &engine_bin, "mount")?
         .spawn()
         .context("cannot start the engine")?;
     let engine_ready = wait_until(&mut engine, "the engine", ENGINE_START_TIMEOUT, || {
@@ -456,6 +469,8 @@ async fn supervise(
     let mut engine_healthy = true;
     let mut heartbeat_timeout = heartbeat_timeout;
     let mut heartbeat = heartbeat_timer(heartbeat_every);
+    // Why the next engine is started (its `started` event says so).
+    let mut restart_why = String::new();
     // The drain deadline of the final stop (`musicfs shutdown --timeout`).
     let mut drain = drain_timeout(config);
     let result = loop {
@@ -480,19 +495,23 @@ async fn supervise(
                 engine_alive = false;
                 let up = engine_started.elapsed();
                 let delay = backoff.next(up, engine_healthy);
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 error!(
-                    "the engine exited ({}) after {} ms; restarting it in {} ms (requests wait meanwhile)",
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    "the engine exited ({status}) after {} ms; restarting it in {} ms (requests wait meanwhile)",
                     up.as_millis(),
                     delay.as_millis()
                 );
+                if restart_why.is_empty() {
+                    restart_why = format!("restart: the previous engine exited ({status}) after {} ms", up.as_millis());
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = sigterm.recv() => { info!("SIGTERM: unmounting"); break Ok(()); }
                     _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
                 }
-                match engine_command(config, state_dir, socket, &engine_bin).and_then(|mut c| c.spawn().context("cannot start the engine")) {
+                match engine_command(config, state_dir, socket, &engine_bin, &restart_why).and_then(|mut c| c.spawn().context("cannot start the engine")) {
                     Ok(e) => {
+                        restart_why.clear();
                         engine = e;
                         engine_alive = true;
                         engine_healthy = false;
@@ -530,8 +549,8 @@ async fn supervise(
             }
             _ = heartbeat.tick() => {
                 if !engine_alive {
-                    match engine_command(config, state_dir, socket, &engine_bin).and_then(|mut c| c.spawn().context("cannot start the engine")) {
-                        Ok(e) => { engine = e; engine_alive = true; engine_healthy = false; engine_started = Instant::now(); }
+                    match engine_command(config, state_dir, socket, &engine_bin, &restart_why).and_then(|mut c| c.spawn().context("cannot start the engine")) {
+                        Ok(e) => { restart_why.clear(); engine = e; engine_alive = true; engine_healthy = false; engine_started = Instant::now(); }
                         Err(e) => error!("{e:#}"),
                     }
                     continue;
@@ -557,6 +576,10 @@ async fn supervise(
                 if hung {
                     error!(
                         "the engine did not answer a heartbeat within {} ms; killing it",
+                        heartbeat_timeout.as_millis()
+                    );
+                    restart_why = format!(
+                        "restart: the previous engine did not answer a heartbeat within {} ms and was killed",
                         heartbeat_timeout.as_millis()
                     );
                     let _ = engine.start_kill();
@@ -774,7 +797,7 @@ async fn swap(
     info!(binary = %new_bin.display(), "swapping the engine");
     stop_engine(engine, state_dir, drain_timeout(config)).await;
     let stopped = t.elapsed();
-    let mut new = engine_command(config, state_dir, socket, &new_bin)?
+    let mut new = engine_command(config, state_dir, socket, &new_bin, "engine swap")?
         .spawn()
         .with_context(|| format!("cannot start {}", new_bin.display()))?;
     match wait_healthy(&mut new, socket, SWAP_HEALTH_TIMEOUT).await {
@@ -794,7 +817,14 @@ async fn swap(
             error!("swap failed: {why:#}; starting the previous engine again");
             let _ = new.start_kill();
             let _ = new.wait().await;
-            let mut old = engine_command(config, state_dir, socket, engine_bin)?.spawn()?;
+            let mut old = engine_command(
+                config,
+                state_dir,
+                socket,
+                engine_bin,
+                "restart after a failed engine swap",
+            )?
+            .spawn()?;
             wait_healthy(&mut old, socket, SWAP_HEALTH_TIMEOUT)
                 .await
                 .context("the previous engine did not come back either")?;

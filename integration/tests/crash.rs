@@ -41,6 +41,18 @@ fn wait_new_engine(state: &Path, old: i32) -> i32 {
     new.unwrap()
 }
 
+/// Whether `musicfs events` of the engine of `state` mentions `needle`,
+/// within 20 s (a new engine needs a moment before it answers).
+fn events_mention(state: &Path, needle: &str) -> bool {
+    eventually(Duration::from_secs(20), || {
+        std::process::Command::new(musicfs_bin())
+            .args(["events", "--state-dir"])
+            .arg(state)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(needle))
+    })
+}
+
 struct Load {
     stop: Arc<AtomicBool>,
     errors: Arc<parking_lot_free::Errors>,
@@ -174,6 +186,14 @@ fn kill_engine_repeatedly(passthrough: &str, kills: usize) {
         "too little load: {hashed} files, {walks} walks"
     );
     assert_eq!(m.log_text().matches("the engine exited").count(), kills);
+    // The new engine's event log says why it started.
+    assert!(
+        events_mention(
+            &m.state,
+            "previous close: unclean; reason: restart: the previous engine exited (signal: 9"
+        ),
+        "no restart reason in the events"
+    );
     assert!(m.stop().success());
 }
 
@@ -213,6 +233,13 @@ fn stopped_engine_is_found_and_replaced() {
         m.log_text().contains("did not answer a heartbeat"),
         "{}",
         m.log_text()
+    );
+    assert!(
+        events_mention(
+            &m.state,
+            "reason: restart: the previous engine did not answer a heartbeat"
+        ),
+        "no restart reason in the events"
     );
     assert!(
         replaced_after < Duration::from_secs(10),

@@ -363,6 +363,29 @@ fn sighup_adding_an_origin_shows_its_files() {
     assert!(flat.iter().all(|n| n.starts_with("bravo-")), "{flat:?}");
     let st = status_json(&m.state);
     assert_eq!(st["template"], "flat/{filename}.{ext}", "{st}");
+
+    // A SIGHUP sent to the engine (as `systemctl reload` or a habit would)
+    // reaches the supervisor, which owns the configuration: a comes back.
+    std::fs::write(
+        &cfg,
+        format!(
+            "origins = [{:?}, {:?}]\ntemplate = \"flat/{{filename}}.{{ext}}\"\n",
+            b, a
+        ),
+    )
+    .unwrap();
+    let engine_pid = st["pid"].as_i64().unwrap();
+    assert_ne!(engine_pid, i64::from(m.pid()));
+    // SAFETY: plain kill(2) on the engine this test's mount started.
+    unsafe { libc::kill(engine_pid as i32, libc::SIGHUP) };
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            std::fs::read_dir(m.mnt.join("flat")).is_ok_and(|d| d.count() == 7)
+        }),
+        "a SIGHUP to the engine did not reload:\n{}",
+        m.log_text()
+    );
+    assert!(m.log_text().contains("passed on to it"), "{}", m.log_text());
     assert!(m.stop().success());
 }
 
