@@ -464,10 +464,17 @@ fn events_list_and_follow() {
             }
         }
     });
-    // Past events first: the first scan's commit, then the start.
+    // Past events first: the first scan's commit, then the start (the
+    // follower process may take a while to start on a loaded machine).
     let mut past = Vec::new();
-    while let Ok(v) = rx.recv_timeout(Duration::from_secs(2)) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(v) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let started = v["kind"] == "started";
         past.push(v);
+        if started {
+            break;
+        }
     }
     assert!(past.iter().any(|v| v["kind"] == "started"), "{past:?}");
     small_origin(&a, 3, "late");

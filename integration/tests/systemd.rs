@@ -327,3 +327,44 @@ fn fstab_line_mounts_through_the_helper() {
     );
     assert!(!is_mountpoint(&mnt));
 }
+
+/// A shim still waiting for its first engine (systemd starts both at once)
+/// stops at once on SIGTERM, without mounting.
+#[test]
+fn shim_waiting_for_an_engine_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut shim = Command::new(musicfs_bin().with_file_name("musicfs-shim"))
+        .arg("--socket")
+        .arg(dir.path().join("no-engine.sock"))
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(shim.try_wait().unwrap().is_none(), "the shim gave up early");
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(shim.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = shim.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM ignored while waiting for an engine"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!is_mountpoint(&mnt));
+}

@@ -79,8 +79,30 @@ fn run(args: Args) -> Result<()> {
         Duration::from_millis(args.engine_wait_timeout_ms),
     )
     .context("cannot start the transport threads")?;
-    if let Err(why) = transport.wait_first_engine(Duration::from_millis(args.connect_timeout_ms)) {
-        bail!("{why}");
+    // Wait for the engine in slices, so that a stop signal (blocked, and no
+    // signal thread yet) still ends the wait at once.
+    let connect_deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
+    loop {
+        let slice = connect_deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        if transport
+            .wait_first_engine(slice)
+            .map_err(anyhow::Error::msg)?
+        {
+            break;
+        }
+        if Instant::now() >= connect_deadline {
+            bail!(
+                "no engine answered at {} within {} ms",
+                transport.socket().display(),
+                args.connect_timeout_ms
+            );
+        }
+        if let Some(sig) = pending_stop_signal() {
+            info!("{sig} before the mount: stopping");
+            return Ok(());
+        }
     }
 
     let mut config = Config::default();
@@ -184,6 +206,22 @@ fn run(args: Args) -> Result<()> {
     outcome?;
     info!("unmounted; shim exiting");
     Ok(())
+}
+
+/// A stop signal (SIGTERM, SIGINT) that arrived while blocked, taken off
+/// the queue without waiting.
+fn pending_stop_signal() -> Option<Signal> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: sigtimedwait with a valid set, no info out-pointer and a zero
+    // timeout only dequeues an already pending signal of the set.
+    let n = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+    Signal::try_from(n).ok()
 }
 
 /// The ordered stop: unmount (no new opens or lookups), let open files and

@@ -18,7 +18,7 @@ use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +33,9 @@ pub const MAX_PENDING: usize = 64 * 1024;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 /// How often deadlines are checked.
 const DEADLINE_TICK: Duration = Duration::from_millis(50);
+/// How far past its deadline a request may be before the shim calls itself
+/// unhealthy (its deadline thread fails requests every `DEADLINE_TICK`).
+const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 /// Longest a request write may block before the link is declared down.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the engine may take to answer hello.
@@ -174,17 +177,21 @@ impl Transport {
         Ok(Transport { state })
     }
 
-    /// Whether requests are being answered: no pending request has waited
-    /// more than half its deadline.
+    /// Whether the shim does its job: every request is answered by the
+    /// engine or failed at its deadline, so none is overdue by more than
+    /// `OVERDUE_GRACE`. Requests parked while no engine runs are healthy
+    /// (the engine is restarted by its own supervisor; killing the shim
+    /// for that would lose the mount).
     pub fn healthy(&self) -> bool {
-        let half = self.state.request_timeout / 2;
-        let limit = Instant::now() + self.state.request_timeout - half;
+        let Some(limit) = Instant::now().checked_sub(OVERDUE_GRACE) else {
+            return true;
+        };
         !self
             .state
             .pending
             .lock()
             .values()
-            .any(|p| p.deadline <= limit)
+            .any(|p| p.deadline < limit)
     }
 
     /// Requests sent (or waiting for an engine) and not answered yet.
@@ -218,14 +225,15 @@ impl Transport {
         Ok(())
     }
 
-    /// Waits until an engine serves (Ok) or refuses us (Err with its reason),
-    /// at most `timeout`.
-    pub fn wait_first_engine(&self, timeout: Duration) -> Result<(), String> {
+    /// Waits at most `timeout` for an engine: Ok(true) once one serves,
+    /// Ok(false) when none answered in time, Err with its reason when the
+    /// engine refuses us.
+    pub fn wait_first_engine(&self, timeout: Duration) -> Result<bool, String> {
         let deadline = Instant::now() + timeout;
         let mut link = self.state.link.lock();
         loop {
             match &*link {
-                Link::Up { .. } => return Ok(()),
+                Link::Up { .. } => return Ok(true),
                 Link::Refused(why) => return Err(why.clone()),
                 Link::Down => {}
             }
@@ -235,13 +243,14 @@ impl Transport {
                 .wait_until(&mut link, deadline)
                 .timed_out()
             {
-                return Err(format!(
-                    "no engine answered at {} within {} ms",
-                    self.state.socket.display(),
-                    timeout.as_millis()
-                ));
+                return Ok(false);
             }
         }
+    }
+
+    /// The engine socket this transport connects to.
+    pub fn socket(&self) -> &Path {
+        &self.state.socket
     }
 
     /// Sends a one-way request (forget, release): no answer, no replay. Lost
@@ -582,5 +591,36 @@ fn deadlines(state: &Arc<State>) {
             );
             (p.done)(Err(CallError::Timeout));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no engine at all, requests wait out their deadline and fail;
+    /// the shim stays healthy all along (its watchdog keeps pinging).
+    #[test]
+    fn parked_requests_do_not_make_the_shim_unhealthy() {
+        let dir = std::env::temp_dir().join(format!("musicfs-rpc-test-{}", std::process::id()));
+        let t = Transport::start(dir.join("no-engine.sock"), Duration::from_millis(300))
+            .expect("transport threads");
+        let (tx, rx) = std::sync::mpsc::channel();
+        t.call(
+            "getattr",
+            |mut r| r.set_getattr(1),
+            move |res| {
+                let _ = tx.send(matches!(res, Err(CallError::Timeout)));
+            },
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(t.pending(), 1, "the request is parked");
+        assert!(t.healthy(), "a parked request made the shim unhealthy");
+        let timed_out = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the request was never failed");
+        assert!(timed_out, "failed with another error than its deadline");
+        assert_eq!(t.pending(), 0);
+        assert!(t.healthy());
     }
 }
