@@ -208,6 +208,41 @@ fn packaged_units_verify() {
         out.status.success() && ours.is_empty(),
         "systemd-analyze verify:\n{stderr}"
     );
+    // The shim's FUSE mount must reach the host: no option that puts the
+    // shim in a mount namespace of its own (systemd makes it a slave).
+    let shim_unit =
+        std::fs::read_to_string(workspace_root().join("packaging/systemd/musicfs-shim@.service"))
+            .unwrap();
+    for key in [
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateMounts",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectHostname",
+        "ProtectClock",
+        "ProtectProc",
+        "ReadOnlyPaths",
+        "ReadWritePaths",
+        "InaccessiblePaths",
+        "TemporaryFileSystem",
+        "BindPaths",
+        "BindReadOnlyPaths",
+        "MountFlags",
+        "PrivateUsers",
+        "RootDirectory",
+    ] {
+        assert!(
+            !shim_unit
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{key}="))),
+            "the shim unit sets {key}=, which hides its mount from the host"
+        );
+    }
     // The mount helper is a valid shell script.
     let helper = workspace_root().join("packaging/systemd/mount.fuse.musicfs");
     assert!(
