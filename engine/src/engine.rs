@@ -271,37 +271,16 @@ impl Runtime {
         if !from_supervisor {
             report.restart_needed = cold_changes(&old, &new);
         }
-        if old.log_level != new.log_level {
-            crate::logging::set_level(&new.log_level)?;
-            report.applied.push("log_level".into());
-        }
-        if old.entry_ttl_ms != new.entry_ttl_ms {
-            self.shared
-                .entry_ttl_ms
-                .store(new.entry_ttl_ms, Ordering::Relaxed);
-            report.applied.push("entry_ttl_ms".into());
-        }
-        if old.scan_threads != new.scan_threads {
-            self.syncer
-                .threads
-                .store(scan_threads(&new), Ordering::Relaxed);
-            report.applied.push("scan_threads".into());
-        }
-        if old.checkpoint_files != new.checkpoint_files {
-            self.syncer
-                .checkpoint_files
-                .store(new.checkpoint_files, Ordering::Relaxed);
-            report.applied.push("checkpoint_files".into());
-        }
-        if old.template != new.template {
-            self.syncer.set_template(template)?;
-            report.applied.push("template".into());
-        }
+        // The steps that write the catalog (and so can fail) come first;
+        // each one that succeeded is recorded in the running configuration,
+        // so a failure later never leaves it describing what is not in force.
         let watching_changed = (&old.watch, old.debounce_ms, old.poll_interval_s)
             != (&new.watch, new.debounce_ms, new.poll_interval_s);
         if old.origins != new.origins {
             let before = self.syncer.origins.snapshot();
             let (by_id, stale) = self.store.assign_origins(&new.origins)?;
+            // From here on the new origins are in force.
+            self.config.lock().origins = new.origins.clone();
             self.syncer.origins.replace(by_id);
             let after = self.syncer.origins.snapshot();
             let added: Vec<u32> = after
@@ -334,6 +313,43 @@ impl Runtime {
             });
             self.own(handle);
             report.applied.push("origins".into());
+        }
+        if old.template != new.template {
+            self.syncer.set_template(template).with_context(|| {
+                if report.applied.is_empty() {
+                    "cannot apply the template".to_string()
+                } else {
+                    format!(
+                        "cannot apply the template ({} applied already)",
+                        report.applied.join(", ")
+                    )
+                }
+            })?;
+            self.config.lock().template = new.template.clone();
+            report.applied.push("template".into());
+        }
+        // The rest cannot fail once validated.
+        if old.log_level != new.log_level {
+            crate::logging::set_level(&new.log_level)?;
+            report.applied.push("log_level".into());
+        }
+        if old.entry_ttl_ms != new.entry_ttl_ms {
+            self.shared
+                .entry_ttl_ms
+                .store(new.entry_ttl_ms, Ordering::Relaxed);
+            report.applied.push("entry_ttl_ms".into());
+        }
+        if old.scan_threads != new.scan_threads {
+            self.syncer
+                .threads
+                .store(scan_threads(&new), Ordering::Relaxed);
+            report.applied.push("scan_threads".into());
+        }
+        if old.checkpoint_files != new.checkpoint_files {
+            self.syncer
+                .checkpoint_files
+                .store(new.checkpoint_files, Ordering::Relaxed);
+            report.applied.push("checkpoint_files".into());
         }
         if watching_changed {
             let ids: Vec<u32> = self.watchers.lock().keys().copied().collect();

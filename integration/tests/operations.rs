@@ -424,6 +424,26 @@ fn engine_alone_reloads_its_config_on_sighup() {
         e.log_text()
             .contains("configuration reloaded: applied: origins")
     );
+    // A broken configuration on this path is refused whole: the template
+    // and log level that came with the missing origin do not apply.
+    let template_before = status_json(&state)["template"].clone();
+    std::fs::write(
+        &cfg,
+        format!(
+            "origins = [{:?}, {:?}]\ntemplate = \"flat/{{filename}}.{{ext}}\"\nlog_level = \"debug\"\n",
+            a,
+            dir.path().join("missing")
+        ),
+    )
+    .unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(e.child.id() as i32, libc::SIGHUP) };
+    e.wait_log("reload refused", 1, Duration::from_secs(15));
+    let st = status_json(&state);
+    assert_eq!(st["template"], template_before, "{st}");
+    assert_eq!(st["files"], 7, "{st}");
+    assert_eq!(st["origins"].as_array().unwrap().len(), 2, "{st}");
+    assert!(!e.log_text().contains("DEBUG"), "the log level changed");
     assert!(e.stop().success());
     assert!(
         e.log_text().contains("catalog closed cleanly"),
