@@ -186,19 +186,36 @@ impl Config {
         }
     }
 
-    /// Every origin must be an existing directory.
+    /// Every origin must be an existing directory (each checked within a
+    /// deadline: a hung network filesystem does not hang the check).
     pub fn check_origins(&self) -> Result<()> {
+        self.check_origins_except(|_| false).map(drop)
+    }
+
+    /// Like `check_origins`, except that origins for which `known` is true
+    /// (the catalog already holds their files) may be unreachable: they are
+    /// returned with the reason, and served from the catalog meanwhile. A
+    /// NAS that is down must not keep a mount from (re)starting.
+    pub fn check_origins_except(
+        &self,
+        known: impl Fn(&Path) -> bool,
+    ) -> Result<Vec<(PathBuf, String)>> {
         if self.origins.is_empty() {
             bail!("no origin directory given (use --origin DIR or `origins` in the config file)");
         }
-        for o in &self.origins {
-            match std::fs::metadata(o) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => bail!("origin {} is not a directory", o.display()),
-                Err(e) => bail!("origin directory {} cannot be used: {e}", o.display()),
+        let mut offline = Vec::new();
+        for (o, answer) in self
+            .origins
+            .iter()
+            .zip(crate::origins::probe_dirs(&self.origins))
+        {
+            match answer {
+                Ok(()) => {}
+                Err(why) if known(o) => offline.push((o.clone(), why)),
+                Err(why) => bail!("origin directory {} cannot be used: {why}", o.display()),
             }
         }
-        Ok(())
+        Ok(offline)
     }
 
     /// The state directory: the configured one, or a per-mountpoint default.

@@ -28,9 +28,6 @@ use crate::engine::{ReloadReport, Runtime};
 use crate::events::Event;
 use crate::sync::task_states;
 
-/// How long an origin may take to answer `stat` before it counts as unreachable.
-const REACHABLE_TIMEOUT: Duration = Duration::from_secs(1);
-
 pub fn control_socket(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }
@@ -74,53 +71,6 @@ pub struct TaskInfo {
     pub last_error: String,
 }
 
-/// Origins whose reachability probe has not returned yet (a hung NFS
-/// server): no second probe is started for them, so status calls cannot
-/// pile up threads stuck in `stat`.
-static PROBING: parking_lot::Mutex<std::collections::BTreeSet<PathBuf>> =
-    parking_lot::Mutex::new(std::collections::BTreeSet::new());
-
-/// Whether each origin answers a stat (is a directory) within one common
-/// deadline: probed in parallel, at most one probe per origin at a time.
-fn reachable_all(paths: &[PathBuf]) -> Vec<bool> {
-    probe_all(paths, |p| std::fs::metadata(p).is_ok_and(|m| m.is_dir()))
-}
-
-fn probe_all(paths: &[PathBuf], probe: fn(&Path) -> bool) -> Vec<bool> {
-    let deadline = Instant::now() + REACHABLE_TIMEOUT;
-    let answers: Vec<Option<std::sync::mpsc::Receiver<bool>>> = paths
-        .iter()
-        .map(|p| {
-            if !PROBING.lock().insert(p.clone()) {
-                return None; // still stuck in the previous probe
-            }
-            let (tx, rx) = std::sync::mpsc::channel();
-            let path = p.clone();
-            let spawned = std::thread::Builder::new()
-                .name("musicfs-stat".into())
-                .spawn(move || {
-                    let ok = probe(&path);
-                    PROBING.lock().remove(&path);
-                    let _ = tx.send(ok);
-                });
-            if spawned.is_err() {
-                PROBING.lock().remove(p);
-                return None;
-            }
-            Some(rx)
-        })
-        .collect();
-    answers
-        .into_iter()
-        .map(|rx| {
-            rx.is_some_and(|rx| {
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .unwrap_or(false)
-            })
-        })
-        .collect()
-}
-
 /// Control connections served at once (followers included).
 const MAX_CONNECTIONS: usize = 32;
 
@@ -130,7 +80,10 @@ fn collect(rt: &Runtime) -> Result<Status> {
     let (files, nodes, bytes) = shared.store.totals()?;
     let table = syncer.origins.snapshot();
     let paths: Vec<PathBuf> = table.iter().map(|(_, p)| p.to_path_buf()).collect();
-    let reachable = reachable_all(&paths);
+    let reachable: Vec<bool> = crate::origins::probe_dirs(&paths)
+        .into_iter()
+        .map(|r| r.is_ok())
+        .collect();
     let origins = table
         .iter()
         .zip(reachable)
@@ -905,34 +858,4 @@ pub fn render_metrics(s: &Status) -> String {
         ));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    static PROBES: AtomicUsize = AtomicUsize::new(0);
-
-    fn slow_probe(p: &Path) -> bool {
-        PROBES.fetch_add(1, Ordering::SeqCst);
-        if p.ends_with("hung") {
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        true
-    }
-
-    /// A hung origin is reported unreachable at the deadline, and a second
-    /// status while it still hangs starts no second probe for it.
-    #[test]
-    fn hung_origin_probes_do_not_pile_up() {
-        let paths: Vec<PathBuf> = ["/probe-test/a", "/probe-test/hung", "/probe-test/b"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
-        assert_eq!(probe_all(&paths, slow_probe), [true, false, true]);
-        assert_eq!(PROBES.load(Ordering::SeqCst), 3);
-        assert_eq!(probe_all(&paths, slow_probe), [true, false, true]);
-        assert_eq!(PROBES.load(Ordering::SeqCst), 5, "the hung origin was probed again");
-    }
 }

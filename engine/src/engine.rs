@@ -16,9 +16,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Overrides};
 use crate::origins::Origins;
-use crate::server::{Shared, is_local_fs, serve};
+use crate::server::{Shared, serve};
 use crate::store::Store;
-use crate::sync::{Syncer, poll_network, supervise, watch_local};
+use crate::sync::{Syncer, WatchMode, follow_origin, supervise};
 use crate::template::Template;
 
 /// Scan worker count: two per core (tag reads wait on I/O as often as on CPU).
@@ -182,12 +182,12 @@ impl Runtime {
     }
 
     /// Starts following origin `id` (inotify or polling, per the config).
-    fn start_watcher(&self, config: &Config, id: u32, root: &Path) {
-        let use_inotify = match config.watch.as_str() {
+    fn start_watcher(&self, config: &Config, id: u32) {
+        let mode = match config.watch.as_str() {
             "off" => return,
-            "inotify" => true,
-            "poll" => false,
-            _ => is_local_fs(root),
+            "inotify" => WatchMode::Inotify,
+            "poll" => WatchMode::Poll,
+            _ => WatchMode::Auto,
         };
         let flag = Arc::new(AtomicBool::new(self.stop.load(Ordering::Relaxed)));
         if let Some(old) = self.watchers.lock().insert(id, flag.clone()) {
@@ -195,20 +195,14 @@ impl Runtime {
         }
         let s = self.syncer.clone();
         let st = flag.clone();
-        let handle = if use_inotify {
-            let debounce = Duration::from_millis(config.debounce_ms);
-            supervise(format!("watch-origin-{id}"), flag, move || {
-                watch_local(&s, id, debounce, &st)
-            })
-        } else {
-            if config.watch == "auto" {
-                info!(origin = %root.display(), "origin is on a network filesystem; polling instead of inotify");
-            }
-            let interval = Duration::from_secs(config.poll_interval_s);
-            supervise(format!("poll-origin-{id}"), flag, move || {
-                poll_network(&s, id, interval, &st)
-            })
-        };
+        let debounce = Duration::from_millis(config.debounce_ms);
+        let interval = Duration::from_secs(config.poll_interval_s);
+        // inotify or polling is decided each time the task (re)starts, once
+        // the origin is reachable: an origin that is away at start cannot
+        // tell what filesystem it is on.
+        let handle = supervise(format!("watch-origin-{id}"), flag, move || {
+            follow_origin(&s, id, mode, debounce, interval, &st)
+        });
         self.own(handle);
     }
 
@@ -220,8 +214,8 @@ impl Runtime {
 
     fn start_all_watchers(&self, config: &Config) {
         let table = self.syncer.origins.snapshot();
-        for (id, root) in table.iter() {
-            self.start_watcher(config, id, root);
+        for (id, _) in table.iter() {
+            self.start_watcher(config, id);
         }
         if table.iter().next().is_none() {
             warn!("no origins to follow");
@@ -261,12 +255,14 @@ impl Runtime {
             Some(c) => c,
             None => self.source.load()?,
         };
-        // Validate everything first.
+        // Validate everything first. Origins already configured may be
+        // unreachable right now (they are served from the catalog); a new
+        // one must be there.
+        let old = self.config();
         new.validate()?;
-        new.check_origins()?;
+        new.check_origins_except(|p| old.origins.iter().any(|o| o == p))?;
         crate::logging::validate(&new.log_level)?;
         let template = Template::parse(&new.template)?;
-        let old = self.config();
         let mut report = ReloadReport::default();
         if !from_supervisor {
             report.restart_needed = cold_changes(&old, &new);
@@ -298,7 +294,7 @@ impl Runtime {
                 if added.contains(&id) {
                     crate::events::emit("origin", format!("added origin {}", root.display()));
                     if !watching_changed {
-                        self.start_watcher(&new, id, root);
+                        self.start_watcher(&new, id);
                     }
                 }
             }
@@ -502,7 +498,9 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("cannot block signals")?;
 
-    config.check_origins()?;
+    if config.origins.is_empty() {
+        config.check_origins()?; // says what is missing
+    }
     let template = Template::parse(&config.template)?;
     let state_dir = config.resolved_state_dir()?;
     std::fs::create_dir_all(&state_dir)
@@ -530,6 +528,21 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         info!(
             "the previous engine did not close the catalog (crash or kill); its last commit is kept"
         );
+    }
+    // An origin the catalog knows may be unreachable (a NAS that is down):
+    // its files are served from the catalog. A new one must be there.
+    let known = store.known_origins()?;
+    let offline = match config.check_origins_except(|p| known.contains(p)) {
+        Ok(offline) => offline,
+        Err(e) => {
+            if let Err(e) = store.close(Duration::from_secs(5)) {
+                warn!("the catalog was not closed cleanly: {e:#}");
+            }
+            return Err(e);
+        }
+    };
+    for (path, why) in &offline {
+        warn!(origin = %path.display(), "origin is not reachable ({why}); serving its files from the catalog until it is back");
     }
     let complete = store.scan_complete()?;
     let (by_id, stale_origins) = store.assign_origins(&config.origins)?;

@@ -372,7 +372,14 @@ pub fn run(config: &Config, source: ConfigSource) -> Result<()> {
         .mountpoint
         .clone()
         .context("no mountpoint given (musicfs mount [--origin DIR]... MOUNTPOINT)")?;
-    config.check_origins()?;
+    // With a catalog, origins may be unreachable (served from the catalog;
+    // the engine checks which it knows); a new mount needs them all.
+    let has_catalog = config
+        .resolved_state_dir()
+        .is_ok_and(|d| d.join("catalog.redb").exists());
+    for (path, why) in config.check_origins_except(|_| has_catalog)? {
+        warn!(origin = %path.display(), "origin is not reachable ({why}); the catalog serves its files until it is back");
+    }
     prepare_mountpoint(&mountpoint)?;
     let mountpoint = mountpoint
         .canonicalize()
@@ -647,7 +654,7 @@ async fn reload_inner(
     if new.mountpoint.is_none() {
         new.mountpoint = config.mountpoint.clone();
     }
-    new.check_origins()?;
+    new.check_origins_except(|p| config.origins.iter().any(|o| o == p))?;
     crate::logging::validate(&new.log_level)?;
     let dir = state_dir.to_path_buf();
     let sent = new.clone();

@@ -69,4 +69,127 @@ impl Origins {
         let table = Arc::new(OriginTable::new(roots));
         *self.0.write() = table;
     }
+
+    /// Looks again at which filesystem each origin is on (an origin that
+    /// was away at start could not tell). A reload in between wins.
+    pub fn refresh(&self) {
+        let before = self.snapshot();
+        let table = Arc::new(OriginTable::new(before.roots.clone()));
+        let mut current = self.0.write();
+        if Arc::ptr_eq(&current, &before) {
+            *current = table;
+        }
+    }
+}
+
+/// How long an origin directory may take to answer a stat.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Origins whose probe has not returned yet (a hung NFS server): no second
+/// probe is started for them, so repeated checks cannot pile up threads
+/// stuck in `stat`.
+static PROBING: parking_lot::Mutex<std::collections::BTreeSet<PathBuf>> =
+    parking_lot::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether each path is a usable origin directory (`Ok`), or why not, within
+/// one common deadline (`PROBE_TIMEOUT`): probed in parallel, at most one
+/// probe per path at a time.
+pub fn probe_dirs(paths: &[PathBuf]) -> Vec<Result<(), String>> {
+    probe_with(paths, |p| match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err("not a directory".into()),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+fn probe_with(
+    paths: &[PathBuf],
+    probe: fn(&Path) -> Result<(), String>,
+) -> Vec<Result<(), String>> {
+    use std::time::Instant;
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let answers: Vec<Option<std::sync::mpsc::Receiver<Result<(), String>>>> = paths
+        .iter()
+        .map(|p| {
+            if !PROBING.lock().insert(p.clone()) {
+                return None; // still stuck in the previous probe
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = p.clone();
+            let spawned = std::thread::Builder::new()
+                .name("musicfs-stat".into())
+                .spawn(move || {
+                    let answer = probe(&path);
+                    PROBING.lock().remove(&path);
+                    let _ = tx.send(answer);
+                });
+            if spawned.is_err() {
+                PROBING.lock().remove(p);
+                return None;
+            }
+            Some(rx)
+        })
+        .collect();
+    let hung = || {
+        Err(format!(
+            "no answer within {} ms (hung network filesystem?)",
+            PROBE_TIMEOUT.as_millis()
+        ))
+    };
+    answers
+        .into_iter()
+        .map(|rx| match rx {
+            None => hung(),
+            Some(rx) => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| hung()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    static PROBES: AtomicUsize = AtomicUsize::new(0);
+
+    fn slow_probe(p: &Path) -> Result<(), String> {
+        PROBES.fetch_add(1, Ordering::SeqCst);
+        if p.ends_with("hung") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Ok(())
+    }
+
+    /// A hung origin is reported at the deadline, and a second check while
+    /// it still hangs starts no second probe for it.
+    #[test]
+    fn hung_origin_probes_do_not_pile_up() {
+        let paths: Vec<PathBuf> = ["/probe-test/a", "/probe-test/hung", "/probe-test/b"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let ok = |v: Vec<Result<(), String>>| v.iter().map(Result::is_ok).collect::<Vec<_>>();
+        assert_eq!(ok(probe_with(&paths, slow_probe)), [true, false, true]);
+        assert_eq!(PROBES.load(Ordering::SeqCst), 3);
+        assert_eq!(ok(probe_with(&paths, slow_probe)), [true, false, true]);
+        assert_eq!(
+            PROBES.load(Ordering::SeqCst),
+            5,
+            "the hung origin was probed again"
+        );
+    }
+
+    #[test]
+    fn probes_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let r = probe_dirs(&[dir.path().to_path_buf(), file, dir.path().join("missing")]);
+        assert_eq!(r[0], Ok(()));
+        assert_eq!(r[1], Err("not a directory".to_string()));
+        assert!(r[2].as_ref().unwrap_err().contains("No such file"), "{r:?}");
+    }
 }

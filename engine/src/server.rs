@@ -770,6 +770,7 @@ fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
     // An origin removed by a reload: its files are on their way out.
     let root = table.root(origin).ok_or(libc::ESTALE)?;
     Ok(Origin {
+        root: root.to_path_buf(),
         path: root.join(OsStr::from_bytes(rel)),
         version: node.version,
         size_bytes: node.size_bytes,
@@ -779,6 +780,8 @@ fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
 
 /// The origin file behind a file node, read once per request.
 struct Origin {
+    /// The origin's root directory.
+    root: PathBuf,
     path: PathBuf,
     version: u64,
     size_bytes: u64,
@@ -801,6 +804,7 @@ fn open(
         return (error_frame(id, libc::EROFS), None);
     }
     let Origin {
+        root,
         path,
         version,
         local,
@@ -819,10 +823,25 @@ fn open(
             (frame, attach.then_some(file))
         }
         Err(e) => {
+            // A listed file whose whole origin is away (a NAS that is down):
+            // an I/O error, not "no such file".
+            let errno = match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) if origin_away(&root) => {
+                    warn!(path = %path.display(), origin = %root.display(), "cannot open: the origin is not reachable (EIO)");
+                    libc::EIO
+                }
+                _ => errno_of(&e),
+            };
             debug!(ino, path = %path.display(), "open failed: {e}");
-            (error_frame(id, errno_of(&e)), None)
+            (error_frame(id, errno), None)
         }
     }
+}
+
+/// Whether an origin's root is missing, or an empty directory (a share that
+/// is not mounted). Asked only after an open failed.
+fn origin_away(root: &Path) -> bool {
+    std::fs::read_dir(root).map_or(true, |mut d| d.next().is_none())
 }
 
 fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<File>>)) {
@@ -840,6 +859,7 @@ fn read_cached(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Op
         version,
         size_bytes: file_size,
         local,
+        ..
     } = origin_of(shared, ino).ok()?;
     if !local {
         return None;

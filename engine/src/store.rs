@@ -2,7 +2,9 @@
 //!
 //! Tables (schema version 3):
 //! - `meta`: schema version, `next_ino`, `scan_complete`, template hash,
-//!   `clean_close` (1 only between an orderly close and the next open);
+//!   `clean_close` (1 only between an orderly close and the next open),
+//!   `origin_dev/<id>` (the device of an origin's root at its last full
+//!   scan: an empty root on another device is a share that is not mounted);
 //! - `inodes`: virtual path -> inode, for ever (an inode is never reused);
 //! - `files`: origin file key (origin index BE + relative path) -> `FileEntry`;
 //! - `nodes`: inode -> `NodeRec` (parent, name, kind, attributes);
@@ -387,6 +389,19 @@ impl Store {
         Ok(inval)
     }
 
+    /// The origin roots the catalog has ids for.
+    pub fn known_origins(&self) -> Result<std::collections::HashSet<std::path::PathBuf>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(ORIGINS)?;
+        let mut out = std::collections::HashSet::new();
+        for row in table.iter()? {
+            let (k, _) = row?;
+            out.insert(std::path::PathBuf::from(k.value()));
+        }
+        Ok(out)
+    }
+
     /// Gives every configured origin its id (keeping known ones). Returns the
     /// origins indexed by id (`None` for ids not configured any more) and the
     /// ids that are no longer configured.
@@ -469,6 +484,30 @@ impl Store {
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get("scan_complete")?.is_some_and(|v| v.value() == 1))
+    }
+
+    /// The device (`st_dev`) of origin `origin`'s root at its last full scan.
+    pub fn origin_device(&self, origin: u32) -> Result<Option<u64>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta
+            .get(format!("origin_dev/{origin}").as_str())?
+            .map(|v| v.value()))
+    }
+
+    /// Records the device of an origin's root (written only when it changed).
+    pub fn set_origin_device(&self, origin: u32, dev: u64) -> Result<()> {
+        if self.origin_device(origin)? == Some(dev) {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
+        txn.open_table(META)?
+            .insert(format!("origin_dev/{origin}").as_str(), dev)?;
+        txn.commit()?;
+        Ok(())
     }
 
     pub fn file_count(&self) -> Result<u64> {

@@ -58,6 +58,10 @@ pub struct Syncer {
     pub counters: SyncCounters,
     /// Serialises writers (scan, watcher, poller).
     write_lock: parking_lot::Mutex<()>,
+    /// Origins found unreachable: their files are kept, and the origin is
+    /// rescanned once it is back (the watcher retries with backoff).
+    /// (origin id -> why, logged when it changes)
+    offline: parking_lot::Mutex<HashMap<u32, String>>,
 }
 
 /// An mtime this far in the future is not trusted (the clock jumped, or the
@@ -102,7 +106,65 @@ impl Syncer {
             stop: Arc::new(AtomicBool::new(false)),
             counters: SyncCounters::default(),
             write_lock: parking_lot::Mutex::new(()),
+            offline: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether an origin's root can be scanned: a readable directory, and
+    /// not an empty one on another device than at its last full scan while
+    /// the catalog holds its files (that is the mountpoint of a share or
+    /// disk that is not mounted right now, and must not be taken as "every
+    /// file was deleted"). Records the answer: an origin that is away is
+    /// reported once per reason, and `take_back` is true once it is back.
+    pub fn origin_usable(&self, origin: u32, root: &Path) -> Result<bool> {
+        let why = match std::fs::read_dir(root).map(|mut d| d.next().is_none()) {
+            Err(e) => Some(format!("cannot read its directory: {e}")),
+            Ok(true) => {
+                let dev_now = std::fs::metadata(root).map(|m| m.dev()).ok();
+                let dev_before = self.store.origin_device(origin)?;
+                if dev_before.is_some()
+                    && dev_now != dev_before
+                    && !self.store.file_stats(origin, b"")?.is_empty()
+                {
+                    Some("its directory is empty and on another filesystem than at the last scan (not mounted?), but the catalog holds its files".into())
+                } else {
+                    None
+                }
+            }
+            Ok(false) => None,
+        };
+        let mut offline = self.offline.lock();
+        match why {
+            Some(why) => {
+                if offline.get(&origin) != Some(&why) {
+                    warn!(origin = %root.display(), "origin is not reachable ({why}); its files are kept and served from the catalog, and it is rescanned once it is back");
+                    crate::events::emit(
+                        "origin",
+                        format!("origin {} is not reachable: {why}", root.display()),
+                    );
+                    offline.insert(origin, why);
+                }
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Whether `origin` was unreachable and is usable again (then a full
+    /// rescan is due; the mark is cleared).
+    pub fn take_back(&self, origin: u32, root: &Path) -> bool {
+        let was = self.offline.lock().remove(&origin).is_some();
+        if was {
+            self.origins.refresh();
+            info!(origin = %root.display(), "origin is reachable again; rescanning it");
+            crate::events::emit("origin", format!("origin {} is back", root.display()));
+        }
+        was
+    }
+
+    /// Whether `origin` was found unreachable and is not caught up yet.
+    pub fn is_offline(&self, origin: u32) -> bool {
+        self.offline.lock().contains_key(&origin)
     }
 
     /// The root directory of an origin.
@@ -306,9 +368,15 @@ impl Syncer {
         if !prefix.is_empty() {
             prefix.push(b'/');
         }
-        if !root.is_dir() {
-            warn!(origin = %root.display(), "origin is not reachable; keeping what the catalog knows");
+        if !self.origin_usable(origin, &root)? {
             return Ok(());
+        }
+        if sub.as_os_str().is_empty() {
+            // A full pass over an origin that was away: it is caught up now.
+            self.take_back(origin, &root);
+            if let Ok(m) = std::fs::metadata(&root) {
+                self.store.set_origin_device(origin, m.dev())?;
+            }
         }
         let known = self.store.file_stats(origin, &prefix)?;
         let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(known.len());
@@ -620,8 +688,17 @@ pub fn watch_local(
         }
         Ok(())
     };
+    if !syncer.origin_usable(origin, &root)? {
+        // The supervisor retries with backoff; the catalog keeps serving.
+        anyhow::bail!("origin {} is not reachable", root.display());
+    }
     add_tree(&mut dirs, Path::new(""))?;
     info!(origin = %root.display(), directories = dirs.len(), "watching for changes");
+    // Back after being away: catch up on what changed meanwhile (the
+    // watches are in place first, so nothing is missed in between).
+    if syncer.take_back(origin, &root) {
+        syncer.sync_origin(origin, Path::new(""))?;
+    }
 
     let mut files: HashSet<Vec<u8>> = HashSet::new();
     let mut subtrees: HashSet<PathBuf> = HashSet::new();
@@ -649,6 +726,26 @@ pub fn watch_local(
                     warn!(origin = %root.display(), "inotify queue overflowed; rescanning the origin");
                     rescan_all = true;
                     continue;
+                }
+                let root_event = dirs
+                    .get(&ev.wd.as_raw())
+                    .is_some_and(|d| d.as_os_str().is_empty());
+                if root_event
+                    && ev
+                        .mask
+                        .intersects(F::IN_DELETE_SELF | F::IN_MOVE_SELF | F::IN_UNMOUNT)
+                {
+                    // The origin itself went away (moved, deleted, its
+                    // filesystem unmounted): keep its files, watch again
+                    // (with backoff) until it is back, then rescan.
+                    if syncer.origin_usable(origin, &root)? {
+                        // Replaced at once: still rescan it on restart.
+                        syncer
+                            .offline
+                            .lock()
+                            .insert(origin, "its directory was replaced".into());
+                    }
+                    anyhow::bail!("origin {} went away", root.display());
                 }
                 if ev.mask.contains(F::IN_IGNORED) {
                     dirs.remove(&ev.wd.as_raw());
@@ -707,6 +804,48 @@ const FULL_POLL_EVERY: u32 = 12;
 
 /// Rescans an origin on a network filesystem every `interval` until `stop`,
 /// pruned by directory mtimes except every `FULL_POLL_EVERY`th pass.
+/// How a watcher follows its origin (`watch` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    Inotify,
+    Poll,
+    /// inotify on a local filesystem, polling on a network one.
+    Auto,
+}
+
+/// Follows one origin until `stop`: fails (to be retried with backoff by
+/// its supervisor) while the origin is unreachable; then inotify or polling,
+/// chosen now that the origin's filesystem can be seen.
+pub fn follow_origin(
+    syncer: &Syncer,
+    origin: u32,
+    mode: WatchMode,
+    debounce: Duration,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let root = syncer.origin_root(origin)?;
+    if !syncer.origin_usable(origin, &root)? {
+        anyhow::bail!("origin {} is not reachable", root.display());
+    }
+    let inotify = match mode {
+        WatchMode::Inotify => true,
+        WatchMode::Poll => false,
+        WatchMode::Auto => {
+            let local = crate::origin_io::is_local_fs(&root);
+            if !local {
+                info!(origin = %root.display(), "origin is on a network filesystem; polling instead of inotify");
+            }
+            local
+        }
+    };
+    if inotify {
+        watch_local(syncer, origin, debounce, stop)
+    } else {
+        poll_network(syncer, origin, interval, stop)
+    }
+}
+
 pub fn poll_network(
     syncer: &Syncer,
     origin: u32,
@@ -715,9 +854,17 @@ pub fn poll_network(
 ) -> Result<()> {
     let root = syncer.origin_root(origin)?;
     info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
+    if syncer.take_back(origin, &root) {
+        syncer.sync_origin(origin, Path::new(""))?;
+    }
     let mut dir_mtimes: HashMap<PathBuf, i64> = HashMap::new();
     let mut passes: u32 = 0;
     loop {
+        if syncer.is_offline(origin) {
+            // Gone during the last pass: retried by the supervisor with
+            // backoff (seconds, not a whole poll interval), rescanned once back.
+            anyhow::bail!("origin {} went away", root.display());
+        }
         let until = Instant::now() + interval;
         while Instant::now() < until {
             if stop.load(Ordering::Relaxed) {

@@ -609,3 +609,162 @@ fn failed_watcher_is_restarted() {
     );
     assert!(m.stop().success());
 }
+
+/// `musicfs status --json` of the engine of `state`.
+fn status(state: &Path) -> serde_json::Value {
+    let out = Command::new(musicfs_bin())
+        .args(["status", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Unmounts what the test mounted, however it ends.
+struct Mounted(Vec<PathBuf>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "{cmd:?}: {st}");
+}
+
+/// An origin that is away (a NAS that is down, a disk not mounted) never
+/// keeps the mount from starting or an engine from restarting: its files
+/// are listed from the catalog, status says it is unreachable, opens fail
+/// with EIO, the empty mountpoint left in its place is not taken for
+/// "everything was deleted", and once it is back it is rescanned: what
+/// changed meanwhile shows up, and every file reads the origin's bytes.
+/// The share is a directory of a tmpfs "disk", bind-mounted at the origin.
+#[test]
+fn unmounted_origin_is_served_from_the_catalog_and_caught_up_when_back() {
+    let src = generated_library(TRACKS, SEED);
+    let normal: Vec<ManifestEntry> = read_manifest(&src)
+        .into_iter()
+        .filter(|e| e.kind == "normal")
+        .take(21)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, nas) = (dir.path().join("disk"), dir.path().join("nas"));
+    std::fs::create_dir(&disk).unwrap();
+    std::fs::create_dir(&nas).unwrap();
+    let mut mounted = Mounted(Vec::new());
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "disk"])
+        .arg(&disk));
+    mounted.0.push(disk.clone());
+    let share = disk.join("music");
+    std::fs::create_dir(&share).unwrap();
+    for (i, e) in normal[..20].iter().enumerate() {
+        std::fs::copy(origin_of(&src, e), share.join(format!("t{i:02}.{}", e.ext))).unwrap();
+    }
+    let bind = |on: bool| {
+        if on {
+            run(Command::new("mount").arg("--bind").arg(&share).arg(&nas));
+        } else {
+            run(Command::new("umount").arg(&nas));
+        }
+    };
+    bind(true);
+    mounted.0.push(nas.clone());
+    let state = dir.path().join("state");
+    let env = [("MUSICFS_LOG", "info"), ("MUSICFS_DEBOUNCE_MS", "100")];
+    let m1 = Mount::start_with(&[&nas], Some(&state), &env);
+    let before = list_files(&m1.mnt);
+    assert_eq!(before.len(), 20);
+    assert!(m1.stop().success());
+
+    // The share is not mounted: the mount starts anyway and lists what it
+    // knew from the catalog.
+    bind(false);
+    let m = Mount::start_with(&[&nas], Some(&state), &env);
+    assert_eq!(
+        list_files(&m.mnt),
+        before,
+        "listing changed while the origin is away"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || m
+            .log_text()
+            .contains("on another filesystem than at the last scan")),
+        "the empty mountpoint was not recognised:\n{}",
+        m.log_text()
+    );
+    let st = status(&m.state);
+    assert_eq!(
+        st["origins"][0]["reachable"], true,
+        "an empty directory answers stat: {st}"
+    );
+    let err = std::fs::read(m.mnt.join(&before[0])).expect_err("read a file of an absent origin");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    // The engine dies meanwhile: the next one starts all the same.
+    let old = st["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the engine this test's mount started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let out = Command::new(musicfs_bin())
+                .args(["status", "--json", "--state-dir"])
+                .arg(&m.state)
+                .output()
+                .unwrap();
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|v| v["pid"].as_i64() != Some(i64::from(old)))
+        }),
+        "no engine came back while the origin is away:\n{}",
+        m.log_text()
+    );
+    assert_eq!(list_files(&m.mnt), before);
+
+    // The mountpoint itself goes too: the origin cannot even be stat'ed.
+    std::fs::remove_dir(&nas).unwrap();
+    assert!(
+        eventually(
+            Duration::from_secs(30),
+            || status(&m.state)["origins"][0]["reachable"] == false
+        ),
+        "status never said the origin is unreachable"
+    );
+    assert_eq!(list_files(&m.mnt), before);
+    std::fs::create_dir(&nas).unwrap();
+
+    // While away, one file was added and one removed; then it comes back.
+    let e = &normal[20];
+    std::fs::copy(origin_of(&src, e), share.join(format!("late.{}", e.ext))).unwrap();
+    std::fs::remove_file(share.join(format!("t00.{}", normal[0].ext))).unwrap();
+    bind(true);
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            // (Names come from the tags: look the new file up by origin.)
+            let now = list_files_lenient(&m.mnt);
+            now.len() == 20
+                && now.iter().any(|p| {
+                    getxattr(&m.mnt.join(p), "user.musicfs.origin")
+                        .is_some_and(|o| o.ends_with(format!("late.{}", e.ext).as_bytes()))
+                })
+        }),
+        "the origin was not caught up after it came back: {:?}\n{}",
+        list_files_lenient(&m.mnt),
+        m.log_text()
+    );
+    assert_eq!(assert_files_match(&m.mnt, &[&nas]), 20);
+    assert!(
+        m.log_text()
+            .contains("origin is reachable again; rescanning it")
+    );
+    assert!(m.stop().success());
+}
