@@ -297,6 +297,21 @@ fn handle(stream: UnixStream, rt: &Runtime) -> Result<()> {
             Err(e) => simple_frame(id, libc::EIO, &format!("{e:#}")),
         },
         control_request::Shutdown(timeout_ms) => {
+            // Under systemd (no `musicfs mount`), the unit would restart
+            // an engine that stopped itself and leave the shim mounted:
+            // stopping is systemctl's job.
+            if let Some(unit) = crate::engine::systemd_unit() {
+                let why = match unit {
+                    Some(unit) => format!(
+                        "this engine runs under systemd ({unit}); stop the mount with `systemctl stop {}`",
+                        unit.replacen("musicfs-engine@", "musicfs-shim@", 1)
+                    ),
+                    None => "this engine runs under systemd; stop the mount with `systemctl stop musicfs-shim@INSTANCE`".into(),
+                };
+                warn!("shutdown refused: {why}");
+                let _ = writer.write_all(&simple_frame(id, libc::EPERM, &why));
+                return Ok(());
+            }
             info!(timeout_ms, "shutdown requested over the control socket");
             rt.request_stop(
                 "shutdown requested",

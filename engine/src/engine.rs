@@ -437,6 +437,26 @@ fn supervisor_pid() -> Option<nix::unistd::Pid> {
     (pid.as_raw() > 1 && nix::unistd::getppid() == pid).then_some(pid)
 }
 
+/// When systemd started this engine directly (not through `musicfs
+/// mount`): Some, with its service name from `/proc/self/cgroup` if known.
+pub fn systemd_unit() -> Option<Option<String>> {
+    if std::env::var_os("INVOCATION_ID").is_none() || supervisor_pid().is_some() {
+        return None;
+    }
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    Some(unit_of_cgroup(&cgroup))
+}
+
+/// The `.service` unit in a `/proc/self/cgroup` text (cgroup v2 line).
+fn unit_of_cgroup(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .rsplit('/')
+        .find(|seg| seg.ends_with(".service"))
+        .map(str::to_string)
+}
+
 /// Signals, from one thread: SIGTERM and SIGINT stop (also during the first
 /// scan), SIGHUP reloads once the engine runs (under `musicfs mount`, the
 /// supervisor reloads: the SIGHUP is passed on to it).
@@ -447,6 +467,21 @@ fn start_signal_thread(
     early_stop: Arc<AtomicBool>,
     runtime: Arc<std::sync::OnceLock<Arc<Runtime>>>,
 ) -> Result<()> {
+    // Reloads run on their own thread, so that a slow one (a template
+    // rebuild, an origin check) never holds up a SIGTERM. SIGHUPs that
+    // arrive during a reload are folded into one more reload.
+    let (reload_tx, reload_rx) = mpsc::sync_channel::<()>(1);
+    let rt_for_reloads = runtime.clone();
+    std::thread::Builder::new()
+        .name("musicfs-reload".into())
+        .spawn(move || {
+            while reload_rx.recv().is_ok() {
+                if let Some(rt) = rt_for_reloads.get() {
+                    let _ = rt.reload(None);
+                }
+            }
+        })
+        .context("cannot start the reload thread")?;
     std::thread::Builder::new()
         .name("musicfs-signals".into())
         .spawn(move || {
@@ -462,9 +497,11 @@ fn start_signal_thread(
                                 warn!("cannot pass SIGHUP on to the supervisor: {e}");
                             }
                         }
-                        Some(rt) => {
+                        Some(_) => {
                             info!("SIGHUP: reloading the configuration");
-                            let _ = rt.reload(None);
+                            if reload_tx.try_send(()).is_err() {
+                                info!("a reload is already queued; this SIGHUP joins it");
+                            }
                         }
                         None => {
                             warn!("SIGHUP during start-up ignored: reload once the engine serves")
@@ -661,4 +698,21 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     drop(control_guard);
     crate::events::emit("stopped", "engine stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_from_cgroup() {
+        let v2 =
+            "0::/system.slice/system-musicfs\\x2dengine.slice/musicfs-engine@mnt-music.service\n";
+        assert_eq!(
+            unit_of_cgroup(v2).as_deref(),
+            Some("musicfs-engine@mnt-music.service")
+        );
+        assert_eq!(unit_of_cgroup("0::/user.slice/session-1.scope\n"), None);
+        assert_eq!(unit_of_cgroup("1:name=systemd:/x.service\n"), None);
+    }
 }

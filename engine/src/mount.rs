@@ -427,6 +427,11 @@ async fn supervise(
     let _ = std::fs::remove_file(&control_path);
     let control = tokio::net::UnixListener::bind(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;
+    // Owner only: it takes `swap BINARY` and `shutdown`.
+    std::fs::set_permissions(
+        &control_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let mut engine = engine_command(config, state_dir, socket, &engine_bin, "mount")?
         .spawn()
         .context("cannot start the engine")?;
@@ -486,9 +491,16 @@ async fn supervise(
             _ = sigint.recv() => { info!("interrupted: unmounting"); break Ok(()); }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
-                if let Ok((_, Some((every, timeout)))) = reload(config, &source, state_dir).await {
-                    heartbeat = heartbeat_timer(every);
-                    heartbeat_timeout = timeout;
+                // A stop signal does not wait for a reload to finish.
+                tokio::select! {
+                    r = reload(config, &source, state_dir) => {
+                        if let Ok((_, Some((every, timeout)))) = r {
+                            heartbeat = heartbeat_timer(every);
+                            heartbeat_timeout = timeout;
+                        }
+                    }
+                    _ = sigterm.recv() => { info!("SIGTERM during a reload: unmounting"); break Ok(()); }
+                    _ = sigint.recv() => { info!("interrupted during a reload: unmounting"); break Ok(()); }
                 }
             }
             status = shim.wait() => {

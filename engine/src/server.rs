@@ -316,23 +316,43 @@ fn send_with_fd(writer: &Writer, frame: &[u8], fd: &File) {
         MsgFlags::MSG_NOSIGNAL,
         None,
     );
-    match sent {
-        Ok(n) => {
-            if let Err(e) = w.write_all(&frame[n..]) {
-                debug!("response not delivered: {e}");
-            }
-        }
-        Err(e) => debug!("response not delivered: {e}"),
+    let outcome = match sent {
+        Ok(n) => w.write_all(&frame[n..]),
+        Err(e) => Err(io::Error::from(e)),
+    };
+    if let Err(e) = outcome {
+        undelivered(&w, &e);
     }
 }
 
 fn send(writer: &Writer, frame: &[u8]) {
     let mut w = writer.lock();
     if let Err(e) = w.write_all(frame) {
-        // The reader sees the same broken socket and ends the connection.
-        debug!("response not delivered: {e}");
+        undelivered(&w, &e);
     }
 }
+
+/// A response that could not be written whole (the client is gone, or has
+/// not read for `WRITE_TIMEOUT`: a stalled shim must not hold the I/O pool):
+/// the stream may end in half a frame, so the connection ends. The shim
+/// reconnects and replays what it still waits for.
+fn undelivered(w: &UnixStream, e: &io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        warn!(
+            "a client has not read its answers for {} s; dropping the connection",
+            WRITE_TIMEOUT.as_secs()
+        );
+    } else {
+        debug!("response not delivered: {e}");
+    }
+    let _ = w.shutdown(std::net::Shutdown::Both);
+}
+
+/// How long a response write may wait for the client to read.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds one response frame.
 fn respond(id: u64, errno: i32, fill: impl FnOnce(response::Builder<'_>)) -> Vec<u8> {
@@ -402,6 +422,8 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
     }
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    // Owner only: the shim runs as the same user.
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let pool = Arc::new(IoPool::start(IO_THREADS)?);
     info!(socket = %socket.display(), "engine serving");
     std::thread::Builder::new()
@@ -453,6 +475,7 @@ impl Drop for SocketGuard {
 }
 
 fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
     let is_shim = Arc::new(AtomicBool::new(false));
     {

@@ -253,6 +253,8 @@ impl Mount {
             cmd.arg("--origin").arg(o);
         }
         cmd.arg(&mnt)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
             .env("MUSICFS_LOG", "info")
             .env("HOME", root.path())
             .stdin(Stdio::null())
@@ -409,6 +411,9 @@ impl EngineProc {
     ) -> EngineProc {
         let mut cmd = Command::new(musicfs_bin());
         cmd.args(args)
+            // Not "under systemd" unless a test says so (CI may run in a unit).
+            .env_remove("INVOCATION_ID")
+            .env_remove("NOTIFY_SOCKET")
             .env("HOME", state.parent().unwrap_or(state))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

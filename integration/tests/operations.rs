@@ -40,6 +40,13 @@ fn status_and_metrics_show_an_origin_that_went_away() {
         .unwrap();
     }
     let m = Mount::start_with(&[&a, &b], None, &[]);
+    // Every socket is the owner's only (the supervisor's takes `swap BINARY`).
+    for sock in ["engine.sock", "control.sock", "supervisor.sock"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(m.state.join(sock)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{sock} has mode {mode:o}");
+    }
     let (ok, out, err) = musicfs(&["status", "--json"], &m.state);
     assert!(ok, "{err}");
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -551,4 +558,23 @@ fn events_list_and_follow() {
         musicfs(&["status"], &m.state).2
     );
     assert!(m.stop().success());
+}
+
+/// Under systemd (the engine alone, `INVOCATION_ID` set), `musicfs
+/// shutdown` does not stop the engine (its unit would restart it and leave
+/// the shim mounted): it says to use systemctl, and the engine serves on.
+#[test]
+fn shutdown_of_an_engine_under_systemd_points_to_systemctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    small_origin(&a, 2, "alpha");
+    let state = dir.path().join("state");
+    let log = dir.path().join("engine.log");
+    let mut e = EngineProc::start(&a, &state, &log, &[("INVOCATION_ID", "0123456789abcdef")]);
+    e.wait_log("engine ready", 1, Duration::from_secs(60));
+    let (ok, out, err) = musicfs(&["shutdown"], &state);
+    assert!(!ok, "shutdown went through: {out}");
+    assert!(err.contains("systemctl stop musicfs-shim@"), "{err}");
+    assert_eq!(status_json(&state)["files"], 2);
+    assert!(e.stop().success());
 }
