@@ -518,3 +518,112 @@ fn restart_invalidates_stale_kernel_entries() {
     assert_eq!(list_files(&m.mnt).len(), 4);
     assert!(m.stop().success());
 }
+
+/// Sends one request on a raw engine connection.
+fn raw_send(
+    s: &mut std::os::unix::net::UnixStream,
+    id: u64,
+    fill: impl FnOnce(musicfs_schema::request::Builder<'_>),
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut msg = capnp::message::Builder::new_default();
+    let mut r = msg.init_root::<musicfs_schema::request::Builder<'_>>();
+    r.set_id(id);
+    fill(r);
+    s.write_all(&musicfs_schema::to_frame(&msg))
+}
+
+/// A client that stops reading its answers (a stalled shim) is dropped by
+/// the engine after its write timeout: it never keeps the engine's threads,
+/// and the mount serves correct bytes all along.
+#[test]
+fn client_that_stops_reading_is_dropped() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let lib = generated_library(TRACKS, SEED);
+    let m = Mount::start_with(&[&lib], None, &[("MUSICFS_PASSTHROUGH", "false")]);
+    let files = list_files(&m.mnt);
+    let target = m.mnt.join(&files[0]);
+    let ino = std::fs::metadata(&target).unwrap().ino();
+
+    let mut raw = std::os::unix::net::UnixStream::connect(m.state.join("engine.sock")).unwrap();
+    raw_send(&mut raw, 1, |r| {
+        let mut h = r.init_hello();
+        h.set_min_protocol(musicfs_schema::MIN_PROTOCOL_VERSION);
+        h.set_max_protocol(musicfs_schema::PROTOCOL_VERSION);
+        h.set_peer_name("stalled test client");
+    })
+    .unwrap();
+    raw_send(&mut raw, 2, |r| {
+        let mut o = r.init_open();
+        o.set_ino(ino);
+        o.set_flags(0);
+    })
+    .unwrap();
+    let mut reader = std::io::BufReader::new(raw.try_clone().unwrap());
+    let mut fh = None;
+    while fh.is_none() {
+        let msg = musicfs_schema::read_frame(&mut reader).unwrap().unwrap();
+        let resp = msg
+            .get_root::<musicfs_schema::response::Reader<'_>>()
+            .unwrap();
+        if let Ok(musicfs_schema::response::Opened(o)) = resp.which() {
+            fh = Some(o.get_fh());
+        }
+    }
+    // Ask for 128 KiB answers and never read them, until the engine stops
+    // taking requests (its answers fill both socket buffers).
+    raw.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sent = 0u64;
+    while sent < 100_000 {
+        let ok = raw_send(&mut raw, 10 + sent, |r| {
+            let mut rd = r.init_read();
+            rd.set_ino(ino);
+            rd.set_fh(fh.unwrap());
+            rd.set_offset(0);
+            rd.set_size(128 * 1024);
+        });
+        if ok.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent < 100_000, "the engine never stopped reading requests");
+
+    // Meanwhile the mount reads every byte right.
+    for rel in files.iter().take(50) {
+        assert_eq!(
+            hash_file(&m.mnt.join(rel)).unwrap(),
+            hash_file(&lib.join(rel_origin(&m.mnt.join(rel)))).unwrap(),
+            "{} has wrong bytes",
+            rel.display()
+        );
+    }
+    // The engine gives up on the stalled client (bounded: its write
+    // timeout), and ends the connection: draining it reaches its end.
+    assert!(
+        eventually(Duration::from_secs(60), || m
+            .log_text()
+            .contains("has not read its answers")),
+        "the engine kept waiting on a client that does not read:\n{}",
+        m.log_text()
+    );
+    raw.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = loop {
+        match reader.get_mut().read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the stalled connection was not ended");
+    assert!(m.stop().success());
+}
+
+/// The origin file behind a mounted file, relative to the library.
+fn rel_origin(mounted: &Path) -> PathBuf {
+    let o = getxattr(mounted, "user.musicfs.origin").unwrap();
+    PathBuf::from(OsStr::from_bytes(&o))
+}
