@@ -403,3 +403,152 @@ fn shim_waiting_for_an_engine_stops_on_sigterm() {
     );
     assert!(!is_mountpoint(&mnt));
 }
+
+/// `fuse.musicfs` mounts at `mnt`, from mountinfo (never touching the mount:
+/// an unserved one would hang a stat).
+fn musicfs_mounts_at(mnt: &Path) -> usize {
+    let target = format!(" {} ", mnt.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains(&target)
+                && (l.contains(" - fuse.musicfs ") || l.contains(" - fuse musicfs "))
+        })
+        .count()
+}
+
+/// Lazily unmounts a path when the test ends, however it ends (a mount that
+/// nobody serves would hang the removal of the temporary directory).
+struct Detach(std::path::PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// After a shim dies, systemd hands the FUSE fd it stored to the next shim
+/// (`LISTEN_FDS`, name `fuse`). Nobody can serve that connection again, so
+/// the new shim ends it: asks systemd to drop its copy (`FDSTOREREMOVE=1`),
+/// detaches the old mount instead of hanging on it, and mounts afresh.
+#[test]
+fn restarted_shim_ends_the_connection_left_in_the_fd_store() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let lib = generated_library(2000, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _detach = Detach(mnt.clone());
+    let mut engine = Command::new(musicfs_bin())
+        .arg("engine")
+        .arg("--origin")
+        .arg(&lib)
+        .arg("--state-dir")
+        .arg(&state)
+        .env_remove("NOTIFY_SOCKET")
+        .env("HOME", dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let shim_bin = musicfs_bin().with_file_name("musicfs-shim");
+    let shim_log = dir.path().join("shims.log");
+    let shim_args = |cmd: &mut Command| {
+        cmd.arg("--socket")
+            .arg(state.join("engine.sock"))
+            .arg("--mountpoint")
+            .arg(&mnt)
+            .env("MUSICFS_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&shim_log)
+                    .unwrap(),
+            );
+    };
+    let log = || std::fs::read_to_string(&shim_log).unwrap_or_default();
+    let first_sock = UnixDatagram::bind(dir.path().join("shim1.notify")).unwrap();
+    let mut first = Command::new(&shim_bin);
+    shim_args(&mut first);
+    let mut first = first
+        .env("NOTIFY_SOCKET", dir.path().join("shim1.notify"))
+        .spawn()
+        .unwrap();
+    let mut msgs = collect(&first_sock, Duration::from_secs(60), |m| {
+        position(m, "READY=1").is_some()
+    });
+    let stored = msgs
+        .iter_mut()
+        .find(|m| m.text.lines().any(|l| l == "FDSTORE=1"))
+        .expect("no FDSTORE=1")
+        .fds
+        .pop()
+        .expect("no fd with FDSTORE=1");
+    // The shim dies; our copy of its fd (as systemd's) keeps the connection.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(
+        musicfs_mounts_at(&mnt),
+        1,
+        "the old mount should still be there"
+    );
+
+    let second_sock = UnixDatagram::bind(dir.path().join("shim2.notify")).unwrap();
+    let mut second = Command::new("sh");
+    second
+        .arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(&shim_bin);
+    shim_args(&mut second);
+    let raw = stored.as_raw_fd();
+    // SAFETY: dup2/fcntl only, between fork and exec.
+    unsafe {
+        second.pre_exec(move || {
+            let r = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut second = second
+        .env("NOTIFY_SOCKET", dir.path().join("shim2.notify"))
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "fuse")
+        .spawn()
+        .unwrap();
+    drop(stored);
+    let msgs = collect(&second_sock, Duration::from_secs(60), |m| {
+        position(m, "READY=1").is_some()
+    });
+    let all: Vec<&str> = msgs.iter().map(|m| m.text.as_str()).collect();
+    let remove = msgs
+        .iter()
+        .position(|m| m.text.contains("FDSTOREREMOVE=1") && m.text.contains("FDNAME=fuse"))
+        .unwrap_or_else(|| panic!("no FDSTOREREMOVE=1 for the old fd: {all:?}"));
+    let ready =
+        position(&msgs, "READY=1").unwrap_or_else(|| panic!("no READY=1: {all:?}\n{}", log()));
+    assert!(remove < ready, "{all:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.text.lines().any(|l| l == "FDSTORE=1") && m.fds.len() == 1),
+        "the new shim did not store its own fd: {all:?}"
+    );
+    assert_eq!(musicfs_mounts_at(&mnt), 1, "the old mount was not detached");
+    assert!(
+        list_files(&mnt).len() > 1000,
+        "the new mount does not serve the library"
+    );
+
+    sigterm_and_wait(&mut second);
+    assert_eq!(musicfs_mounts_at(&mnt), 0, "a mount was left behind");
+    sigterm_and_wait(&mut engine);
+}

@@ -4,6 +4,7 @@
 //! the mount must outlive this process while systemd holds its fd.
 
 mod fs;
+mod leftover;
 mod rpc;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,8 @@ fn init_logging() {
 }
 
 fn run(args: Args) -> Result<()> {
+    // Before any thread starts (it edits the environment).
+    leftover::end_previous_connection(&args.mountpoint);
     // Block the stop signals in every thread; one thread waits for them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
