@@ -42,16 +42,24 @@ pub fn is_mountpoint(path: &Path) -> std::io::Result<bool> {
     Ok(meta.dev() != pmeta.dev() || meta.ino() == pmeta.ino())
 }
 
-/// Checks the mountpoint, cleaning a stale FUSE mount left by a crash.
-pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
+/// What a look at the mountpoint found.
+enum MountpointState {
+    /// A directory; `mounted`: something is mounted on it.
+    Dir {
+        mounted: bool,
+    },
+    /// A FUSE mount whose server is gone (`ENOTCONN`).
+    Stale,
+    NotDir,
+    Unusable(std::io::Error),
+}
+
+/// How long the mountpoint may take to answer (a FUSE mount whose server
+/// hangs would hang the look for ever).
+const MOUNTPOINT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn look_at(mountpoint: &Path) -> MountpointState {
     let stale = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
-    let clean = || -> Result<()> {
-        warn!(
-            mountpoint = %mountpoint.display(),
-            "stale mount found (transport endpoint is not connected); unmounting it"
-        );
-        lazy_unmount(mountpoint)
-    };
     match std::fs::metadata(mountpoint) {
         Ok(m) if m.is_dir() => {
             // stat may answer from the kernel's attribute cache of a dead
@@ -59,21 +67,56 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
             if let Err(e) = std::fs::read_dir(mountpoint)
                 && stale(&e)
             {
-                clean()?;
+                return MountpointState::Stale;
+            }
+            MountpointState::Dir {
+                mounted: is_mountpoint(mountpoint).unwrap_or(false),
             }
         }
-        Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
-        Err(e) if stale(&e) => clean()?,
-        Err(e) => bail!("mountpoint {} cannot be used: {e}", mountpoint.display()),
+        Ok(_) => MountpointState::NotDir,
+        Err(e) if stale(&e) => MountpointState::Stale,
+        Err(e) => MountpointState::Unusable(e),
     }
-    if is_mountpoint(mountpoint).unwrap_or(false) {
+}
+
+/// Checks the mountpoint (bounded), cleaning a stale FUSE mount left by a
+/// crash.
+pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("musicfs-mountpoint".into())
+        .spawn(move || {
+            let _ = tx.send(look_at(&path));
+        })
+        .context("cannot start a thread")?;
+    let Ok(state) = rx.recv_timeout(MOUNTPOINT_CHECK_TIMEOUT) else {
         bail!(
+            "mountpoint {} does not answer within {} s (a FUSE mount whose server hangs?); detach it with `musicfs unmount --lazy {}`",
+            mountpoint.display(),
+            MOUNTPOINT_CHECK_TIMEOUT.as_secs(),
+            mountpoint.display()
+        );
+    };
+    match state {
+        MountpointState::Dir { mounted: false } => Ok(()),
+        MountpointState::Dir { mounted: true } => bail!(
             "{} is already a mountpoint; unmount it first (musicfs unmount {})",
             mountpoint.display(),
             mountpoint.display()
-        );
+        ),
+        MountpointState::Stale => {
+            warn!(
+                mountpoint = %mountpoint.display(),
+                "stale mount found (transport endpoint is not connected); unmounting it"
+            );
+            lazy_unmount(mountpoint)
+        }
+        MountpointState::NotDir => bail!("mountpoint {} is not a directory", mountpoint.display()),
+        MountpointState::Unusable(e) => {
+            bail!("mountpoint {} cannot be used: {e}", mountpoint.display())
+        }
     }
-    Ok(())
 }
 
 /// Detaches a mount (MNT_DETACH as root, `fusermount3 -uz` otherwise).

@@ -338,6 +338,66 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
     assert!(m2.stop().success());
 }
 
+/// A mountpoint whose FUSE server hangs (here: a frozen shim) does not hang
+/// `musicfs mount`: it refuses within its check deadline and says how to
+/// detach it; once detached, the mount goes through.
+#[test]
+fn hung_mountpoint_is_refused_not_waited_on() {
+    let lib = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
+    assert_eq!(shim.len(), 1, "shim not found");
+    let supervisor = m.pid() as i32;
+    // SAFETY: kill(2) on processes this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGSTOP);
+        libc::kill(shim[0], libc::SIGSTOP);
+    }
+    let state2 = dir.path().join("state2");
+    let err_file = dir.path().join("second.err");
+    let mut second = Command::new(musicfs_bin())
+        .arg("mount")
+        .arg("--origin")
+        .arg(&lib)
+        .arg("--state-dir")
+        .arg(&state2)
+        .arg(&mnt)
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    eventually(Duration::from_secs(60), || {
+        status = second.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = second.kill();
+        let _ = second.wait();
+    }
+    let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+    // Unfreeze and clean up before judging, so a failure cannot hang the test.
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(shim[0], libc::SIGKILL);
+        libc::kill(supervisor, libc::SIGCONT);
+    }
+    let _ = m.stop_with_signal(libc::SIGTERM);
+    m.abandon();
+    let status = status.expect("musicfs mount hung on the mountpoint");
+    assert!(!status.success(), "mounted over a hung mount");
+    assert!(
+        err.contains("does not answer") && err.contains("musicfs unmount --lazy"),
+        "{err}"
+    );
+    let m2 = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    assert!(!list_files(&m2.mnt).is_empty());
+    assert!(m2.stop().success());
+}
+
 /// An inotify queue overflow is never silence: the origin is rescanned and
 /// every change shows up. (The queue limit is taken when the engine creates
 /// its inotify instance, so the test lowers it only around the start.)
