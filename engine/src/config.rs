@@ -179,9 +179,16 @@ impl Config {
 
     /// Absolute origin paths: they name origins in the catalog and the status.
     pub fn absolutize_origins(&mut self) {
-        for o in &mut self.origins {
-            if let Ok(abs) = o.canonicalize() {
-                *o = abs;
+        // Bounded: an origin on a hung filesystem keeps its absolute form.
+        let probes = crate::origins::probe_all(&self.origins);
+        for (o, probe) in self.origins.iter_mut().zip(probes) {
+            match probe.and_then(|p| p.canonical) {
+                Some(canonical) => *o = canonical,
+                None => {
+                    if let Ok(abs) = std::path::absolute(&*o) {
+                        *o = abs;
+                    }
+                }
             }
         }
     }

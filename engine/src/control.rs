@@ -87,10 +87,11 @@ fn collect(rt: &Runtime) -> Result<Status> {
     let origins = table
         .iter()
         .zip(reachable)
-        .map(|((id, p), reachable)| OriginState {
+        .map(|((id, p), answers)| OriginState {
             id,
             path: p.display().to_string(),
-            reachable,
+            // An empty mountpoint answers stat: the syncer knows it is away.
+            reachable: answers && !syncer.is_offline(id),
             local: table.is_local(id),
         })
         .collect();

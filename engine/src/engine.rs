@@ -437,10 +437,15 @@ fn supervisor_pid() -> Option<nix::unistd::Pid> {
     (pid.as_raw() > 1 && nix::unistd::getppid() == pid).then_some(pid)
 }
 
-/// When systemd started this engine directly (not through `musicfs
-/// mount`): Some, with its service name from `/proc/self/cgroup` if known.
+/// When systemd started this very process as a service's main process
+/// (`SYSTEMD_EXEC_PID` is our pid: inherited values name another process)
+/// and no `musicfs mount` supervises it: Some, with the service name from
+/// `/proc/self/cgroup` if known.
 pub fn systemd_unit() -> Option<Option<String>> {
-    if std::env::var_os("INVOCATION_ID").is_none() || supervisor_pid().is_some() {
+    let exec_pid: Option<u32> = std::env::var("SYSTEMD_EXEC_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    if exec_pid != Some(std::process::id()) || supervisor_pid().is_some() {
         return None;
     }
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -568,8 +573,10 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     }
     // An origin the catalog knows may be unreachable (a NAS that is down):
     // its files are served from the catalog. A new one must be there.
-    let known = store.known_origins()?;
-    let offline = match config.check_origins_except(|p| known.contains(p)) {
+    let offline = match store
+        .known_origins()
+        .and_then(|known| config.check_origins_except(|p| known.contains(p)))
+    {
         Ok(offline) => offline,
         Err(e) => {
             if let Err(e) = store.close(Duration::from_secs(5)) {

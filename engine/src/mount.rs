@@ -635,7 +635,11 @@ async fn supervise(
                     }
                     Err(_) => false,
                 };
-                if hung {
+                // A heartbeat that failed because the engine just exited
+                // (killed, crashed) is not a hang: the exit branch handles
+                // it, with the real exit status as the restart reason.
+                let exited = matches!(engine.try_wait(), Ok(Some(_)));
+                if hung && !exited {
                     error!(
                         "the engine did not answer a heartbeat within {} ms; killing it",
                         heartbeat_timeout.as_millis()

@@ -19,9 +19,12 @@ pub struct OriginTable {
 impl OriginTable {
     /// The table for `roots` (by id; `None` for ids not configured).
     pub fn new(roots: Vec<Option<PathBuf>>) -> OriginTable {
+        // Bounded: an origin that hangs counts as not local (network).
+        let configured: Vec<PathBuf> = roots.iter().flatten().cloned().collect();
+        let mut probes = probe_all(&configured).into_iter();
         let local = roots
             .iter()
-            .map(|o| o.as_deref().is_some_and(is_local_fs))
+            .map(|o| o.is_some() && probes.next().flatten().is_some_and(|p| p.local))
             .collect();
         OriginTable { roots, local }
     }
@@ -82,67 +85,111 @@ impl Origins {
     }
 }
 
-/// How long an origin directory may take to answer a stat.
+/// How long an origin directory may take to answer a probe.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Origins whose probe has not returned yet (a hung NFS server): no second
-/// probe is started for them, so repeated checks cannot pile up threads
-/// stuck in `stat`.
-static PROBING: parking_lot::Mutex<std::collections::BTreeSet<PathBuf>> =
-    parking_lot::Mutex::new(std::collections::BTreeSet::new());
+/// What one look at an origin directory found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// A usable directory, or why not.
+    pub dir: Result<(), String>,
+    /// On a local filesystem (statfs type).
+    pub local: bool,
+    /// The path with symlinks resolved.
+    pub canonical: Option<PathBuf>,
+}
 
-/// Whether each path is a usable origin directory (`Ok`), or why not, within
-/// one common deadline (`PROBE_TIMEOUT`): probed in parallel, at most one
-/// probe per path at a time.
-pub fn probe_dirs(paths: &[PathBuf]) -> Vec<Result<(), String>> {
-    probe_with(paths, |p| match std::fs::metadata(p) {
+fn look(path: &Path) -> Probe {
+    let dir = match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err("not a directory".into()),
         Err(e) => Err(e.to_string()),
-    })
+    };
+    Probe {
+        local: dir.is_ok() && is_local_fs(path),
+        canonical: path.canonicalize().ok(),
+        dir,
+    }
 }
 
-fn probe_with(
-    paths: &[PathBuf],
-    probe: fn(&Path) -> Result<(), String>,
-) -> Vec<Result<(), String>> {
+/// One probe in flight and its answer, shared by every caller that asks
+/// about the same path meanwhile.
+#[derive(Default)]
+struct Slot {
+    answer: parking_lot::Mutex<Option<Probe>>,
+    done: parking_lot::Condvar,
+}
+
+/// Probes in flight by path: a path whose filesystem hangs gets one stuck
+/// thread, never one per caller.
+static PROBING: parking_lot::Mutex<std::collections::BTreeMap<PathBuf, Arc<Slot>>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+/// Looks at each path (stat, statfs, canonical path) in parallel, under one
+/// common deadline (`PROBE_TIMEOUT`); `None` for a path that did not answer
+/// in time (a hung network filesystem). A caller that finds a probe of the
+/// same path in flight waits for that one's answer.
+pub fn probe_all(paths: &[PathBuf]) -> Vec<Option<Probe>> {
+    probe_with(paths, look)
+}
+
+fn probe_with(paths: &[PathBuf], probe: fn(&Path) -> Probe) -> Vec<Option<Probe>> {
     use std::time::Instant;
     let deadline = Instant::now() + PROBE_TIMEOUT;
-    let answers: Vec<Option<std::sync::mpsc::Receiver<Result<(), String>>>> = paths
+    let slots: Vec<Option<Arc<Slot>>> = paths
         .iter()
         .map(|p| {
-            if !PROBING.lock().insert(p.clone()) {
-                return None; // still stuck in the previous probe
-            }
-            let (tx, rx) = std::sync::mpsc::channel();
-            let path = p.clone();
+            let slot = {
+                let mut probing = PROBING.lock();
+                if let Some(slot) = probing.get(p) {
+                    return Some(slot.clone());
+                }
+                let slot = Arc::new(Slot::default());
+                probing.insert(p.clone(), slot.clone());
+                slot
+            };
+            let (path, mine) = (p.clone(), slot.clone());
             let spawned = std::thread::Builder::new()
-                .name("musicfs-stat".into())
+                .name("musicfs-probe".into())
                 .spawn(move || {
                     let answer = probe(&path);
+                    *mine.answer.lock() = Some(answer);
+                    mine.done.notify_all();
                     PROBING.lock().remove(&path);
-                    let _ = tx.send(answer);
                 });
             if spawned.is_err() {
                 PROBING.lock().remove(p);
                 return None;
             }
-            Some(rx)
+            Some(slot)
         })
         .collect();
-    let hung = || {
-        Err(format!(
-            "no answer within {} ms (hung network filesystem?)",
-            PROBE_TIMEOUT.as_millis()
-        ))
-    };
-    answers
+    slots
         .into_iter()
-        .map(|rx| match rx {
-            None => hung(),
-            Some(rx) => rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| hung()),
+        .map(|slot| {
+            let slot = slot?;
+            let mut answer = slot.answer.lock();
+            while answer.is_none() {
+                if slot.done.wait_until(&mut answer, deadline).timed_out() {
+                    break;
+                }
+            }
+            answer.clone()
+        })
+        .collect()
+}
+
+/// Whether each path is a usable origin directory (`Ok`), or why not,
+/// within `PROBE_TIMEOUT` (see `probe_all`).
+pub fn probe_dirs(paths: &[PathBuf]) -> Vec<Result<(), String>> {
+    probe_all(paths)
+        .into_iter()
+        .map(|p| match p {
+            Some(p) => p.dir,
+            None => Err(format!(
+                "no answer within {} ms (hung network filesystem?)",
+                PROBE_TIMEOUT.as_millis()
+            )),
         })
         .collect()
 }
@@ -155,31 +202,56 @@ mod tests {
 
     static PROBES: AtomicUsize = AtomicUsize::new(0);
 
-    fn slow_probe(p: &Path) -> Result<(), String> {
+    fn slow_probe(p: &Path) -> Probe {
         PROBES.fetch_add(1, Ordering::SeqCst);
         if p.ends_with("hung") {
             std::thread::sleep(Duration::from_secs(3));
         }
-        Ok(())
+        if p.ends_with("slow") {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Probe {
+            dir: Ok(()),
+            local: true,
+            canonical: None,
+        }
     }
 
-    /// A hung origin is reported at the deadline, and a second check while
-    /// it still hangs starts no second probe for it.
+    /// A hung origin is reported at the deadline; a second check while it
+    /// still hangs starts no second probe; two callers asking about the same
+    /// slow path at once share one probe and both get its answer.
     #[test]
-    fn hung_origin_probes_do_not_pile_up() {
+    fn probes_are_shared_and_hung_ones_do_not_pile_up() {
         let paths: Vec<PathBuf> = ["/probe-test/a", "/probe-test/hung", "/probe-test/b"]
             .iter()
             .map(PathBuf::from)
             .collect();
-        let ok = |v: Vec<Result<(), String>>| v.iter().map(Result::is_ok).collect::<Vec<_>>();
-        assert_eq!(ok(probe_with(&paths, slow_probe)), [true, false, true]);
+        let answered = |v: Vec<Option<Probe>>| v.iter().map(Option::is_some).collect::<Vec<_>>();
+        assert_eq!(
+            answered(probe_with(&paths, slow_probe)),
+            [true, false, true]
+        );
         assert_eq!(PROBES.load(Ordering::SeqCst), 3);
-        assert_eq!(ok(probe_with(&paths, slow_probe)), [true, false, true]);
+        assert_eq!(
+            answered(probe_with(&paths, slow_probe)),
+            [true, false, true]
+        );
         assert_eq!(
             PROBES.load(Ordering::SeqCst),
             5,
             "the hung origin was probed again"
         );
+
+        let slow = vec![PathBuf::from("/probe-test/slow")];
+        let other = {
+            let slow = slow.clone();
+            std::thread::spawn(move || probe_with(&slow, slow_probe))
+        };
+        let mine = probe_with(&slow, slow_probe);
+        let theirs = other.join().unwrap();
+        assert!(mine[0].is_some() && theirs[0].is_some());
+        let probes = PROBES.load(Ordering::SeqCst);
+        assert!(probes == 6 || probes == 7, "{probes} probes");
     }
 
     #[test]

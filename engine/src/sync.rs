@@ -131,7 +131,16 @@ impl Syncer {
                     None
                 }
             }
-            Ok(false) => None,
+            Ok(false) => {
+                // A catalog from before devices were recorded learns it now
+                // (a full pass records it too, and keeps it current).
+                if self.store.origin_device(origin)?.is_none()
+                    && let Ok(m) = std::fs::metadata(root)
+                {
+                    self.store.set_origin_device(origin, m.dev())?;
+                }
+                None
+            }
         };
         let mut offline = self.offline.lock();
         match why {
@@ -802,8 +811,6 @@ pub fn watch_local(
 /// change a directory's mtime).
 const FULL_POLL_EVERY: u32 = 12;
 
-/// Rescans an origin on a network filesystem every `interval` until `stop`,
-/// pruned by directory mtimes except every `FULL_POLL_EVERY`th pass.
 /// How a watcher follows its origin (`watch` in the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchMode {
@@ -846,6 +853,8 @@ pub fn follow_origin(
     }
 }
 
+/// Rescans an origin on a network filesystem every `interval` until `stop`,
+/// pruned by directory mtimes except every `FULL_POLL_EVERY`th pass.
 pub fn poll_network(
     syncer: &Syncer,
     origin: u32,

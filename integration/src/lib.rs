@@ -409,10 +409,23 @@ impl EngineProc {
         log: &Path,
         env: &[(&str, &str)],
     ) -> EngineProc {
-        let mut cmd = Command::new(musicfs_bin());
+        Self::start_program(musicfs_bin().as_os_str(), args, state, log, env)
+    }
+
+    /// `program args`, which runs an engine (a wrapper may set up its
+    /// environment first).
+    pub fn start_program(
+        program: &std::ffi::OsStr,
+        args: &[&std::ffi::OsStr],
+        state: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> EngineProc {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             // Not "under systemd" unless a test says so (CI may run in a unit).
             .env_remove("INVOCATION_ID")
+            .env_remove("SYSTEMD_EXEC_PID")
             .env_remove("NOTIFY_SOCKET")
             .env("HOME", state.parent().unwrap_or(state))
             .stdin(Stdio::null())

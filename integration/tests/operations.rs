@@ -431,8 +431,9 @@ fn engine_alone_reloads_its_config_on_sighup() {
         e.log_text()
             .contains("configuration reloaded: applied: origins")
     );
-    // A broken configuration on this path is refused whole: the template
-    // and log level that came with the missing origin do not apply.
+    // A broken configuration on this path is refused whole: everything is
+    // validated before anything applies, so the template and log level
+    // that came with the missing origin do not apply.
     let template_before = status_json(&state)["template"].clone();
     std::fs::write(
         &cfg,
@@ -560,9 +561,12 @@ fn events_list_and_follow() {
     assert!(m.stop().success());
 }
 
-/// Under systemd (the engine alone, `INVOCATION_ID` set), `musicfs
-/// shutdown` does not stop the engine (its unit would restart it and leave
-/// the shim mounted): it says to use systemctl, and the engine serves on.
+/// Under systemd (the engine alone, started by systemd itself:
+/// `SYSTEMD_EXEC_PID` is its own pid), `musicfs shutdown` does not stop the
+/// engine (its unit would restart it and leave the shim mounted): it says
+/// to use systemctl, and the engine serves on. An engine that merely
+/// inherited systemd's variables (started from a shell in a user service)
+/// stops as asked.
 #[test]
 fn shutdown_of_an_engine_under_systemd_points_to_systemctl() {
     let dir = tempfile::tempdir().unwrap();
@@ -570,11 +574,34 @@ fn shutdown_of_an_engine_under_systemd_points_to_systemctl() {
     small_origin(&a, 2, "alpha");
     let state = dir.path().join("state");
     let log = dir.path().join("engine.log");
-    let mut e = EngineProc::start(&a, &state, &log, &[("INVOCATION_ID", "0123456789abcdef")]);
+    // As systemd execs it: SYSTEMD_EXEC_PID names the process itself.
+    let script = format!(
+        "SYSTEMD_EXEC_PID=$$ INVOCATION_ID=0123456789abcdef exec {} engine --origin {} --state-dir {}",
+        musicfs_bin().display(),
+        a.display(),
+        state.display()
+    );
+    let args = ["-c".as_ref(), std::ffi::OsStr::new(&script)];
+    let mut e = EngineProc::start_program("sh".as_ref(), &args, &state, &log, &[]);
     e.wait_log("engine ready", 1, Duration::from_secs(60));
     let (ok, out, err) = musicfs(&["shutdown"], &state);
     assert!(!ok, "shutdown went through: {out}");
     assert!(err.contains("systemctl stop musicfs-shim@"), "{err}");
     assert_eq!(status_json(&state)["files"], 2);
+    assert!(e.stop().success());
+
+    // Inherited from a parent's service: not ours, so shutdown works.
+    let mut e = EngineProc::start(
+        &a,
+        &state,
+        &log,
+        &[
+            ("SYSTEMD_EXEC_PID", "1"),
+            ("INVOCATION_ID", "0123456789abcdef"),
+        ],
+    );
+    e.wait_log("engine ready", 1, Duration::from_secs(60));
+    let (ok, out, err) = musicfs(&["shutdown"], &state);
+    assert!(ok, "{out}{err}");
     assert!(e.stop().success());
 }

@@ -370,16 +370,23 @@ fn shim_waiting_for_an_engine_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    let log = dir.path().join("shim.log");
     let mut shim = Command::new(musicfs_bin().with_file_name("musicfs-shim"))
         .arg("--socket")
         .arg(dir.path().join("no-engine.sock"))
         .arg("--mountpoint")
         .arg(&mnt)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // It says so once its transport runs (signals are blocked by then).
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("waiting for an engine")),
+        "the shim never started waiting"
+    );
     assert!(shim.try_wait().unwrap().is_none(), "the shim gave up early");
     let t = Instant::now();
     // SAFETY: kill(2) on our own child.

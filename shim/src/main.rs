@@ -1,7 +1,9 @@
 //! `musicfs-shim`: holds the kernel FUSE session and forwards every request to
 //! the engine over Cap'n Proto. Deliberately small: no tree, no cache, no
 //! origins. It never asks fuser to unmount when it dies (no auto-unmount):
-//! the mount must outlive this process while systemd holds its fd.
+//! it is not fuser's call. Under systemd its fd is stored (FDSTORE); a
+//! restarted shim cannot adopt that connection yet, so it ends it and
+//! mounts afresh (`leftover.rs`).
 
 mod fs;
 mod leftover;
