@@ -240,13 +240,27 @@ fn event_frame(id: u64, e: &Event) -> Vec<u8> {
     musicfs_schema::to_frame(&msg)
 }
 
+/// Binds a unix socket that only its owner can connect to: created under
+/// umask 0177, so there is no moment with looser permissions (a chmod after
+/// bind leaves one). The umask is process-wide; files created meanwhile by
+/// other threads only come out stricter.
+pub fn bind_owner_only(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::stat::{Mode, umask};
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound?;
+    // Belt and braces (and documents the intent).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// Serves the control socket: an accept thread, one thread per connection.
 pub fn serve(rt: Arc<Runtime>) -> Result<crate::server::SocketGuard> {
     let path = control_socket(&rt.state_dir);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener =
+        bind_owner_only(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("musicfs-control".into())

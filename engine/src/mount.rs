@@ -468,13 +468,13 @@ async fn supervise(
     let mut engine_bin = default_engine_binary()?;
     let control_path = supervisor_socket(state_dir);
     let _ = std::fs::remove_file(&control_path);
-    let control = tokio::net::UnixListener::bind(&control_path)
-        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
     // Owner only: it takes `swap BINARY` and `shutdown`.
-    std::fs::set_permissions(
-        &control_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
+    let control = crate::control::bind_owner_only(&control_path)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
+        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
     let mut engine = engine_command(config, state_dir, socket, &engine_bin, "mount")?
         .spawn()
         .context("cannot start the engine")?;

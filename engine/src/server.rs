@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use std::io::{BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 
 use anyhow::{Context, Result};
@@ -420,10 +420,9 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
         std::fs::remove_file(socket)
             .with_context(|| format!("cannot remove old socket {}", socket.display()))?;
     }
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     // Owner only: the shim runs as the same user.
-    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let listener = crate::control::bind_owner_only(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let pool = Arc::new(IoPool::start(IO_THREADS)?);
     info!(socket = %socket.display(), "engine serving");
     std::thread::Builder::new()
