@@ -311,6 +311,14 @@ impl Runtime {
             report.applied.push("origins".into());
         }
         if old.template != new.template {
+            if std::env::var("MUSICFS_FAULT")
+                .is_ok_and(|f| f.split(',').any(|f| f == "reload-template-fail"))
+            {
+                anyhow::bail!(
+                    "cannot apply the template ({} applied already): injected fault (MUSICFS_FAULT=reload-template-fail)",
+                    report.applied.join(", ")
+                );
+            }
             self.syncer.set_template(template).with_context(|| {
                 if report.applied.is_empty() {
                     "cannot apply the template".to_string()

@@ -717,14 +717,23 @@ async fn reload_inner(
     crate::logging::validate(&new.log_level)?;
     let dir = state_dir.to_path_buf();
     let sent = new.clone();
-    let mut report = tokio::time::timeout(
+    let answer = tokio::time::timeout(
         Duration::from_secs(70),
         tokio::task::spawn_blocking(move || crate::control::request_reload(&dir, Some(&sent))),
     )
     .await
     .context("the engine did not answer the reload within 70 s")?
-    .context("reload task")?
-    .context("the engine refused the reload")?;
+    .context("reload task")?;
+    let mut report = match answer {
+        Ok(report) => report,
+        Err(e) => {
+            // The engine validates everything first, but a catalog write can
+            // still fail after an earlier step went through: keep what is in
+            // force, so that the next engine is started with it.
+            adopt_applied(config, &new, state_dir).await;
+            return Err(e.context("the engine refused the reload"));
+        }
+    };
     report.restart_needed = crate::engine::cold_changes(config, &new);
     let mut hb = None;
     if (config.heartbeat_interval_ms, config.heartbeat_timeout_ms)
@@ -741,6 +750,31 @@ async fn reload_inner(
     }
     *config = new;
     Ok((report.summary(), hb))
+}
+
+/// After a failed reload: takes over the origins and template of `new`
+/// that the engine has in force anyway (from its status).
+async fn adopt_applied(config: &mut Config, new: &Config, state_dir: &Path) {
+    let dir = state_dir.to_path_buf();
+    let Ok(Ok(status)) =
+        tokio::task::spawn_blocking(move || crate::control::fetch_status(&dir)).await
+    else {
+        return;
+    };
+    let running: std::collections::BTreeSet<PathBuf> = status
+        .origins
+        .iter()
+        .map(|o| PathBuf::from(&o.path))
+        .collect();
+    let wanted: std::collections::BTreeSet<PathBuf> = new.origins.iter().cloned().collect();
+    if running == wanted && config.origins != new.origins {
+        warn!("the engine applied the new origins before the reload failed; keeping them");
+        config.origins = new.origins.clone();
+    }
+    if status.template == new.template && config.template != new.template {
+        warn!("the engine applied the new template before the reload failed; keeping it");
+        config.template = new.template.clone();
+    }
 }
 
 /// What the supervisor does after a control request.

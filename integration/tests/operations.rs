@@ -605,3 +605,54 @@ fn shutdown_of_an_engine_under_systemd_points_to_systemctl() {
     assert!(ok, "{out}{err}");
     assert!(e.stop().success());
 }
+
+/// A reload that fails after the engine applied part of it (a catalog write
+/// that fails: injected) leaves the supervisor in step with what is in
+/// force: the next engine (after a kill -9) still has the new origin.
+#[test]
+fn partly_applied_reload_survives_an_engine_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    small_origin(&a, 2, "alpha");
+    small_origin(&b, 3, "bravo");
+    let cfg = dir.path().join("musicfs.toml");
+    let by_name = "template = \"{filename}.{ext}\"\n";
+    std::fs::write(&cfg, format!("origins = [{:?}]\n{by_name}", a)).unwrap();
+    let m = Mount::start_with_config(&cfg, &[("MUSICFS_FAULT", "reload-template-fail")]);
+    std::fs::write(
+        &cfg,
+        format!(
+            "origins = [{:?}, {:?}]\ntemplate = \"flat/{{filename}}.{{ext}}\"\n",
+            a, b
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = musicfs(&["reload"], &m.state);
+    assert!(!ok, "the injected fault did not fail the reload: {out}");
+    assert!(err.contains("origins applied already"), "{err}");
+    assert!(
+        eventually(Duration::from_secs(15), || names_with(&m.mnt, "bravo")
+            .len()
+            == 3),
+        "the applied origin's files did not appear"
+    );
+    let old = status_json(&m.state)["pid"].as_i64().unwrap();
+    // SAFETY: kill(2) on the engine this test's mount started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let (ok, out, _) = musicfs(&["status", "--json"], &m.state);
+            ok && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| {
+                v["pid"].as_i64() != Some(old)
+                    && v["origins"].as_array().is_some_and(|o| o.len() == 2)
+            })
+        }),
+        "the restarted engine lost the applied origin:\n{}",
+        m.log_text()
+    );
+    // Give its reconcile a moment, then the files are all still there.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(names_with(&m.mnt, "bravo").len(), 3);
+    assert_eq!(names_with(&m.mnt, "alpha").len(), 2);
+    assert!(m.stop().success());
+}
