@@ -54,6 +54,11 @@ pub struct Config {
     /// On SIGTERM or `musicfs shutdown`: how long requests in flight and
     /// background tasks get to finish before the processes exit (ms).
     pub drain_timeout_ms: u64,
+    /// Directory entries the engine keeps in its listing cache, in total
+    /// (hot: a reload shrinks or grows it at once).
+    pub listing_cache_entries: usize,
+    /// Origin files the engine keeps open for reads through it (hot).
+    pub open_files_max: usize,
 }
 
 impl Default for Config {
@@ -76,6 +81,8 @@ impl Default for Config {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 5000,
             drain_timeout_ms: 5000,
+            listing_cache_entries: crate::store::LISTING_CACHE_ENTRIES,
+            open_files_max: crate::origin_io::FD_CACHE_CAPACITY,
         }
     }
 }
@@ -142,6 +149,8 @@ impl Config {
             "heartbeat_interval_ms",
             "heartbeat_timeout_ms",
             "drain_timeout_ms",
+            "listing_cache_entries",
+            "open_files_max",
         ]);
         fig = fig.merge(env);
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
@@ -173,6 +182,9 @@ impl Config {
         }
         if self.poll_interval_s == 0 {
             bail!("poll_interval_s must be > 0");
+        }
+        if self.listing_cache_entries == 0 || self.open_files_max == 0 {
+            bail!("listing_cache_entries and open_files_max must be > 0");
         }
         Ok(())
     }

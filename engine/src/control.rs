@@ -138,9 +138,14 @@ fn collect(rt: &Runtime) -> Result<Status> {
                 ("listing_cache_dirs".into(), dirs),
                 ("listing_cache_entries".into(), entries),
                 (
+                    "listing_cache_limit".into(),
+                    rt.store.listing_cache_limit() as u64,
+                ),
+                (
                     "open_origin_files".into(),
                     shared.open_origin_files() as u64,
                 ),
+                ("open_files_max".into(), shared.open_files_max() as u64),
                 ("catalog_cache_bytes".into(), db),
             ]
         },

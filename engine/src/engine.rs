@@ -355,6 +355,15 @@ impl Runtime {
                 .store(new.checkpoint_files, Ordering::Relaxed);
             report.applied.push("checkpoint_files".into());
         }
+        if old.listing_cache_entries != new.listing_cache_entries {
+            self.store
+                .set_listing_cache_limit(new.listing_cache_entries);
+            report.applied.push("listing_cache_entries".into());
+        }
+        if old.open_files_max != new.open_files_max {
+            self.shared.set_open_files_max(new.open_files_max);
+            report.applied.push("open_files_max".into());
+        }
         if watching_changed {
             let ids: Vec<u32> = self.watchers.lock().keys().copied().collect();
             for id in ids {
@@ -626,6 +635,8 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         }
     }
     let shared = Shared::new(store.clone(), origins.clone(), config.entry_ttl_ms);
+    shared.set_open_files_max(config.open_files_max);
+    store.set_listing_cache_limit(config.listing_cache_entries);
     syncer.set_shared(shared.clone());
     let syncer = Arc::new(syncer);
     let runtime = Arc::new(Runtime {

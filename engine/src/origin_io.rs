@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Origin files kept open for reads.
-const FD_CACHE_CAPACITY: usize = 256;
+/// Origin files kept open for reads (default of `open_files_max`).
+pub const FD_CACHE_CAPACITY: usize = 256;
 
 /// A small LRU of open origin files, keyed by inode.
 #[derive(Default)]
@@ -18,16 +18,58 @@ pub(crate) struct FdCache {
     pub(crate) origin_opens: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Default)]
 struct FdCacheInner {
     clock: u64,
     files: std::collections::HashMap<u64, (Arc<File>, u64, u64)>, // ino -> (file, version, last use)
+    /// Most files held open (hot: `set_capacity`).
+    capacity: usize,
+}
+
+impl Default for FdCacheInner {
+    fn default() -> Self {
+        FdCacheInner {
+            clock: 0,
+            files: std::collections::HashMap::new(),
+            capacity: FD_CACHE_CAPACITY,
+        }
+    }
+}
+
+impl FdCacheInner {
+    /// Closes the least recently used files until at most `keep` are open.
+    fn shrink_to(&mut self, keep: usize) {
+        while self.files.len() > keep {
+            let Some(oldest) = self
+                .files
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            self.files.remove(&oldest);
+        }
+    }
 }
 
 impl FdCache {
     /// Origin files held open now.
     pub(crate) fn open_files(&self) -> usize {
         self.inner.lock().files.len()
+    }
+
+    /// The most origin files held open.
+    pub(crate) fn capacity(&self) -> usize {
+        self.inner.lock().capacity
+    }
+
+    /// A new limit, applied at once (the least recently used files close;
+    /// reads that hold one keep it until they finish).
+    pub(crate) fn set_capacity(&self, files: usize) {
+        let mut inner = self.inner.lock();
+        inner.capacity = files.max(1);
+        let keep = inner.capacity;
+        inner.shrink_to(keep);
     }
 
     pub(crate) fn get(&self, ino: u64, version: u64, path: &Path) -> io::Result<Arc<File>> {
@@ -46,15 +88,10 @@ impl FdCache {
         self.origin_opens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.inner.lock();
-        if inner.files.len() >= FD_CACHE_CAPACITY
-            && let Some(oldest) = inner
-                .files
-                .iter()
-                .min_by_key(|(_, (_, _, used))| *used)
-                .map(|(k, _)| *k)
-        {
-            inner.files.remove(&oldest);
-        }
+        // A stale version of this file makes no room for others.
+        inner.files.remove(&ino);
+        let keep = inner.capacity - 1;
+        inner.shrink_to(keep);
         let now = inner.clock;
         inner.files.insert(ino, (file.clone(), version, now));
         Ok(file)
@@ -96,5 +133,41 @@ pub(crate) fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_cache_keeps_at_most_its_capacity_and_shrinks_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FdCache::default();
+        let paths: Vec<_> = (0..8)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}"));
+                std::fs::write(&p, [i as u8]).unwrap();
+                p
+            })
+            .collect();
+        cache.set_capacity(4);
+        for (i, p) in paths.iter().enumerate() {
+            cache.get(i as u64, 1, p).unwrap();
+        }
+        assert_eq!(cache.open_files(), 4);
+        // The most recently used stay: 4..8 are hits.
+        let opens = |c: &FdCache| c.origin_opens.load(std::sync::atomic::Ordering::Relaxed);
+        let before = opens(&cache);
+        for (i, p) in paths.iter().enumerate().skip(4) {
+            cache.get(i as u64, 1, p).unwrap();
+        }
+        assert_eq!(opens(&cache), before);
+        cache.set_capacity(2);
+        assert_eq!((cache.open_files(), cache.capacity()), (2, 2));
+        // A new content version is a miss, and the limit holds.
+        cache.get(7, 2, &paths[7]).unwrap();
+        assert_eq!(opens(&cache), before + 1);
+        assert_eq!(cache.open_files(), 2);
     }
 }

@@ -125,6 +125,15 @@ impl Shared {
         self.fds.open_files()
     }
 
+    /// The most origin files held open (hot: `open_files_max`).
+    pub fn open_files_max(&self) -> usize {
+        self.fds.capacity()
+    }
+
+    pub fn set_open_files_max(&self, files: usize) {
+        self.fds.set_capacity(files);
+    }
+
     /// Requests read and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)

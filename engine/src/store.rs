@@ -45,8 +45,9 @@ const CHILDREN: TableDefinition<&[u8], u64> = TableDefinition::new("children");
 /// the configuration can never make a key point into the wrong directory.
 const ORIGINS: TableDefinition<&str, u32> = TableDefinition::new("origins");
 
-/// Directory entries kept in the hot listing cache, in total.
-const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
+/// Directory entries kept in the hot listing cache, in total (default of
+/// `listing_cache_entries`).
+pub const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
 /// redb's page cache.
 const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -134,11 +135,23 @@ impl Invalidations {
     }
 }
 
-#[derive(Default)]
 struct ListingCache {
     map: HashMap<u64, Arc<Vec<Child>>>,
     order: VecDeque<u64>,
     entries: usize,
+    /// Most entries held (hot: `set_listing_cache_limit`).
+    limit: usize,
+}
+
+impl Default for ListingCache {
+    fn default() -> Self {
+        ListingCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            entries: 0,
+            limit: LISTING_CACHE_ENTRIES,
+        }
+    }
 }
 
 impl ListingCache {
@@ -153,11 +166,18 @@ impl ListingCache {
             self.order.push_back(ino);
         }
         self.entries += list.len();
-        while self.entries > LISTING_CACHE_ENTRIES {
+        self.evict(Some(ino));
+    }
+
+    /// Drops the oldest listings until the cache is within its limit; `keep`
+    /// (the one just inserted) stays even when it alone is over it.
+    fn evict(&mut self, keep: Option<u64>) {
+        while self.entries > self.limit {
             let Some(victim) = self.order.pop_front() else {
                 break;
             };
-            if victim == ino && self.order.is_empty() {
+            if Some(victim) == keep && self.order.is_empty() {
+                self.order.push_back(victim);
                 break;
             }
             if let Some(old) = self.map.remove(&victim) {
@@ -471,6 +491,18 @@ impl Store {
     pub fn cache_figures(&self) -> (u64, u64, u64) {
         let c = self.listings.lock();
         (c.map.len() as u64, c.entries as u64, DB_CACHE_BYTES as u64)
+    }
+
+    /// The listing cache's limit in entries, and a new one (applied at once:
+    /// the oldest listings go until it fits).
+    pub fn listing_cache_limit(&self) -> usize {
+        self.listings.lock().limit
+    }
+
+    pub fn set_listing_cache_limit(&self, entries: usize) {
+        let mut c = self.listings.lock();
+        c.limit = entries.max(1);
+        c.evict(None);
     }
 
     /// The path template in use.
@@ -1192,6 +1224,38 @@ mod tests {
         // The path comes back with its old inode.
         s.apply(vec![rec("a.mp3", "A", "One")], &[], false).unwrap();
         assert_eq!(resolve(&s, "A/Album/01 - One.mp3"), Some(one));
+    }
+
+    #[test]
+    fn listing_cache_limit_applies_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let recs: Vec<FileRecord> = (0..20)
+            .map(|i| rec(&format!("{i}.mp3"), &format!("Artist {i}"), "T"))
+            .collect();
+        s.apply(recs, &[], true).unwrap();
+        // Root (20 entries) and every artist and album directory (1 each).
+        for name in ls(&s, ROOT_INO) {
+            let artist = resolve(&s, &name).unwrap();
+            ls(&s, resolve(&s, &format!("{name}/Album")).unwrap());
+            ls(&s, artist);
+        }
+        let (dirs, entries, _) = s.cache_figures();
+        assert_eq!((dirs, entries), (41, 60));
+        // Shrinking drops the oldest listings until it fits.
+        s.set_listing_cache_limit(10);
+        let (dirs, entries, _) = s.cache_figures();
+        assert!(entries <= 10 && dirs == entries, "{dirs} {entries}");
+        assert_eq!(s.listing_cache_limit(), 10);
+        // A listing larger than the whole limit is still served (and kept
+        // alone until the next insert).
+        assert_eq!(ls(&s, ROOT_INO).len(), 20);
+        let (dirs, entries, _) = s.cache_figures();
+        assert_eq!((dirs, entries), (1, 20));
+        ls(&s, resolve(&s, "Artist 3").unwrap());
+        assert!(s.cache_figures().1 <= 10);
+        // Listings stay right whatever was evicted.
+        assert_eq!(ls(&s, resolve(&s, "Artist 7").unwrap()), ["Album"]);
     }
 
     #[test]

@@ -431,6 +431,34 @@ fn engine_alone_reloads_its_config_on_sighup() {
         e.log_text()
             .contains("configuration reloaded: applied: origins")
     );
+    // Cache limits are hot: they apply at once and status shows them.
+    // `cache` is a list of [name, value] pairs.
+    let cache = |st: &serde_json::Value, name: &str| {
+        st["cache"]
+            .as_array()?
+            .iter()
+            .find(|p| p[0] == name)
+            .and_then(|p| p[1].as_u64())
+    };
+    let st = status_json(&state);
+    assert_eq!(cache(&st, "listing_cache_limit"), Some(262_144), "{st}");
+    assert_eq!(cache(&st, "open_files_max"), Some(256), "{st}");
+    std::fs::write(
+        &cfg,
+        format!("origins = [{a:?}, {b:?}]\nlisting_cache_entries = 3\nopen_files_max = 2\n"),
+    )
+    .unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(e.child.id() as i32, libc::SIGHUP) };
+    e.wait_log(
+        "applied: listing_cache_entries, open_files_max",
+        1,
+        Duration::from_secs(15),
+    );
+    let st = status_json(&state);
+    assert_eq!(cache(&st, "listing_cache_limit"), Some(3), "{st}");
+    assert_eq!(cache(&st, "open_files_max"), Some(2), "{st}");
+    assert!(cache(&st, "listing_cache_entries").unwrap() <= 7, "{st}");
     // A broken configuration on this path is refused whole: everything is
     // validated before anything applies, so the template and log level
     // that came with the missing origin do not apply.
