@@ -9,8 +9,9 @@ export DEBIAN_FRONTEND=noninteractive
 # fuse3: fusermount3 and /etc/fuse.conf        capnproto: schema freshness test
 # ffmpeg: gen-library templates, ffprobe tests  bindfs: the benchmark's baseline
 # systemd: systemd-analyze verify of the units  util-linux: setpriv in a test
+# rsync, mpv, fio: real clients that read the mount in the suite
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux ca-certificates >/dev/null
+apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio ca-certificates >/dev/null
 # The toolchain components the suite uses (rustup installs; harmless if present).
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
