@@ -202,23 +202,8 @@ fn ffprobe_reports_the_same_tags_and_duration() {
     let lib = library();
     let manifest = read_manifest(lib);
     let mount = Mount::start(&[lib]);
-    // A sample across formats: up to 4 normal files per format.
-    let mut per_format: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut sample = Vec::new();
-    for e in manifest.iter().filter(|e| e.kind == "normal") {
-        let n = per_format.entry(&e.format).or_default();
-        if *n < 4 {
-            *n += 1;
-            sample.push(e);
-        }
-    }
-    assert!(per_format.len() >= 6, "sample covers only {per_format:?}");
-    let files = list_files(&mount.mnt);
-    let mut by_origin = HashMap::new();
-    for rel in &files {
-        let p = mount.mnt.join(rel);
-        by_origin.insert(getxattr(&p, "user.musicfs.origin").unwrap(), p);
-    }
+    let sample = sample_per_format(&manifest, 4);
+    let by_origin = mounted_by_origin(&mount.mnt);
     let probe = |p: &Path| {
         let out = Command::new("ffprobe")
             .args(["-v", "error", "-show_entries", "format=duration,format_name,bit_rate:format_tags:stream=codec_name,sample_rate,channels", "-of", "json"])
@@ -235,7 +220,7 @@ fn ffprobe_reports_the_same_tags_and_duration() {
     };
     for e in sample {
         let origin = lib.join(OsStr::from_bytes(&e.raw_path()));
-        let mounted = &by_origin[origin.as_os_str().as_bytes()];
+        let mounted = &by_origin[&origin];
         let (a, b) = (probe(&origin), probe(mounted));
         assert_eq!(a, b, "ffprobe differs for {} ({})", e.path, e.format);
         assert!(
@@ -585,6 +570,22 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A sample across formats: up to `per` normal files of each, covering at
+/// least 6 formats.
+fn sample_per_format(manifest: &[ManifestEntry], per: usize) -> Vec<&ManifestEntry> {
+    let mut per_format: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut sample = Vec::new();
+    for e in manifest.iter().filter(|e| e.kind == "normal") {
+        let n = per_format.entry(&e.format).or_default();
+        if *n < per {
+            *n += 1;
+            sample.push(e);
+        }
+    }
+    assert!(per_format.len() >= 6, "sample covers only {per_format:?}");
+    sample
+}
+
 /// The mounted path of each origin file, from the `user.musicfs.origin` xattr.
 fn mounted_by_origin(mnt: &Path) -> HashMap<PathBuf, PathBuf> {
     list_files(mnt)
@@ -666,7 +667,6 @@ fn mpv_plays_files_from_the_mount() {
     let manifest = read_manifest(lib);
     let mount = Mount::start(&[lib]);
     let by_origin = mounted_by_origin(&mount.mnt);
-    let mut per_format: BTreeMap<&str, usize> = BTreeMap::new();
     let play = |p: &Path| {
         let out = run_ok(
             Command::new("mpv")
@@ -686,18 +686,12 @@ fn mpv_plays_files_from_the_mount() {
             .unwrap_or_else(|| panic!("{}: {out}", p.display()))
             .to_string()
     };
-    for e in manifest.iter().filter(|e| e.kind == "normal") {
-        let n = per_format.entry(&e.format).or_default();
-        if *n >= 2 {
-            continue;
-        }
-        *n += 1;
+    for e in sample_per_format(&manifest, 2) {
         let origin = lib.join(OsStr::from_bytes(&e.raw_path()));
         let mounted = &by_origin[&origin];
         let (a, b) = (play(&origin), play(mounted));
         assert_eq!(a, b, "{}", e.path);
     }
-    assert!(per_format.len() >= 6, "played only {per_format:?}");
     assert!(mount.stop().success());
 }
 
