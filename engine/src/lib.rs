@@ -1,20 +1,29 @@
 //! The MusicFS engine: scans origins, keeps the catalog (redb), builds the
 //! virtual tree and serves the data plane to the shim over Cap'n Proto.
-//! Also the `musicfs` command line (mount, unmount, engine, scan).
+//! Also the `musicfs` command line (mount, unmount, engine, scan, ...).
+//!
+//! Rooms, from the top down; a room may use only rooms below it (the
+//! boundaries test in `integration/tests/boundaries.rs` enforces this):
+//!
+//! ```text
+//! cli → supervisor | runtime → control | serve | sync → scan → origins
+//!     → catalog → config → model, with tasks, events, logging, sys beside
+//! ```
+//!
+//! See ARCHITECTURE.md for the map.
 
+pub mod catalog;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod control;
-pub mod engine;
 pub mod events;
 pub mod logging;
 pub mod model;
-pub mod mount;
-pub mod origin_io;
 pub mod origins;
+pub mod runtime;
 pub mod scan;
-pub mod server;
-pub mod store;
+pub mod serve;
+pub mod supervisor;
 pub mod sync;
-pub mod template;
+pub mod sys;
+pub mod tasks;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use musicfs_engine::model::template::{DEFAULT_TEMPLATE, Template, with_collision_suffix};
 use musicfs_engine::model::{AudioProps, FileRecord, Tags};
-use musicfs_engine::template::{DEFAULT_TEMPLATE, Template, with_collision_suffix};
 use musicfs_integration::*;
 
 const TRACKS: usize = 2000;
@@ -508,7 +508,7 @@ fn ctrl_c_and_sigterm_unmount_cleanly() {
             "engine socket left behind"
         );
         // The catalog opens again (no other process holds it) and knows the library.
-        let store = musicfs_engine::store::Store::open(
+        let store = musicfs_engine::catalog::Store::open(
             &state.join("catalog.redb"),
             Template::parse(DEFAULT_TEMPLATE).unwrap(),
         )

@@ -1,6 +1,10 @@
-//! The catalog's record types: what the engine knows about one origin file.
+//! The bottom of the engine: what it knows about one origin file (the
+//! record types) and how a record is named in the tree (`template`). Pure
+//! values and functions; depends on nothing in the crate.
 
 use serde::{Deserialize, Serialize};
+
+pub mod template;
 
 /// Tags read from an audio file. Every field is optional: untagged and
 /// unreadable files still get a record, with everything `None`.
@@ -39,7 +43,7 @@ pub struct FileRecord {
     pub mtime_ns: i64,
     /// Inode number of the origin file on its own filesystem.
     pub origin_ino: u64,
-    /// Content fingerprint (see `scan::fingerprint`), for when an mtime
+    /// Content fingerprint (see `scan::fingerprint_file`), for when an mtime
     /// cannot be trusted.
     pub fingerprint: u64,
     /// Detected content format (e.g. "flac"), if the probe recognised it.

@@ -1,11 +1,20 @@
-//! The `musicfs` command line.
+//! The `musicfs` command line: arguments (`Cli`), the commands (`run`),
+//! and how answers are printed (`render`, `events`). The top room: it may
+//! use every other; nothing uses it but `main.rs`.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::reload::ConfigSource;
 use crate::config::{Config, Overrides};
+
+pub mod events;
+pub mod render;
+mod run;
+
+pub use run::run;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -146,10 +155,17 @@ pub enum EngineAction {
     },
 }
 
+/// Where this command's configuration comes from.
+pub fn config_source(cli: &Cli) -> ConfigSource {
+    ConfigSource {
+        file: cli.config.clone(),
+        overrides: overrides(cli),
+    }
+}
+
+/// The configuration, with absolute origin paths.
 pub fn load_config(cli: &Cli) -> Result<Config> {
-    let mut c = Config::load(cli.config.as_deref(), &overrides(cli))?;
-    c.absolutize_origins();
-    Ok(c)
+    crate::origins::load_config(&config_source(cli))
 }
 
 /// The configuration values given on the command line.

@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Origin files kept open for reads (default of `open_files_max`).
-pub const FD_CACHE_CAPACITY: usize = 256;
+use crate::config::defaults::OPEN_FILES_MAX;
 
 /// A small LRU of open origin files, keyed by inode.
 #[derive(Default)]
-pub(crate) struct FdCache {
+pub struct FdCache {
     inner: Mutex<FdCacheInner>,
-    pub(crate) origin_opens: std::sync::atomic::AtomicU64,
+    pub origin_opens: std::sync::atomic::AtomicU64,
 }
 
 struct FdCacheInner {
@@ -30,7 +29,7 @@ impl Default for FdCacheInner {
         FdCacheInner {
             clock: 0,
             files: std::collections::HashMap::new(),
-            capacity: FD_CACHE_CAPACITY,
+            capacity: OPEN_FILES_MAX,
         }
     }
 }
@@ -54,25 +53,25 @@ impl FdCacheInner {
 
 impl FdCache {
     /// Origin files held open now.
-    pub(crate) fn open_files(&self) -> usize {
+    pub fn open_files(&self) -> usize {
         self.inner.lock().files.len()
     }
 
     /// The most origin files held open.
-    pub(crate) fn capacity(&self) -> usize {
+    pub fn capacity(&self) -> usize {
         self.inner.lock().capacity
     }
 
     /// A new limit, applied at once (the least recently used files close;
     /// reads that hold one keep it until they finish).
-    pub(crate) fn set_capacity(&self, files: usize) {
+    pub fn set_capacity(&self, files: usize) {
         let mut inner = self.inner.lock();
         inner.capacity = files.max(1);
         let keep = inner.capacity;
         inner.shrink_to(keep);
     }
 
-    pub(crate) fn get(&self, ino: u64, version: u64, path: &Path) -> io::Result<Arc<File>> {
+    pub fn get(&self, ino: u64, version: u64, path: &Path) -> io::Result<Arc<File>> {
         {
             let mut inner = self.inner.lock();
             inner.clock += 1;
@@ -120,7 +119,7 @@ pub fn is_local_fs(path: &Path) -> bool {
 
 /// `pread` that never waits for the disk: RWF_NOWAIT fails with EAGAIN unless
 /// the data is already in the page cache.
-pub(crate) fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),

@@ -2,6 +2,11 @@
 //! `/etc/musicfs/config.toml` < `$XDG_CONFIG_HOME/musicfs/config.toml`
 //! (`~/.config/...`) < an explicit `--config FILE` < `MUSICFS_*` environment <
 //! command-line flags.
+//!
+//! Plain values and their validation; defaults that belong to a subsystem
+//! live in `defaults`, the state directory's layout in `state`, what a
+//! reload compares in `reload`. Probing origins is the origins room's job.
+//! May use: model (to validate the template).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +15,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::template::{DEFAULT_TEMPLATE, Template};
+use crate::model::template::{DEFAULT_TEMPLATE, Template};
+
+pub mod defaults;
+pub mod reload;
+pub mod state;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,8 +90,8 @@ impl Default for Config {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 5000,
             drain_timeout_ms: 5000,
-            listing_cache_entries: crate::store::LISTING_CACHE_ENTRIES,
-            open_files_max: crate::origin_io::FD_CACHE_CAPACITY,
+            listing_cache_entries: defaults::LISTING_CACHE_ENTRIES,
+            open_files_max: defaults::OPEN_FILES_MAX,
         }
     }
 }
@@ -189,52 +198,18 @@ impl Config {
         Ok(())
     }
 
-    /// Absolute origin paths: they name origins in the catalog and the status.
-    pub fn absolutize_origins(&mut self) {
-        // Bounded: an origin on a hung filesystem keeps its absolute form.
-        let probes = crate::origins::probe_all(&self.origins);
-        for (o, probe) in self.origins.iter_mut().zip(probes) {
-            match probe.and_then(|p| p.canonical) {
-                Some(canonical) => *o = canonical,
-                None => {
-                    if let Ok(abs) = std::path::absolute(&*o) {
-                        *o = abs;
-                    }
-                }
-            }
+    /// Scan worker threads: `scan_threads`, or two per core when 0 (tag
+    /// reads wait on I/O as often as on CPU).
+    pub fn scan_worker_threads(&self) -> usize {
+        if self.scan_threads > 0 {
+            return self.scan_threads;
         }
+        std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
     }
 
-    /// Every origin must be an existing directory (each checked within a
-    /// deadline: a hung network filesystem does not hang the check).
-    pub fn check_origins(&self) -> Result<()> {
-        self.check_origins_except(|_| false).map(drop)
-    }
-
-    /// Like `check_origins`, except that origins for which `known` is true
-    /// (the catalog already holds their files) may be unreachable: they are
-    /// returned with the reason, and served from the catalog meanwhile. A
-    /// NAS that is down must not keep a mount from (re)starting.
-    pub fn check_origins_except(
-        &self,
-        known: impl Fn(&Path) -> bool,
-    ) -> Result<Vec<(PathBuf, String)>> {
-        if self.origins.is_empty() {
-            bail!("no origin directory given (use --origin DIR or `origins` in the config file)");
-        }
-        let mut offline = Vec::new();
-        for (o, answer) in self
-            .origins
-            .iter()
-            .zip(crate::origins::probe_dirs(&self.origins))
-        {
-            match answer {
-                Ok(()) => {}
-                Err(why) if known(o) => offline.push((o.clone(), why)),
-                Err(why) => bail!("origin directory {} cannot be used: {why}", o.display()),
-            }
-        }
-        Ok(offline)
+    /// The drain deadline of an ordered stop.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.drain_timeout_ms)
     }
 
     /// The state directory: the configured one, or a per-mountpoint default.

@@ -1,89 +1,14 @@
-//! The configured origins by persistent id, shared by the data plane and the
-//! syncer. A reload swaps the whole table at once: readers take a snapshot
-//! (an `Arc`) and never see half an update.
+//! Bounded looks at origin directories: a hung network filesystem costs one
+//! stuck thread per path, never a hung caller.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use anyhow::{Result, bail};
 
-use crate::origin_io::is_local_fs;
-
-/// One snapshot of the origins, indexed by origin id.
-#[derive(Debug, Default)]
-pub struct OriginTable {
-    roots: Vec<Option<PathBuf>>,
-    local: Vec<bool>,
-}
-
-impl OriginTable {
-    /// The table for `roots` (by id; `None` for ids not configured).
-    pub fn new(roots: Vec<Option<PathBuf>>) -> OriginTable {
-        // Bounded: an origin that hangs counts as not local (network).
-        let configured: Vec<PathBuf> = roots.iter().flatten().cloned().collect();
-        let mut probes = probe_all(&configured).into_iter();
-        let local = roots
-            .iter()
-            .map(|o| o.is_some() && probes.next().flatten().is_some_and(|p| p.local))
-            .collect();
-        OriginTable { roots, local }
-    }
-
-    /// The root directory of origin `id`, if it is configured.
-    pub fn root(&self, id: u32) -> Option<&Path> {
-        self.roots.get(id as usize)?.as_deref()
-    }
-
-    /// Whether origin `id` is on a local filesystem (checked when configured).
-    pub fn is_local(&self, id: u32) -> bool {
-        self.local.get(id as usize).copied().unwrap_or(false)
-    }
-
-    /// Every configured origin: (id, root).
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Path)> {
-        self.roots.iter().enumerate().filter_map(|(id, r)| {
-            r.as_deref()
-                .map(|r| (u32::try_from(id).unwrap_or(u32::MAX), r))
-        })
-    }
-}
-
-/// The live origin table.
-#[derive(Debug, Default)]
-pub struct Origins(RwLock<Arc<OriginTable>>);
-
-impl Origins {
-    pub fn new(roots: Vec<Option<PathBuf>>) -> Arc<Origins> {
-        Arc::new(Origins(RwLock::new(Arc::new(OriginTable::new(roots)))))
-    }
-
-    /// The current table (cheap: one `Arc` clone).
-    pub fn snapshot(&self) -> Arc<OriginTable> {
-        self.0.read().clone()
-    }
-
-    /// The root of origin `id`, if configured.
-    pub fn root(&self, id: u32) -> Option<PathBuf> {
-        self.snapshot().root(id).map(Path::to_path_buf)
-    }
-
-    /// Replaces the table (reload).
-    pub fn replace(&self, roots: Vec<Option<PathBuf>>) {
-        let table = Arc::new(OriginTable::new(roots));
-        *self.0.write() = table;
-    }
-
-    /// Looks again at which filesystem each origin is on (an origin that
-    /// was away at start could not tell). A reload in between wins.
-    pub fn refresh(&self) {
-        let before = self.snapshot();
-        let table = Arc::new(OriginTable::new(before.roots.clone()));
-        let mut current = self.0.write();
-        if Arc::ptr_eq(&current, &before) {
-            *current = table;
-        }
-    }
-}
+use crate::config::Config;
+use crate::config::reload::ConfigSource;
+use crate::origins::local::is_local_fs;
 
 /// How long an origin directory may take to answer a probe.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -192,6 +117,57 @@ pub fn probe_dirs(paths: &[PathBuf]) -> Vec<Result<(), String>> {
             )),
         })
         .collect()
+}
+
+/// Absolute origin paths: they name origins in the catalog and the status.
+/// Bounded: an origin on a hung filesystem keeps its absolute form.
+pub fn absolutize(origins: &mut [PathBuf]) {
+    let probes = probe_all(origins);
+    for (o, probe) in origins.iter_mut().zip(probes) {
+        match probe.and_then(|p| p.canonical) {
+            Some(canonical) => *o = canonical,
+            None => {
+                if let Ok(abs) = std::path::absolute(&*o) {
+                    *o = abs;
+                }
+            }
+        }
+    }
+}
+
+/// The configuration from its layers, with absolute origin paths.
+pub fn load_config(source: &ConfigSource) -> Result<Config> {
+    let mut c = source.load_layers()?;
+    absolutize(&mut c.origins);
+    Ok(c)
+}
+
+/// Every origin must be an existing directory (each checked within a
+/// deadline: a hung network filesystem does not hang the check).
+pub fn check_origins(config: &Config) -> Result<()> {
+    check_origins_except(config, |_| false).map(drop)
+}
+
+/// Like `check_origins`, except that origins for which `known` is true
+/// (the catalog already holds their files) may be unreachable: they are
+/// returned with the reason, and served from the catalog meanwhile. A
+/// NAS that is down must not keep a mount from (re)starting.
+pub fn check_origins_except(
+    config: &Config,
+    known: impl Fn(&Path) -> bool,
+) -> Result<Vec<(PathBuf, String)>> {
+    if config.origins.is_empty() {
+        bail!("no origin directory given (use --origin DIR or `origins` in the config file)");
+    }
+    let mut offline = Vec::new();
+    for (o, answer) in config.origins.iter().zip(probe_dirs(&config.origins)) {
+        match answer {
+            Ok(()) => {}
+            Err(why) if known(o) => offline.push((o.clone(), why)),
+            Err(why) => bail!("origin directory {} cannot be used: {why}", o.display()),
+        }
+    }
+    Ok(offline)
 }
 
 #[cfg(test)]

@@ -1,0 +1,147 @@
+//! The request path's reads: short read transactions, listings through the
+//! hot cache.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use redb::ReadableDatabase;
+
+use crate::catalog::records::{Child, FileEntry, KnownFile, NodeRec};
+use crate::catalog::store::Store;
+use crate::catalog::tables::{CHILDREN, FILES, META, NODES, child_key, file_key, split_file_key};
+
+impl Store {
+    pub fn node(&self, ino: u64) -> Result<Option<NodeRec>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let nodes = txn.open_table(NODES)?;
+        match nodes.get(ino)? {
+            Some(v) => Ok(Some(
+                postcard::from_bytes(v.value()).context("corrupt node record")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<(u64, NodeRec)>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let children = txn.open_table(CHILDREN)?;
+        let Some(ino) = children
+            .get(child_key(parent, name).as_slice())?
+            .map(|v| v.value())
+        else {
+            return Ok(None);
+        };
+        let nodes = txn.open_table(NODES)?;
+        match nodes.get(ino)? {
+            Some(v) => Ok(Some((
+                ino,
+                postcard::from_bytes(v.value()).context("corrupt node record")?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// The sorted listing of a directory (cached).
+    pub fn children(&self, dir: u64) -> Result<Arc<Vec<Child>>> {
+        if let Some(l) = self.listings.lock().get(dir) {
+            return Ok(l);
+        }
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let children = txn.open_table(CHILDREN)?;
+        let nodes = txn.open_table(NODES)?;
+        let lo = dir.to_be_bytes();
+        let hi = (dir + 1).to_be_bytes();
+        let mut list = Vec::new();
+        for row in children.range(lo.as_slice()..hi.as_slice())? {
+            let (k, v) = row?;
+            let name = String::from_utf8_lossy(&k.value()[8..]).into_owned();
+            let ino = v.value();
+            let is_dir = match nodes.get(ino)? {
+                Some(n) => postcard::from_bytes::<NodeRec>(n.value())
+                    .map(|n| n.is_dir)
+                    .unwrap_or(false),
+                None => false,
+            };
+            list.push(Child {
+                name: name.into(),
+                ino,
+                is_dir,
+            });
+        }
+        let list = Arc::new(list);
+        self.listings.lock().insert(dir, list.clone());
+        Ok(list)
+    }
+
+    /// Several nodes in one read transaction.
+    pub fn nodes(&self, inos: &[u64]) -> Result<Vec<Option<NodeRec>>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let nodes = txn.open_table(NODES)?;
+        inos.iter()
+            .map(|ino| match nodes.get(*ino)? {
+                Some(v) => Ok(Some(
+                    postcard::from_bytes(v.value()).context("corrupt node record")?,
+                )),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    pub fn file(&self, key: &[u8]) -> Result<Option<FileEntry>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        match files.get(key)? {
+            Some(v) => Ok(Some(
+                postcard::from_bytes(v.value()).context("corrupt file record")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// (size, mtime, origin inode, fingerprint) of every file of `origin`
+    /// under `prefix` (relative path bytes; empty = the whole origin).
+    pub fn file_stats(&self, origin: u32, prefix: &[u8]) -> Result<HashMap<Vec<u8>, KnownFile>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let lo = file_key(origin, prefix);
+        let mut out = HashMap::new();
+        for row in files.range(lo.as_slice()..)? {
+            let (k, v) = row?;
+            let key = k.value();
+            let Some((o, rel)) = split_file_key(key) else {
+                break;
+            };
+            if o != origin || !rel.starts_with(prefix) {
+                break;
+            }
+            let entry: FileEntry =
+                postcard::from_bytes(v.value()).context("corrupt file record")?;
+            out.insert(
+                rel.to_vec(),
+                KnownFile {
+                    size: entry.rec.size_bytes,
+                    mtime_ns: entry.rec.mtime_ns,
+                    ino: entry.rec.origin_ino,
+                    fingerprint: entry.rec.fingerprint,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// (files, nodes, bytes of all files), kept up to date by every write.
+    pub fn totals(&self) -> Result<(u64, u64, u64)> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        Ok((get("file_count")?, get("node_count")?, get("total_bytes")?))
+    }
+}

@@ -1,0 +1,239 @@
+use std::path::Path;
+
+use redb::Database;
+
+use super::tables::META;
+use super::{ROOT_INO, Store, file_key};
+use crate::model::template::{DEFAULT_TEMPLATE, Template};
+use crate::model::{AudioProps, FileRecord, Tags};
+
+fn rec(path: &str, artist: &str, title: &str) -> FileRecord {
+    FileRecord {
+        origin: 0,
+        rel_path: path.as_bytes().to_vec(),
+        size_bytes: 10,
+        mtime_ns: 5,
+        origin_ino: 1,
+        fingerprint: 0,
+        format: None,
+        tags: Tags {
+            artist: Some(artist.into()),
+            album: Some("Album".into()),
+            title: Some(title.into()),
+            track: Some(1),
+            ..Tags::default()
+        },
+        props: AudioProps::default(),
+        probe_error: None,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(
+        &dir.join("c.redb"),
+        Template::parse(DEFAULT_TEMPLATE).unwrap(),
+    )
+    .unwrap()
+}
+
+fn ls(s: &Store, dir: u64) -> Vec<String> {
+    s.children(dir)
+        .unwrap()
+        .iter()
+        .map(|c| c.name.to_string())
+        .collect()
+}
+
+fn resolve(s: &Store, path: &str) -> Option<u64> {
+    let mut ino = ROOT_INO;
+    for part in path.split('/') {
+        ino = s.lookup(ino, part).unwrap()?.0;
+    }
+    Some(ino)
+}
+
+#[test]
+fn collisions_are_deterministic_whatever_the_batch_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![
+        rec("b.flac", "A", "Song"),
+        rec("a.flac", "A", "Song"),
+        rec("c.flac", "A", "Song"),
+    ];
+    let s1 = {
+        let d = dir.path().join("1");
+        std::fs::create_dir(&d).unwrap();
+        let s = open(&d);
+        s.apply(files.clone(), &[], true).unwrap();
+        s
+    };
+    let mut rev = files;
+    rev.reverse();
+    let d = dir.path().join("2");
+    std::fs::create_dir(&d).unwrap();
+    let s2 = open(&d);
+    s2.apply(rev, &[], true).unwrap();
+    let album = resolve(&s1, "A/Album").unwrap();
+    assert_eq!(
+        ls(&s1, album),
+        ["01 - Song (2).flac", "01 - Song (3).flac", "01 - Song.flac"]
+    );
+    for name in ls(&s1, album) {
+        let k1 = s1
+            .node(resolve(&s1, &format!("A/Album/{name}")).unwrap())
+            .unwrap()
+            .unwrap()
+            .file_key;
+        let k2 = s2
+            .node(resolve(&s2, &format!("A/Album/{name}")).unwrap())
+            .unwrap()
+            .unwrap()
+            .file_key;
+        assert_eq!(k1, k2);
+    }
+}
+
+#[test]
+fn changes_apply_incrementally_and_prune_empty_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.apply(
+        vec![rec("a.mp3", "A", "One"), rec("b.mp3", "B", "Two")],
+        &[],
+        true,
+    )
+    .unwrap();
+    let one = resolve(&s, "A/Album/01 - One.mp3").unwrap();
+    assert_eq!(ls(&s, ROOT_INO), ["A", "B"]);
+    // Retag b.mp3 to artist A: B disappears, A/Album gains it.
+    let inval = s.apply(vec![rec("b.mp3", "A", "Two")], &[], false).unwrap();
+    assert_eq!(ls(&s, ROOT_INO), ["A"]);
+    assert!(
+        inval
+            .entries
+            .iter()
+            .any(|(p, n)| *p == ROOT_INO && n == "B")
+    );
+    assert_eq!(
+        ls(&s, resolve(&s, "A/Album").unwrap()),
+        ["01 - One.mp3", "01 - Two.mp3"]
+    );
+    // Modify a.mp3 in place (same tags, new size): same inode, new size.
+    let mut changed = rec("a.mp3", "A", "One");
+    changed.size_bytes = 99;
+    let inval = s.apply(vec![changed], &[], false).unwrap();
+    assert_eq!(inval.inodes, [one]);
+    assert_eq!(resolve(&s, "A/Album/01 - One.mp3"), Some(one));
+    assert_eq!(s.node(one).unwrap().unwrap().size_bytes, 99);
+    // Delete everything: only the root is left.
+    s.apply(
+        vec![],
+        &[file_key(0, b"a.mp3"), file_key(0, b"b.mp3")],
+        false,
+    )
+    .unwrap();
+    assert!(ls(&s, ROOT_INO).is_empty());
+    assert!(s.node(one).unwrap().is_none());
+    // The path comes back with its old inode.
+    s.apply(vec![rec("a.mp3", "A", "One")], &[], false).unwrap();
+    assert_eq!(resolve(&s, "A/Album/01 - One.mp3"), Some(one));
+}
+
+#[test]
+fn listing_cache_limit_applies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let recs: Vec<FileRecord> = (0..20)
+        .map(|i| rec(&format!("{i}.mp3"), &format!("Artist {i}"), "T"))
+        .collect();
+    s.apply(recs, &[], true).unwrap();
+    // Root (20 entries) and every artist and album directory (1 each).
+    for name in ls(&s, ROOT_INO) {
+        let artist = resolve(&s, &name).unwrap();
+        ls(&s, resolve(&s, &format!("{name}/Album")).unwrap());
+        ls(&s, artist);
+    }
+    let (dirs, entries, _) = s.cache_figures();
+    assert_eq!((dirs, entries), (41, 60));
+    // Shrinking drops the oldest listings until it fits.
+    s.set_listing_cache_limit(10);
+    let (dirs, entries, _) = s.cache_figures();
+    assert!(entries <= 10 && dirs == entries, "{dirs} {entries}");
+    assert_eq!(s.listing_cache_limit(), 10);
+    // A listing larger than the whole limit is still served (and kept
+    // alone until the next insert).
+    assert_eq!(ls(&s, ROOT_INO).len(), 20);
+    let (dirs, entries, _) = s.cache_figures();
+    assert_eq!((dirs, entries), (1, 20));
+    ls(&s, resolve(&s, "Artist 3").unwrap());
+    assert!(s.cache_figures().1 <= 10);
+    // Listings stay right whatever was evicted.
+    assert_eq!(ls(&s, resolve(&s, "Artist 7").unwrap()), ["Album"]);
+}
+
+#[test]
+fn reopen_keeps_tree_and_inodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino = {
+        let s = open(dir.path());
+        s.apply(vec![rec("a.mp3", "A", "One")], &[], true).unwrap();
+        resolve(&s, "A/Album/01 - One.mp3").unwrap()
+    };
+    let s = open(dir.path());
+    assert!(s.scan_complete().unwrap());
+    assert_eq!(resolve(&s, "A/Album/01 - One.mp3"), Some(ino));
+}
+
+#[test]
+fn template_change_rebuilds_tree_keeping_known_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.apply(vec![rec("a.mp3", "A", "One")], &[], true).unwrap();
+    }
+    let s = Store::open(
+        &dir.path().join("c.redb"),
+        Template::parse("{artist}/{title}.{ext}").unwrap(),
+    )
+    .unwrap();
+    assert!(resolve(&s, "A/One.mp3").is_some());
+    assert!(resolve(&s, "A/Album").is_none());
+}
+
+#[test]
+fn unknown_schema_version_is_refused_then_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
+    let err = Store::open(&path, t.clone())
+        .err()
+        .expect("a future schema was accepted");
+    assert!(format!("{err:#}").contains("schema version 99"), "{err:#}");
+    let s = Store::open_or_rebuild(&path, t).unwrap();
+    assert!(!s.scan_complete().unwrap());
+}
+
+#[test]
+fn garbage_catalog_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.redb");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    assert!(Store::open(&path, Template::parse(DEFAULT_TEMPLATE).unwrap()).is_err());
+    let s = Store::open_or_rebuild(&path, Template::parse(DEFAULT_TEMPLATE).unwrap()).unwrap();
+    assert_eq!(s.file_count().unwrap(), 0);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("broken"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+}

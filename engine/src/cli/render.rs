@@ -1,0 +1,172 @@
+//! How `musicfs status` and `musicfs metrics` print a status.
+
+use crate::control::Status;
+
+/// The human status view.
+pub fn render_table(s: &Status) -> String {
+    let mut out = String::new();
+    let up = s.uptime_ms / 1000;
+    out.push_str(&format!(
+        "engine      {} (pid {}), up {}h{:02}m{:02}s\n",
+        s.engine_version,
+        s.pid,
+        up / 3600,
+        up / 60 % 60,
+        up % 60
+    ));
+    out.push_str(&format!("state dir   {}\n", s.state_dir));
+    out.push_str(&format!(
+        "catalog     {} files, {} nodes, {:.1} GB{}\n",
+        s.files,
+        s.nodes,
+        s.bytes as f64 / 1e9,
+        if s.scan_complete {
+            ""
+        } else {
+            " (first scan not complete)"
+        }
+    ));
+    out.push_str(&format!(
+        "last close  {}\n",
+        match s.catalog_previous_close.as_str() {
+            "clean" => "clean (nothing to recover)",
+            "unclean" => "unclean (crash or kill; last commit recovered)",
+            "new" => "new catalog",
+            other => other,
+        }
+    ));
+    out.push_str(&format!("template    {}\n", s.template));
+    out.push_str(&format!(
+        "shims       {} connected, {} requests in flight\n",
+        s.connected_shims, s.in_flight
+    ));
+    out.push_str("origins\n");
+    for o in &s.origins {
+        out.push_str(&format!(
+            "  {:<3} {:<12} {:<8} {}\n",
+            o.id,
+            if o.reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            if o.local { "inotify" } else { "polling" },
+            o.path
+        ));
+    }
+    out.push_str("tasks\n");
+    for t in &s.tasks {
+        out.push_str(&format!(
+            "  {:<14} {:<8} restarts {}{}\n",
+            t.name,
+            if t.running { "running" } else { "stopped" },
+            t.restarts,
+            if t.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("  last error: {}", t.last_error)
+            }
+        ));
+    }
+    out.push_str("cache\n");
+    for (n, v) in &s.cache {
+        out.push_str(&format!("  {n:<22} {v}\n"));
+    }
+    out.push_str("counters\n");
+    for (n, v) in &s.counters {
+        out.push_str(&format!("  {n:<12} {v}\n"));
+    }
+    out
+}
+
+/// Prometheus text exposition.
+pub fn render_metrics(s: &Status) -> String {
+    let esc = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, lines: Vec<(String, u64)>| {
+        out.push_str(&format!(
+            "# HELP musicfs_{name} {help}\n# TYPE musicfs_{name} gauge\n"
+        ));
+        for (labels, v) in lines {
+            out.push_str(&format!("musicfs_{name}{labels} {v}\n"));
+        }
+    };
+    gauge(
+        "up",
+        "1 while the engine answers.",
+        vec![(String::new(), 1)],
+    );
+    gauge(
+        "uptime_seconds",
+        "Seconds since the engine started.",
+        vec![(String::new(), s.uptime_ms / 1000)],
+    );
+    gauge(
+        "files",
+        "Audio files in the catalog.",
+        vec![(String::new(), s.files)],
+    );
+    gauge(
+        "nodes",
+        "Nodes of the virtual tree.",
+        vec![(String::new(), s.nodes)],
+    );
+    gauge(
+        "bytes",
+        "Bytes of all audio files.",
+        vec![(String::new(), s.bytes)],
+    );
+    gauge(
+        "connected_shims",
+        "Shims connected to the engine.",
+        vec![(String::new(), u64::from(s.connected_shims))],
+    );
+    gauge(
+        "origin_reachable",
+        "1 if the origin directory answers.",
+        s.origins
+            .iter()
+            .map(|o| {
+                (
+                    format!("{{origin=\"{}\"}}", esc(&o.path)),
+                    u64::from(o.reachable),
+                )
+            })
+            .collect(),
+    );
+    gauge(
+        "task_restarts",
+        "Restarts of a supervised background task.",
+        s.tasks
+            .iter()
+            .map(|t| {
+                (
+                    format!("{{task=\"{}\"}}", esc(&t.name)),
+                    u64::from(t.restarts),
+                )
+            })
+            .collect(),
+    );
+    for (n, v) in &s.cache {
+        gauge(
+            n,
+            "Cache figure (see musicfs status).",
+            vec![(String::new(), *v)],
+        );
+    }
+    gauge(
+        "in_flight_requests",
+        "Data-plane requests being served.",
+        vec![(String::new(), u64::from(s.in_flight))],
+    );
+    for (n, v) in &s.counters {
+        out.push_str(&format!(
+            "# TYPE musicfs_{n}_total counter\nmusicfs_{n}_total {v}\n"
+        ));
+    }
+    out
+}

@@ -1,0 +1,86 @@
+//! The commands: each one a few lines over the rooms that do the work.
+
+use crate::cli::{Cli, Command, EngineAction, config_source, events, load_config, render};
+use crate::config::state::supervisor_socket;
+use crate::{control, logging, runtime, scan, supervisor};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Unmount { lazy, mountpoint } = &cli.command {
+        logging::init("info");
+        supervisor::unmount(mountpoint, *lazy)?;
+        return Ok(());
+    }
+    let config = load_config(&cli)?;
+    logging::init(&config.log_level);
+    let source = config_source(&cli);
+    match &cli.command {
+        Command::Mount { .. } => supervisor::run(&config, source),
+        Command::Engine {
+            action: Some(EngineAction::Swap { binary, .. }),
+            ..
+        } => {
+            let state_dir = config.resolved_state_dir()?;
+            let msg = supervisor::request_swap(&state_dir, binary.as_deref())?;
+            println!("{msg}");
+            Ok(())
+        }
+        Command::Engine { socket, .. } => runtime::run(&config, socket.clone(), source),
+        Command::Status { json, .. } => {
+            let status = control::fetch_status(&config.resolved_state_dir()?)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render::render_table(&status));
+            }
+            Ok(())
+        }
+        Command::Metrics { .. } => {
+            let status = control::fetch_status(&config.resolved_state_dir()?)?;
+            print!("{}", render::render_metrics(&status));
+            Ok(())
+        }
+        Command::Reload { .. } => {
+            let state_dir = config.resolved_state_dir()?;
+            // Under `musicfs mount` the supervisor reloads (it starts
+            // engines with its configuration); an engine alone reloads itself.
+            let summary = if supervisor_socket(&state_dir).exists() {
+                supervisor::request_reload(&state_dir)?
+            } else {
+                control::request_reload(&state_dir, None)?.summary()
+            };
+            println!("reloaded: {summary}");
+            Ok(())
+        }
+        Command::Events { follow, json, .. } => {
+            events::print_events(&config.resolved_state_dir()?, *follow, *json)
+        }
+        Command::Shutdown { timeout, .. } => {
+            let state_dir = config.resolved_state_dir()?;
+            let timeout = std::time::Duration::from_secs(*timeout);
+            // Under `musicfs mount` the supervisor stops everything in order;
+            // an engine alone (systemd) stops itself.
+            if supervisor_socket(&state_dir).exists() {
+                supervisor::request_shutdown(&state_dir, timeout)?;
+            } else {
+                control::request_shutdown(&state_dir, timeout)?;
+            }
+            println!("stopped");
+            Ok(())
+        }
+        Command::Scan { .. } => {
+            crate::origins::check_origins(&config)?;
+            let out = scan::scan_origins(&config.origins, config.scan_worker_threads());
+            let secs = out.elapsed.as_secs_f64().max(1e-9);
+            let report = serde_json::json!({
+                "tracks": out.files.len(),
+                "unreadable_files": out.unreadable_files,
+                "unreadable_dirs": out.unreadable_dirs,
+                "elapsed_ms": out.elapsed.as_millis() as u64,
+                "tracks_per_s": (out.files.len() as f64 / secs).round(),
+            });
+            println!("{report}");
+            Ok(())
+        }
+        Command::Unmount { .. } => Ok(()),
+    }
+}

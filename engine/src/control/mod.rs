@@ -1,0 +1,87 @@
+//! The control plane: `STATE/control.sock` (owner-only), Cap'n Proto
+//! frames (`ControlRequest` / `ControlResponse` in `schema/musicfs.capnp`).
+//! - `status`: the catalog, origins (with a bounded reachability check),
+//!   supervised tasks, counters;
+//! - `shutdown`: the ordered stop, with a drain deadline;
+//! - `reload`: a new configuration (validated; hot fields applied);
+//! - `events`: the event log, optionally followed.
+//!
+//! One thread per connection (at most `MAX_CONNECTIONS`), so a follower
+//! never holds up a status. `musicfs status|metrics|shutdown|reload|events`
+//! are its clients (`client`).
+//!
+//! The server talks to a `Handle` that the runtime gives it, never to the
+//! runtime itself. May use: config, events, tasks, sys.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::config::reload::ReloadReport;
+
+mod client;
+mod server;
+
+pub use client::{
+    EngineRefused, NotRunning, fetch_status, request_reload, request_shutdown, send_shutdown,
+    stream_events,
+};
+pub use server::serve;
+
+/// What the control plane asks of the running engine (the runtime
+/// implements it).
+pub trait Handle: Send + Sync {
+    /// The state directory (its control socket lives there).
+    fn state_dir(&self) -> &Path;
+    /// The engine's status, with a bounded look at each origin.
+    fn status(&self) -> Result<Status>;
+    /// A new configuration (`None`: re-read the engine's own sources).
+    fn reload(&self, new: Option<Config>) -> Result<ReloadReport>;
+    /// Starts the ordered stop, draining for `drain`; `Err` says why this
+    /// engine must not stop itself (and how to stop it).
+    fn shutdown(&self, drain: Duration) -> Result<(), String>;
+    /// Whether the engine is stopping.
+    fn stopping(&self) -> bool;
+}
+
+/// The engine's status, as `musicfs status --json` prints it (stable keys).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub engine_version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub state_dir: String,
+    pub files: u64,
+    pub nodes: u64,
+    pub bytes: u64,
+    pub scan_complete: bool,
+    pub connected_shims: u32,
+    /// "new", "clean" or "unclean": how the previous engine left the catalog.
+    pub catalog_previous_close: String,
+    pub in_flight: u32,
+    pub template: String,
+    /// Cache figures (gauges), by name.
+    pub cache: Vec<(String, u64)>,
+    pub origins: Vec<OriginState>,
+    pub tasks: Vec<TaskInfo>,
+    pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OriginState {
+    pub id: u32,
+    pub path: String,
+    pub reachable: bool,
+    pub local: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskInfo {
+    pub name: String,
+    pub running: bool,
+    pub restarts: u32,
+    pub last_error: String,
+}

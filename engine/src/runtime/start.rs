@@ -1,0 +1,233 @@
+//! From a state directory to a serving engine, and the wait for its stop.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{SigSet, Signal};
+use sd_notify::NotifyState;
+use tracing::{info, warn};
+
+use crate::catalog::{PreviousClose, Store};
+use crate::config::Config;
+use crate::config::reload::ConfigSource;
+use crate::config::state::{START_REASON_ENV, catalog_file, engine_socket, lock_file};
+use crate::model::template::Template;
+use crate::origins::{Origins, check_origins, check_origins_except};
+use crate::runtime::core::{Runtime, StopRequest};
+use crate::runtime::signals::start_signal_thread;
+use crate::serve::{Shared, serve};
+use crate::sync::Syncer;
+use crate::tasks::supervise;
+
+/// Takes the state directory's lock: one engine per state directory. The
+/// error names the holder's PID.
+pub fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<File>> {
+    let path = lock_file(state_dir);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            writeln!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "another engine (pid {}) is already using the state directory {}",
+                pid.trim(),
+                state_dir.display()
+            )
+        }
+        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+    }
+}
+
+/// Runs the engine until SIGTERM/SIGINT or a control-plane shutdown.
+pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Result<()> {
+    let started = Instant::now();
+    // Block the signals before any thread starts; one thread waits for them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    signals.thread_block().context("cannot block signals")?;
+
+    if config.origins.is_empty() {
+        check_origins(config)?; // says what is missing
+    }
+    let template = Template::parse(&config.template)?;
+    let state_dir = config.resolved_state_dir()?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let _lock = lock_state_dir(&state_dir)?;
+    let socket = socket.unwrap_or_else(|| engine_socket(&state_dir));
+
+    let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime_cell: Arc<std::sync::OnceLock<Arc<Runtime>>> = Arc::new(std::sync::OnceLock::new());
+    start_signal_thread(
+        signals,
+        config.drain_timeout(),
+        stop_tx.clone(),
+        stop.clone(),
+        runtime_cell.clone(),
+    )?;
+
+    let store = Arc::new(Store::open_or_rebuild(&catalog_file(&state_dir), template)?);
+    let previous = store.previous_close();
+    if previous == PreviousClose::Unclean {
+        info!(
+            "the previous engine did not close the catalog (crash or kill); its last commit is kept"
+        );
+    }
+    // An origin the catalog knows may be unreachable (a NAS that is down):
+    // its files are served from the catalog. A new one must be there.
+    let offline = match store
+        .known_origins()
+        .and_then(|known| check_origins_except(config, |p| known.contains(p)))
+    {
+        Ok(offline) => offline,
+        Err(e) => {
+            if let Err(e) = store.close(Duration::from_secs(5)) {
+                warn!("the catalog was not closed cleanly: {e:#}");
+            }
+            return Err(e);
+        }
+    };
+    for (path, why) in &offline {
+        warn!(origin = %path.display(), "origin is not reachable ({why}); serving its files from the catalog until it is back");
+    }
+    let complete = store.scan_complete()?;
+    let (by_id, stale_origins) = store.assign_origins(&config.origins)?;
+    let origins = Origins::new(by_id);
+    let mut syncer = Syncer::new(
+        store.clone(),
+        origins.clone(),
+        config.scan_worker_threads(),
+        config.checkpoint_files,
+    );
+    syncer.set_stale_origins(stale_origins);
+    syncer.set_stop(stop.clone());
+    if !complete {
+        // First start (or an interrupted first scan): fill the catalog before
+        // serving, committing checkpoints as it goes.
+        info!(
+            known_files = store.file_count()?,
+            "no complete scan in the catalog; scanning"
+        );
+        if let Err(e) = syncer.sync_all() {
+            if stop.load(Ordering::Relaxed) {
+                info!("stopped during the first scan; it resumes from its last checkpoint");
+                if let Err(e) = store.close(Duration::from_secs(5)) {
+                    warn!("the catalog was not closed cleanly: {e:#}");
+                }
+                return Ok(());
+            }
+            return Err(e);
+        }
+    }
+    let shared = Shared::new(store.clone(), origins.clone(), config.entry_ttl_ms);
+    shared.set_open_files_max(config.open_files_max);
+    store.set_listing_cache_limit(config.listing_cache_entries);
+    syncer.set_sink(shared.clone());
+    let syncer = Arc::new(syncer);
+    let runtime = Arc::new(Runtime {
+        config: parking_lot::Mutex::new(config.clone()),
+        source,
+        store: store.clone(),
+        shared: shared.clone(),
+        syncer: syncer.clone(),
+        state_dir: state_dir.clone(),
+        started,
+        stop: stop.clone(),
+        watchers: parking_lot::Mutex::new(HashMap::new()),
+        tasks: parking_lot::Mutex::new(Vec::new()),
+        reload_lock: parking_lot::Mutex::new(()),
+        reloads: AtomicU64::new(0),
+        stop_tx,
+    });
+    let control_guard = crate::control::serve(runtime.clone())?;
+    let socket_guard = serve(shared.clone(), &socket)?;
+    let _ = runtime_cell.set(runtime.clone());
+    let files = store.file_count()?;
+    info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        files, "engine ready"
+    );
+    let why = std::env::var(START_REASON_ENV)
+        .ok()
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("; reason: {w}"))
+        .unwrap_or_default();
+    crate::events::emit(
+        "started",
+        format!(
+            "engine {} serving {files} files (pid {}, previous close: {}{why})",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            previous.as_str()
+        ),
+    );
+    let status = format!("serving {files} files");
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // Ping systemd only while the request path answers (a self-ping
+        // through the data-plane socket).
+        let sock = socket.clone();
+        let st = stop.clone();
+        std::thread::Builder::new()
+            .name("musicfs-watchdog".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval / 2);
+                    if crate::serve::ping(&sock, interval / 2).is_ok() {
+                        let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                    }
+                }
+            })
+            .context("cannot start the watchdog thread")?;
+    }
+
+    // Follow the origins, then reconcile what changed while we were away.
+    runtime.start_all_watchers(config);
+    if complete {
+        // Reconcile once the shim is back, so that what changed while no
+        // engine ran reaches its kernel as invalidations (bounded wait).
+        let (s, sh) = (syncer.clone(), shared.clone());
+        let handle = supervise("reconcile", stop.clone(), move || {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while sh.shim_count() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s.sync_all()
+        });
+        runtime.own(handle);
+    }
+
+    // Wait for a stop (signal or control plane); the senders live as long
+    // as the runtime and the signal thread.
+    let req = stop_rx.recv().unwrap_or(StopRequest {
+        why: "no stop channel".into(),
+        drain: config.drain_timeout(),
+    });
+    // Socket files go first: nothing new connects to a stopping engine.
+    drop(socket_guard);
+    runtime.shutdown(&req.why, req.drain);
+    drop(control_guard);
+    crate::events::emit("stopped", "engine stopped");
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The control plane's handle on the running engine: status from every
+//! room, reload, the ordered stop (refused under systemd).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Result;
+use tracing::info;
+
+use crate::config::Config;
+use crate::config::reload::ReloadReport;
+use crate::control::{Handle, OriginState, Status, TaskInfo};
+use crate::origins::probe_dirs;
+use crate::runtime::core::Runtime;
+use crate::runtime::signals::systemd_unit;
+use crate::tasks::task_states;
+
+fn collect(rt: &Runtime) -> Result<Status> {
+    let shared = &rt.shared;
+    let syncer = &rt.syncer;
+    let (files, nodes, bytes) = shared.store.totals()?;
+    let table = syncer.origins.snapshot();
+    let paths: Vec<PathBuf> = table.iter().map(|(_, p)| p.to_path_buf()).collect();
+    let reachable: Vec<bool> = probe_dirs(&paths).into_iter().map(|r| r.is_ok()).collect();
+    let origins = table
+        .iter()
+        .zip(reachable)
+        .map(|((id, p), answers)| OriginState {
+            id,
+            path: p.display().to_string(),
+            // An empty mountpoint answers stat: the syncer knows it is away.
+            reachable: answers && !syncer.is_offline(id),
+            local: table.is_local(id),
+        })
+        .collect();
+    let tasks = task_states()
+        .into_iter()
+        .map(|(name, t)| TaskInfo {
+            name,
+            running: t.running,
+            restarts: t.restarts,
+            last_error: t.last_error,
+        })
+        .collect();
+    let c = &shared.counters;
+    let s = &syncer.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let counters = vec![
+        ("requests".into(), get(&c.requests)),
+        ("opens".into(), get(&c.opens)),
+        ("reads".into(), get(&c.reads)),
+        ("read_bytes".into(), get(&c.read_bytes)),
+        ("probed".into(), get(&s.probed)),
+        ("unchanged".into(), get(&s.unchanged)),
+        ("removed".into(), get(&s.removed)),
+        ("commits".into(), get(&s.commits)),
+        ("full_scans".into(), get(&s.full_scans)),
+        ("reloads".into(), get(&rt.reloads)),
+    ];
+    Ok(Status {
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_ms: u64::try_from(rt.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        state_dir: rt.state_dir.display().to_string(),
+        files,
+        nodes,
+        bytes,
+        scan_complete: shared.store.scan_complete()?,
+        connected_shims: u32::try_from(shared.shim_count()).unwrap_or(u32::MAX),
+        catalog_previous_close: rt.store.previous_close().as_str().to_string(),
+        in_flight: u32::try_from(shared.in_flight()).unwrap_or(u32::MAX),
+        template: rt.store.template().source().to_string(),
+        cache: {
+            let (dirs, entries, db) = rt.store.cache_figures();
+            vec![
+                ("listing_cache_dirs".into(), dirs),
+                ("listing_cache_entries".into(), entries),
+                (
+                    "listing_cache_limit".into(),
+                    rt.store.listing_cache_limit() as u64,
+                ),
+                (
+                    "open_origin_files".into(),
+                    shared.open_origin_files() as u64,
+                ),
+                ("open_files_max".into(), shared.open_files_max() as u64),
+                ("catalog_cache_bytes".into(), db),
+            ]
+        },
+        origins,
+        tasks,
+        counters,
+    })
+}
+
+impl Handle for Runtime {
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn status(&self) -> Result<Status> {
+        collect(self)
+    }
+
+    fn reload(&self, new: Option<Config>) -> Result<ReloadReport> {
+        Runtime::reload(self, new)
+    }
+
+    fn shutdown(&self, drain: Duration) -> Result<(), String> {
+        // Under systemd (no `musicfs mount`), the unit would restart an
+        // engine that stopped itself and leave the shim mounted: stopping
+        // is systemctl's job.
+        if let Some(unit) = systemd_unit() {
+            return Err(match unit {
+                Some(unit) => format!(
+                    "this engine runs under systemd ({unit}); stop the mount with `systemctl stop {}`",
+                    unit.replacen("musicfs-engine@", "musicfs-shim@", 1)
+                ),
+                None => "this engine runs under systemd; stop the mount with `systemctl stop musicfs-shim@INSTANCE`".into(),
+            });
+        }
+        info!(
+            timeout_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+            "shutdown requested over the control socket"
+        );
+        self.request_stop("shutdown requested", drain);
+        Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        Runtime::stopping(self)
+    }
+}

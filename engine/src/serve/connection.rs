@@ -1,0 +1,248 @@
+//! Accepting shims, the hello, and dispatching requests: metadata inline,
+//! origin I/O on a bounded pool.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+
+use anyhow::{Context, Result};
+use musicfs_schema::{request, response};
+use parking_lot::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::serve::files::{open, origin_of, read, read_cached, send_open};
+use crate::serve::metadata::metadata;
+use crate::serve::shared::{ConnRef, Shared, bump};
+use crate::serve::wire::{WRITE_TIMEOUT, Writer, error_frame, send};
+use crate::sys::socket::{SocketGuard, bind_owner_only};
+
+/// Threads that open and read origin files.
+const IO_THREADS: usize = 8;
+/// Origin I/O jobs queued before a connection's reader waits (back-pressure).
+const IO_QUEUE_CAPACITY: usize = 1024;
+
+type IoJob = Box<dyn FnOnce() + Send>;
+
+/// The bounded pool that runs origin I/O.
+struct IoPool {
+    tx: mpsc::SyncSender<IoJob>,
+}
+
+impl IoPool {
+    fn start(threads: usize) -> Result<IoPool> {
+        let (tx, rx) = mpsc::sync_channel::<IoJob>(IO_QUEUE_CAPACITY);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("musicfs-io-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().recv();
+                        match job {
+                            Ok(job) => {
+                                // A panicking job must not take the pool down.
+                                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                                    warn!("an origin I/O job panicked; its request gets no answer from this engine");
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .context("cannot start an I/O thread")?;
+        }
+        Ok(IoPool { tx })
+    }
+
+    fn submit(&self, job: IoJob) {
+        if self.tx.send(job).is_err() {
+            warn!("the I/O pool is gone");
+        }
+    }
+}
+
+/// Serves the data plane on `socket` from a background thread. The returned
+/// guard removes the socket file when dropped.
+pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
+    if socket.exists() {
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove old socket {}", socket.display()))?;
+    }
+    // Owner only: the shim runs as the same user.
+    let listener = bind_owner_only(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let pool = Arc::new(IoPool::start(IO_THREADS)?);
+    info!(socket = %socket.display(), "engine serving");
+    std::thread::Builder::new()
+        .name("musicfs-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    // Stopping: no new connections (the socket file is gone
+                    // too; this only catches a connect that raced it).
+                    Ok(_) if shared.stopping.load(Ordering::Acquire) => {}
+                    Ok(stream) => {
+                        let shared = shared.clone();
+                        let pool = pool.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("musicfs-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = connection(&shared, &pool, stream) {
+                                    warn!("connection ended: {e:#}");
+                                }
+                            });
+                        if let Err(e) = spawned {
+                            warn!("cannot start a connection thread: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
+            }
+        })
+        .context("cannot start the accept thread")?;
+    Ok(SocketGuard::new(socket.to_path_buf()))
+}
+
+fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let is_shim = Arc::new(AtomicBool::new(false));
+    {
+        // Heartbeats connect every second: drop the dead ones as we go.
+        let mut conns = shared.connections.lock();
+        conns.retain(|c| c.writer.strong_count() > 0);
+        conns.push(ConnRef {
+            writer: Arc::downgrade(&writer),
+            ctl: stream.try_clone()?,
+            shim: is_shim.clone(),
+        });
+    }
+    if shared.stopping.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut greeted = false;
+    loop {
+        let Some(msg) = musicfs_schema::read_frame(&mut reader)? else {
+            debug!("client closed the connection");
+            return Ok(());
+        };
+        let req = msg.get_root::<request::Reader<'_>>()?;
+        let id = req.get_id();
+        bump(&shared.counters.requests, 1);
+        let which = req.which()?;
+        // Counted until its answer is written (moved into pool jobs).
+        let op = shared.begin_request();
+        if !greeted {
+            let request::Hello(hello) = which else {
+                send(&writer, &error_frame(id, libc::EPROTO));
+                anyhow::bail!("the first request was not hello");
+            };
+            let (frame, ok, shim) = hello_response(id, hello?);
+            send(&writer, &frame);
+            if !ok {
+                anyhow::bail!("incompatible client");
+            }
+            is_shim.store(shim, Ordering::Release);
+            greeted = true;
+            continue;
+        }
+        match which {
+            // One-way: the kernel ignores their answers and inodes are stable
+            // for ever, so there is nothing to do and nothing to answer.
+            request::Releasedir(r) => shared.dir_handles.release(r.get_fh()),
+            request::Forget(_) | request::Release(_) => {}
+            request::Open(o) => {
+                let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
+                match origin_of(shared, ino) {
+                    Err(errno) => send(&writer, &error_frame(id, errno)),
+                    Ok(origin) if origin.local => {
+                        send_open(&writer, open(shared, id, ino, flags, pt, origin));
+                    }
+                    Ok(origin) => {
+                        let (shared, writer) = (shared.clone(), writer.clone());
+                        pool.submit(Box::new(move || {
+                            send_open(&writer, open(&shared, id, ino, flags, pt, origin));
+                            drop(op);
+                        }));
+                    }
+                }
+            }
+            request::Read(r) => {
+                let (ino, offset, size) = (r.get_ino(), r.get_offset(), r.get_size());
+                // Page-cache hits on local origins are answered here; the rest waits
+                // for the disk on the pool.
+                if let Some(frame) = read_cached(shared, id, ino, offset, size) {
+                    send(&writer, &frame);
+                } else {
+                    let (shared, writer) = (shared.clone(), writer.clone());
+                    pool.submit(Box::new(move || {
+                        send(&writer, &read(&shared, id, ino, offset, size));
+                        drop(op);
+                    }));
+                }
+            }
+            other => send(&writer, &metadata(shared, id, other)),
+        }
+    }
+}
+
+/// This engine's protocol range. Fault injection: `MUSICFS_FAKE_PROTOCOL=N`
+/// makes it claim version N only (to test how peers refuse each other).
+fn protocol_range() -> (u32, u32) {
+    match std::env::var("MUSICFS_FAKE_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(v) => (v, v),
+        None => (
+            musicfs_schema::MIN_PROTOCOL_VERSION,
+            musicfs_schema::PROTOCOL_VERSION,
+        ),
+    }
+}
+
+/// The answer to a hello, whether it is compatible, and whether the
+/// client is a shim.
+fn hello_response(id: u64, hello: musicfs_schema::hello::Reader<'_>) -> (Vec<u8>, bool, bool) {
+    let theirs = (hello.get_min_protocol(), hello.get_max_protocol());
+    let ours = protocol_range();
+    let name = hello
+        .get_peer_name()
+        .ok()
+        .and_then(|n| n.to_str().ok())
+        .unwrap_or("?")
+        .to_string();
+    let ok = musicfs_schema::compatible(ours, theirs);
+    let mut msg = capnp::message::Builder::new_default();
+    let mut r = msg.init_root::<response::Builder<'_>>();
+    r.set_id(id);
+    let mut h = r.reborrow().init_hello();
+    {
+        let mut mine = h.reborrow().init_hello();
+        mine.set_min_protocol(ours.0);
+        mine.set_max_protocol(ours.1);
+        mine.set_peer_name(concat!("musicfs engine ", env!("CARGO_PKG_VERSION")));
+    }
+    if ok && name.starts_with("musicfs supervisor") {
+        debug!(client = %name, "heartbeat");
+    } else if ok {
+        info!(client = %name, "client connected");
+    } else {
+        let why = format!(
+            "{name} speaks protocol {}..={}, this engine {}..={}: no common version",
+            theirs.0, theirs.1, ours.0, ours.1
+        );
+        warn!("{why}");
+        h.set_message(&why);
+        r.set_errno(libc::EPROTO);
+    }
+    let shim = ok && name.starts_with("musicfs-shim");
+    (musicfs_schema::to_frame(&msg), ok, shim)
+}

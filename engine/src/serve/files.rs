@@ -1,0 +1,185 @@
+//! Opening and reading origin files: page-cache hits inline, the rest on
+//! the I/O pool; passthrough hands the origin fd to the shim.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use crate::catalog::split_file_key;
+use crate::origins::pread_nowait;
+use crate::serve::shared::{MAX_READ_BYTES, Shared, bump};
+use crate::serve::wire::{Writer, errno_of, error_frame, respond, send, send_with_fd};
+
+/// The origin file behind a file inode.
+pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
+    let node = match shared.store.node(ino) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(libc::ESTALE),
+        Err(e) => {
+            warn!(ino, "catalog read failed: {e:#}");
+            return Err(libc::EIO);
+        }
+    };
+    if node.is_dir {
+        return Err(libc::EISDIR);
+    }
+    let (origin, rel) = split_file_key(&node.file_key).ok_or(libc::EIO)?;
+    let table = shared.origins.snapshot();
+    // An origin removed by a reload: its files are on their way out.
+    let root = table.root(origin).ok_or(libc::ESTALE)?;
+    Ok(Origin {
+        root: root.to_path_buf(),
+        path: root.join(OsStr::from_bytes(rel)),
+        version: node.version,
+        size_bytes: node.size_bytes,
+        local: table.is_local(origin),
+    })
+}
+
+/// The origin file behind a file node, read once per request.
+pub(super) struct Origin {
+    /// The origin's root directory.
+    root: PathBuf,
+    path: PathBuf,
+    version: u64,
+    size_bytes: u64,
+    /// On a local filesystem: may be opened and read inline.
+    pub(super) local: bool,
+}
+
+/// Opens a file. With `passthrough` (and a local origin) the origin file goes
+/// back with the answer, for the kernel to read directly.
+pub(super) fn open(
+    shared: &Shared,
+    id: u64,
+    ino: u64,
+    flags: u32,
+    passthrough: bool,
+    origin: Origin,
+) -> (Vec<u8>, Option<Arc<File>>) {
+    bump(&shared.counters.opens, 1);
+    if flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 != 0 {
+        return (error_frame(id, libc::EROFS), None);
+    }
+    let Origin {
+        root,
+        path,
+        version,
+        local,
+        ..
+    } = origin;
+    // Open now, so that a vanished origin file fails the open(2), not a later read.
+    match shared.fds.get(ino, version, &path) {
+        Ok(file) => {
+            let attach = passthrough && local;
+            let frame = respond(id, 0, |r| {
+                let mut o = r.init_opened();
+                o.set_fh(version);
+                o.set_keep_cache(true);
+                o.set_fd_attached(attach);
+            });
+            (frame, attach.then_some(file))
+        }
+        Err(e) => {
+            // A listed file whose whole origin is away (a NAS that is down):
+            // an I/O error, not "no such file".
+            let errno = match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) if origin_away(&root) => {
+                    warn!(path = %path.display(), origin = %root.display(), "cannot open: the origin is not reachable (EIO)");
+                    libc::EIO
+                }
+                _ => errno_of(&e),
+            };
+            debug!(ino, path = %path.display(), "open failed: {e}");
+            (error_frame(id, errno), None)
+        }
+    }
+}
+
+/// Whether an origin's root is missing, or an empty directory (a share that
+/// is not mounted). Asked only after an open failed.
+fn origin_away(root: &Path) -> bool {
+    std::fs::read_dir(root).map_or(true, |mut d| d.next().is_none())
+}
+
+pub(super) fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<File>>)) {
+    match file {
+        Some(f) => send_with_fd(writer, &frame, &f),
+        None => send(writer, &frame),
+    }
+}
+
+/// Answers a read from the page cache without waiting, if the origin is local
+/// and every requested byte is cached; `None` means "send it to the pool".
+pub(super) fn read_cached(
+    shared: &Shared,
+    id: u64,
+    ino: u64,
+    offset: u64,
+    size: u32,
+) -> Option<Vec<u8>> {
+    let Origin {
+        path,
+        version,
+        size_bytes: file_size,
+        local,
+        ..
+    } = origin_of(shared, ino).ok()?;
+    if !local {
+        return None;
+    }
+    let want = (size.min(MAX_READ_BYTES) as u64).min(file_size.saturating_sub(offset)) as usize;
+    let file = shared.fds.get(ino, version, &path).ok()?;
+    let mut buf = vec![0u8; want];
+    let n = if want == 0 {
+        0
+    } else {
+        pread_nowait(&file, &mut buf, offset).ok()?
+    };
+    if n != want {
+        return None;
+    }
+    bump(&shared.counters.reads, 1);
+    bump(&shared.counters.read_bytes, n as u64);
+    Some(respond(id, 0, |mut r| r.set_data(&buf)))
+}
+
+pub(super) fn read(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Vec<u8> {
+    bump(&shared.counters.reads, 1);
+    let size = size.min(MAX_READ_BYTES) as usize;
+    let Origin { path, version, .. } = match origin_of(shared, ino) {
+        Ok(v) => v,
+        Err(errno) => return error_frame(id, errno),
+    };
+    let result = (|| -> io::Result<Vec<u8>> {
+        let file = shared.fds.get(ino, version, &path)?;
+        let mut buf = vec![0u8; size];
+        let mut filled = 0;
+        while filled < size {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    })();
+    match result {
+        Ok(buf) => {
+            bump(&shared.counters.read_bytes, buf.len() as u64);
+            respond(id, 0, |mut r| r.set_data(&buf))
+        }
+        Err(e) => {
+            warn!(ino, path = %path.display(), "origin read failed: {e}");
+            error_frame(id, errno_of(&e))
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! State shared by every connection, and the port through which the
+//! catalog's writer reaches the shims' kernels.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use musicfs_schema::response;
+use parking_lot::Mutex;
+use tracing::info;
+
+use crate::catalog::{InvalidationSink, Invalidations, Store};
+use crate::origins::{FdCache, Origins};
+use crate::serve::dir_handles::DirHandles;
+use crate::serve::wire::{Writer, send};
+
+/// Largest read the engine serves in one request.
+pub const MAX_READ_BYTES: u32 = 4 * 1024 * 1024;
+/// Largest number of directory entries in one readdir answer.
+pub const MAX_READDIR_ENTRIES: u32 = 1024;
+
+/// State shared by every connection.
+pub struct Shared {
+    pub store: Arc<Store>,
+    /// Origin directories by origin id, and whether each is on a local
+    /// filesystem (then opens and cached reads may run inline on the
+    /// connection thread without risking a long stall). Swapped on reload.
+    pub origins: Arc<Origins>,
+    /// Directory listings snapshotted at opendir, by handle.
+    pub(super) dir_handles: DirHandles,
+    /// The connected shims: write halves for invalidation notices, and a
+    /// handle to stop reading from them at shutdown.
+    pub(super) connections: Mutex<Vec<ConnRef>>,
+    pub(super) started: Instant,
+    /// Kernel cache lifetime for entries and attributes (hot: reload).
+    pub entry_ttl_ms: AtomicU32,
+    /// Set at shutdown: new connections are refused.
+    pub(super) stopping: AtomicBool,
+    /// Requests read and not yet answered.
+    pub(super) in_flight: AtomicUsize,
+    pub(super) fds: FdCache,
+    pub counters: Counters,
+}
+
+/// Request counters, for the log, the status and counter-based tests.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub opens: std::sync::atomic::AtomicU64,
+    pub reads: std::sync::atomic::AtomicU64,
+    pub read_bytes: std::sync::atomic::AtomicU64,
+    /// Origin files actually opened (fd cache misses).
+    pub origin_opens: std::sync::atomic::AtomicU64,
+}
+
+pub(super) fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
+    c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Shared {
+    /// One log line with the counters.
+    pub fn log_counters(&self) {
+        let c = &self.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        info!(
+            requests = get(&c.requests),
+            opens = get(&c.opens),
+            reads = get(&c.reads),
+            read_bytes = get(&c.read_bytes),
+            origin_opens = get(&self.fds.origin_opens),
+            "request counters"
+        );
+    }
+
+    pub fn new(store: Arc<Store>, origins: Arc<Origins>, entry_ttl_ms: u32) -> Arc<Shared> {
+        Arc::new(Shared {
+            store,
+            connections: Mutex::new(Vec::new()),
+            dir_handles: DirHandles::default(),
+            origins,
+            started: Instant::now(),
+            entry_ttl_ms: AtomicU32::new(entry_ttl_ms),
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            fds: FdCache::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Number of connected shims (greeted as such; the supervisor's
+    /// heartbeat connections are not counted).
+    pub fn shim_count(&self) -> usize {
+        let mut conns = self.connections.lock();
+        conns.retain(|c| c.writer.strong_count() > 0);
+        conns
+            .iter()
+            .filter(|c| c.shim.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Origin files held open for reads (the fd cache).
+    pub fn open_origin_files(&self) -> usize {
+        self.fds.open_files()
+    }
+
+    /// The most origin files held open (hot: `open_files_max`).
+    pub fn open_files_max(&self) -> usize {
+        self.fds.capacity()
+    }
+
+    pub fn set_open_files_max(&self, files: usize) {
+        self.fds.set_capacity(files);
+    }
+
+    /// Requests read and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Shutdown, first step: refuse new connections and stop reading new
+    /// requests (what is already in a socket buffer is still read and
+    /// answered; the shim replays anything else to the next engine).
+    pub fn stop_taking_requests(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let conns = self.connections.lock();
+        for c in conns.iter() {
+            let _ = c.ctl.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// Shutdown, second step: waits until every request read has been
+    /// answered, or `deadline`. Returns how many were still in flight.
+    pub fn drain(&self, deadline: Instant) -> usize {
+        loop {
+            let n = self.in_flight();
+            if n == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    pub(super) fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Tells every connected shim to drop what its kernel cached for these.
+    pub fn invalidate(&self, inval: &Invalidations) {
+        if inval.is_empty() {
+            return;
+        }
+        let mut msg = capnp::message::Builder::new_default();
+        {
+            let mut r = msg.init_root::<response::Builder<'_>>();
+            r.set_id(0);
+            let mut i = r.init_invalidate();
+            let mut entries = i
+                .reborrow()
+                .init_entries(u32::try_from(inval.entries.len()).unwrap_or(0));
+            for (n, (parent, name)) in inval.entries.iter().enumerate() {
+                let mut e = entries.reborrow().get(u32::try_from(n).unwrap_or(0));
+                e.set_parent(*parent);
+                e.set_name(name.as_bytes());
+            }
+            let mut inodes = i.init_inodes(u32::try_from(inval.inodes.len()).unwrap_or(0));
+            for (n, ino) in inval.inodes.iter().enumerate() {
+                inodes.set(u32::try_from(n).unwrap_or(0), *ino);
+            }
+        }
+        let frame = musicfs_schema::to_frame(&msg);
+        let writers: Vec<Writer> = {
+            let mut conns = self.connections.lock();
+            conns.retain(|c| c.writer.strong_count() > 0);
+            conns.iter().filter_map(|c| c.writer.upgrade()).collect()
+        };
+        for w in writers {
+            send(&w, &frame);
+        }
+    }
+
+    pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
+        let root = self.origins.root(origin)?;
+        Some(root.join(OsStr::from_bytes(rel)))
+    }
+}
+
+/// A connected client, as the shared state knows it.
+pub(super) struct ConnRef {
+    pub(super) writer: std::sync::Weak<Mutex<UnixStream>>,
+    /// Another handle on the socket, to shut its read side down at stop.
+    pub(super) ctl: UnixStream,
+    /// Said hello as a shim.
+    pub(super) shim: Arc<AtomicBool>,
+}
+
+/// One request being served; dropped once its answer is written.
+pub(super) struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InvalidationSink for Shared {
+    fn invalidate(&self, inval: &Invalidations) {
+        Shared::invalidate(self, inval);
+    }
+}

@@ -1,0 +1,152 @@
+//! Requests on the supervisor socket: swap the engine, reload, shut down.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::config::reload::ConfigSource;
+use crate::supervisor::children::{engine_command, stop_engine, wait_healthy};
+use crate::supervisor::reload::{Heartbeat, reload};
+
+/// How long a new engine may take to answer its first heartbeat during a swap.
+pub(super) const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the supervisor does after a control request.
+pub(super) enum Control {
+    Continue,
+    /// Stop, with this drain deadline (or the configured one).
+    Shutdown(Option<Duration>),
+    /// A new engine serves.
+    Swapped,
+    /// The configuration changed (and maybe the heartbeat).
+    Reloaded(Heartbeat),
+}
+
+/// One control request: a line `swap [BINARY]`, `reload` or `shutdown
+/// [DRAIN_MS]`; the answer is one line, `ok ...` or `error ...`.
+pub(super) async fn control_request(
+    stream: tokio::net::UnixStream,
+    config: &mut Config,
+    source: &ConfigSource,
+    state_dir: &Path,
+    socket: &Path,
+    engine: &mut Child,
+    engine_bin: &mut PathBuf,
+) -> Result<Control> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::BufReader::new(read).read_line(&mut line),
+    )
+    .await
+    .context("no request")??;
+    let mut words = line.split_whitespace();
+    let mut outcome = Control::Continue;
+    let answer = match words.next() {
+        Some("shutdown") => {
+            let drain = words
+                .next()
+                .and_then(|w| w.parse().ok())
+                .map(Duration::from_millis);
+            outcome = Control::Shutdown(drain);
+            "ok stopping\n".to_string()
+        }
+        Some("reload") => match reload(config, source, state_dir).await {
+            Ok((summary, hb)) => {
+                outcome = Control::Reloaded(hb);
+                format!("ok {summary}\n")
+            }
+            Err(e) => format!("error {e:#}; the running configuration stays\n"),
+        },
+        Some("swap") => {
+            let new = words
+                .next()
+                .map_or_else(|| engine_bin.clone(), PathBuf::from);
+            outcome = Control::Swapped;
+            match swap(config, state_dir, socket, engine, engine_bin, new).await {
+                Ok(msg) => format!("ok {msg}\n"),
+                Err(e) => format!("error {e:#}\n"),
+            }
+        }
+        _ => format!("error unknown request {:?}\n", line.trim()),
+    };
+    write.write_all(answer.as_bytes()).await?;
+    Ok(outcome)
+}
+
+/// Replaces the engine with one started from `new_bin`. The old engine is
+/// asked to stop (the shim parks and then replays what was in flight), the
+/// new one must answer a heartbeat; if it does not, it is killed and the old
+/// binary started again, and the error says why.
+async fn swap(
+    config: &Config,
+    state_dir: &Path,
+    socket: &Path,
+    engine: &mut Child,
+    engine_bin: &mut PathBuf,
+    new_bin: PathBuf,
+) -> Result<String> {
+    let t = Instant::now();
+    // The new binary must at least run.
+    let check = tokio::time::timeout(
+        Duration::from_secs(10),
+        Command::new(&new_bin).arg("--version").output(),
+    )
+    .await
+    .context("the new binary did not answer --version within 10 s")?
+    .with_context(|| format!("cannot run {}", new_bin.display()))?;
+    if !check.status.success() {
+        bail!(
+            "{} --version failed ({}); the old engine keeps serving",
+            new_bin.display(),
+            check.status
+        );
+    }
+    info!(binary = %new_bin.display(), "swapping the engine");
+    stop_engine(engine, state_dir, config.drain_timeout()).await;
+    let stopped = t.elapsed();
+    let mut new = engine_command(config, state_dir, socket, &new_bin, "engine swap")?
+        .spawn()
+        .with_context(|| format!("cannot start {}", new_bin.display()))?;
+    match wait_healthy(&mut new, socket, SWAP_HEALTH_TIMEOUT).await {
+        Ok(()) => {
+            *engine = new;
+            *engine_bin = new_bin;
+            let msg = format!(
+                "engine swapped to {} in {} ms (old stopped in {} ms)",
+                engine_bin.display(),
+                t.elapsed().as_millis(),
+                stopped.as_millis()
+            );
+            info!("{msg}");
+            Ok(msg)
+        }
+        Err(why) => {
+            error!("swap failed: {why:#}; starting the previous engine again");
+            let _ = new.start_kill();
+            let _ = new.wait().await;
+            let mut old = engine_command(
+                config,
+                state_dir,
+                socket,
+                engine_bin,
+                "restart after a failed engine swap",
+            )?
+            .spawn()?;
+            wait_healthy(&mut old, socket, SWAP_HEALTH_TIMEOUT)
+                .await
+                .context("the previous engine did not come back either")?;
+            *engine = old;
+            Err(why.context(format!(
+                "swap to {} failed; the previous engine serves again",
+                new_bin.display()
+            )))
+        }
+    }
+}

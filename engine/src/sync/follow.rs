@@ -1,0 +1,94 @@
+//! Polling a network origin, and choosing between polling and inotify.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tracing::info;
+
+use crate::sync::inotify::watch_local;
+use crate::sync::syncer::Syncer;
+
+/// Every this many polls, one pass stats every file (in-place edits do not
+/// change a directory's mtime).
+const FULL_POLL_EVERY: u32 = 12;
+
+/// How a watcher follows its origin (`watch` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    Inotify,
+    Poll,
+    /// inotify on a local filesystem, polling on a network one.
+    Auto,
+}
+
+/// Follows one origin until `stop`: fails (to be retried with backoff by
+/// its supervisor) while the origin is unreachable; then inotify or polling,
+/// chosen now that the origin's filesystem can be seen.
+pub fn follow_origin(
+    syncer: &Syncer,
+    origin: u32,
+    mode: WatchMode,
+    debounce: Duration,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let root = syncer.origin_root(origin)?;
+    if !syncer.origin_usable(origin, &root)? {
+        anyhow::bail!("origin {} is not reachable", root.display());
+    }
+    let inotify = match mode {
+        WatchMode::Inotify => true,
+        WatchMode::Poll => false,
+        WatchMode::Auto => {
+            let local = crate::origins::is_local_fs(&root);
+            if !local {
+                info!(origin = %root.display(), "origin is on a network filesystem; polling instead of inotify");
+            }
+            local
+        }
+    };
+    if inotify {
+        watch_local(syncer, origin, debounce, stop)
+    } else {
+        poll_network(syncer, origin, interval, stop)
+    }
+}
+
+/// Rescans an origin on a network filesystem every `interval` until `stop`,
+/// pruned by directory mtimes except every `FULL_POLL_EVERY`th pass.
+pub fn poll_network(
+    syncer: &Syncer,
+    origin: u32,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let root = syncer.origin_root(origin)?;
+    info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
+    if syncer.take_back(origin, &root) {
+        syncer.sync_origin(origin, Path::new(""))?;
+    }
+    let mut dir_mtimes: HashMap<PathBuf, i64> = HashMap::new();
+    let mut passes: u32 = 0;
+    loop {
+        if syncer.is_offline(origin) {
+            // Gone during the last pass: retried by the supervisor with
+            // backoff (seconds, not a whole poll interval), rescanned once back.
+            anyhow::bail!("origin {} went away", root.display());
+        }
+        let until = Instant::now() + interval;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200).min(interval));
+        }
+        passes += 1;
+        if passes.is_multiple_of(FULL_POLL_EVERY) {
+            dir_mtimes.clear();
+        }
+        syncer.sync_origin_pruned(origin, Path::new(""), Some(&mut dir_mtimes))?;
+    }
+}

@@ -1,0 +1,8 @@
+//! Operating-system helpers that every room may use: owner-only sockets,
+//! the wall clock, fault injection, giving memory back. Depends on nothing
+//! in the crate.
+
+pub mod fault;
+pub mod memory;
+pub mod socket;
+pub mod time;
