@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{run_cmd, workspace_root};
+use crate::harness::{run_cmd, workspace_root};
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
@@ -39,7 +39,7 @@ pub fn run() -> Result<()> {
     // The integration tests run the binaries just built, xtask among them
     // (for gen-library). Not `current_exe()`: the workspace build above may
     // have relinked this very binary (feature unification).
-    let xtask = crate::target_dir().join("debug/xtask");
+    let xtask = crate::harness::target_dir().join("debug/xtask");
     run_cmd(
         cargo()
             .args([

@@ -18,7 +18,7 @@ pub fn generate(schema_dir: &Path, out_dir: &Path) -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    let schema_dir = crate::workspace_root().join("schema");
+    let schema_dir = crate::harness::workspace_root().join("schema");
     generate(&schema_dir, &schema_dir.join("src"))?;
     println!("regenerated schema/src/musicfs_capnp.rs");
     Ok(())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::target_dir;
+use crate::harness::target_dir;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,10 +23,10 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     let demo = target_dir().join("demo");
-    crate::build_release()?;
+    crate::harness::build_release()?;
     let origins = if args.origins.is_empty() {
         std::fs::create_dir_all(&demo)?;
-        vec![crate::bench::ensure_library(&demo, args.tracks)?]
+        vec![crate::harness::ensure_library(&demo, args.tracks)?]
     } else {
         args.origins.clone()
     };

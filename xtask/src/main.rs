@@ -6,9 +6,8 @@ mod ci;
 mod codegen;
 mod demo;
 mod genlib;
+mod harness;
 mod stall;
-
-use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -46,54 +45,4 @@ fn main() -> Result<()> {
         Task::Stall(args) => stall::run(&args),
         Task::Bench(args) => bench::run(&args),
     }
-}
-
-/// The workspace root (the parent of xtask/).
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// Cargo's target directory (CARGO_TARGET_DIR or <workspace>/target).
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                workspace_root().join(d)
-            }
-        }
-        _ => workspace_root().join("target"),
-    }
-}
-
-/// Runs a command, failing with its command line when it fails.
-pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot run {cmd:?}: {e}"))?;
-    if !status.success() {
-        anyhow::bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
-/// `cargo build --release` of the two binaries.
-pub fn build_release() -> Result<()> {
-    run_cmd(
-        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "musicfs-engine",
-                "-p",
-                "musicfs-shim",
-            ]),
-    )
 }

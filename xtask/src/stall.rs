@@ -241,14 +241,14 @@ pub struct Args {
 
 /// `cargo xtask stall`: the stall measurement alone (release binaries).
 pub fn run(args: &Args) -> Result<()> {
-    crate::build_release()?;
-    let work = crate::target_dir().join("stall");
+    crate::harness::build_release()?;
+    let work = crate::harness::target_dir().join("stall");
     std::fs::create_dir_all(&work)?;
     let lib = match &args.library {
         Some(l) => l.clone(),
-        None => crate::bench::ensure_library(&work, args.tracks)?,
+        None => crate::harness::ensure_library(&work, args.tracks)?,
     };
-    let musicfs = crate::target_dir().join("release/musicfs");
+    let musicfs = crate::harness::target_dir().join("release/musicfs");
     for kind in [Fault::Kill9, Fault::Swap] {
         let r = measure(&musicfs, &lib, &work, kind, args.faults)?;
         println!(

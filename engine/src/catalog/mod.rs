@@ -22,6 +22,26 @@
 //! applied to the tree), `listing` (the hot listing cache).
 //!
 //! May use: model, config, sys. Never: origins, sync, serve, control.
+//!
+//! In detail: the catalog (redb, schema 3) and the tree inside it: `meta`
+//! (schema version, `next_ino`, `scan_complete`, template hash, totals,
+//! `clean_close`, `origin_dev/<id>`), `inodes` (virtual path → inode, for
+//! ever), `files` (origin key → record + inode), `nodes` (inode → parent,
+//! name, kind, attributes) and `children` (parent + name → inode), `origins`
+//! (origin directory → the id used in file keys; ids are never reused, so
+//! reordering or removing origins cannot point a key at the wrong directory).
+//! Requests read it through short read transactions and a bounded cache of
+//! directory listings; nothing loads the whole tree. `Store::apply` is the
+//! only write path: a batch of upserts and removals in one transaction, in
+//! O(changed), returning the names and inodes the kernel must forget. Upserts
+//! in a batch are applied in (virtual path, origin path) order so collision
+//! suffixes do not depend on probe timing; a template change rebuilds the
+//! tree from the records (at open, or at run time through `set_template`);
+//! schema 1 and 2 catalogs migrate (records are rescanned, inode numbers
+//! kept). The database sits in a `RwLock<Option<Database>>`: every
+//! transaction holds a (recursive) read guard, so `close` waits for the ones
+//! in flight (bounded), writes `clean_close = 1` and closes redb; the next
+//! open reads the flag (`previous_close`: new, clean, unclean) and clears it.
 
 mod listing;
 mod reads;

@@ -12,6 +12,23 @@
 //!
 //! The server talks to a `Handle` that the runtime gives it, never to the
 //! runtime itself. May use: config, events, tasks, sys.
+//!
+//! In detail: the control plane: `STATE/control.sock` (mode 0600, Cap'n Proto
+//! `ControlRequest`/`ControlResponse` frames, one thread per connection, at
+//! most 32). `status` gathers the catalog totals, how the previous engine
+//! closed the catalog, origins (reachability from `origins::probe_dirs`:
+//! parallel, 1 s deadline, at most one probe per origin, so a dead NFS server
+//! neither hangs it nor piles up threads), supervised tasks
+//! (`tasks::task_states`), cache figures and counters; `shutdown` is the
+//! ordered stop with a drain deadline; `reload` takes a whole configuration
+//! (JSON) or re-reads the engine's own; `events` streams the event log (and
+//! follows it). The CLI renders the status as a table, stable JSON, or
+//! Prometheus text (`musicfs metrics`). Under `musicfs mount`, `musicfs
+//! shutdown` and `musicfs reload` go to the supervisor (`supervisor.sock`),
+//! which owns the configuration and the order of the stop. An engine that
+//! systemd runs directly (`SYSTEMD_EXEC_PID` is its own pid, no supervisor)
+//! refuses `shutdown` and names the `systemctl stop` to use instead (its unit
+//! would restart it and leave the shim mounted).
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,6 +4,18 @@
 //! for the disk). Remote backends (S3, WebDAV, SFTP) will live here too.
 //!
 //! May use: config, sys. Never: catalog internals, sync, serve, control.
+//!
+//! In detail (the table and probes): the origin table (id → root, local or
+//! not) behind an `Arc` swapped whole on reload (and refreshed when an origin
+//! that was away comes back: only then can its filesystem type be seen); the
+//! data plane and the syncer read snapshots. `probe_dirs` checks origin
+//! directories in parallel under one deadline, never two probes of one path
+//! at a time.
+//!
+//! In detail (local file access): origin file access for the data plane: the
+//! LRU of open origin files (by inode and content version), `pread_nowait`
+//! (`RWF_NOWAIT`), and `is_local_fs` (statfs type: NFS, SMB, FUSE, ... are
+//! network filesystems).
 
 mod local;
 mod probe;

@@ -8,6 +8,11 @@
 //!
 //! Files: `tags` (lofty, bounded reads), `fingerprint` (a cheap content
 //! fingerprint). May use: model.
+//!
+//! In detail: `probe_file`: stat + tags with lofty through a `BoundedReader`
+//! (at most 16 MiB per file, cover art skipped). A file whose tags fail still
+//! gets a `FileRecord` with `probe_error`. `scan_origins` is the one-shot
+//! scan behind `musicfs scan` (the benchmark's scan rate).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;

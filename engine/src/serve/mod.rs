@@ -13,6 +13,32 @@
 //! (lookup, getattr, readdir, statfs, xattrs), `files` (open and read),
 //! `dir_handles`, `wire` (frames and sending them), `ping` (the heartbeat
 //! client). May use: origins, catalog, model, config, sys.
+//!
+//! In detail: the data plane. An accept thread, one reader thread per
+//! connection; metadata requests are answered inline from the catalog and its
+//! listing cache (microseconds). `open` runs inline for origins on local
+//! filesystems (statfs type) and on a bounded I/O pool otherwise; `read` is
+//! answered inline when `preadv2(RWF_NOWAIT)` finds every byte in the page
+//! cache, else on the pool, so a slow disk never stalls metadata. Each
+//! request reads its node once (`origin_of`); open files come from
+//! `origins::FdCache`. With passthrough the origin fd goes back to the shim
+//! with `SCM_RIGHTS` and the kernel reads the origin directly. `Counters`
+//! count requests, opens, reads and origin opens. `opendir` snapshots the
+//! directory's listing under a handle (`DirHandles`, bounded, random per-
+//! engine base); `readdir` offsets index that snapshot, so a directory that
+//! changes while it is read neither skips nor repeats an unchanged entry.
+//! `Shared::invalidate` sends an `invalidate` notice (id 0) to every
+//! connected shim after a commit; the shim forwards it to the kernel from its
+//! own notice thread (a notice may wait on a directory lock that an in-flight
+//! lookup holds, and that lookup's answer comes through the reader thread).
+//! Every request read is counted in flight until its answer is written
+//! (`InFlight`, also inside pool jobs), which is what the stop drains.
+//! Answers are written with a 10 s timeout: a client that stops reading is
+//! dropped (the stream may hold half a frame), so it can never hold the I/O
+//! pool; the shim reconnects and replays. An open that fails because the
+//! whole origin is away (root missing or an empty mountpoint) is `EIO`, not
+//! `ENOENT`. `engine.sock`, `control.sock` and `supervisor.sock` are mode
+//! 0600 from birth (`sys::socket::bind_owner_only` binds under umask 0177).
 
 mod connection;
 mod dir_handles;

@@ -8,6 +8,35 @@
 //! `mountpoint` (checks, stale mounts, unmount).
 //! May use: control (client), serve (the heartbeat ping), origins, config,
 //! logging, sys. Never the runtime: the engine is a child process.
+//!
+//! In detail: `musicfs mount`, the supervisor: checks origins (with a catalog
+//! in the state dir, unreachable ones are only logged: the engine knows which
+//! it can serve) and the mountpoint, on a thread with a 5 s deadline (cleans
+//! a stale `ENOTCONN` mount, found by listing it: `stat` may answer from the
+//! kernel's cache; a hung one is refused with the command that detaches it),
+//! starts the engine, waits for its socket, starts the shim, waits for its
+//! `READY` line. Then it supervises: an engine that exits is restarted
+//! (`Backoff`: a crash loop waits 0, 250 ms, ... 10 s; an engine that served
+//! restarts at once unless restarts pile up); a heartbeat (`serve::ping`)
+//! with a deadline finds a hung engine (SIGSTOP, deadlock), which is killed
+//! and replaced. `supervisor.sock` takes control requests: `swap [BINARY]`
+//! checks the new binary (`--version`), stops the old engine, starts the new
+//! one and waits for a heartbeat; if it never answers, the old binary is
+//! started again and the request fails with the reason. `reload` (and SIGHUP)
+//! re-reads the configuration from the layers it was started with, validates
+//! it, hands the whole configuration to the engine (control `reload`),
+//! applies the heartbeat fields itself, names the cold fields, and keeps the
+//! new configuration for engines it starts later; on a validation error
+//! nothing changes. If the engine fails after applying part of it (a catalog
+//! write: injected in the suite with `MUSICFS_FAULT=reload-template-fail`),
+//! the supervisor takes over the origins and template the engine reports in
+//! force (`adopt_applied`), so the next engine starts with them. `shutdown
+//! [DRAIN_MS]` and SIGINT/SIGTERM stop the shim first (it unmounts and
+//! drains), then the engine through its control socket with the drain
+//! deadline (SIGTERM if that does not answer, SIGKILL after the deadline plus
+//! 10 s). Children run in their own process groups (Ctrl-C reaches only the
+//! supervisor) with `PR_SET_PDEATHSIG`, so they stop cleanly if the
+//! supervisor dies. Every wait has a deadline.
 
 mod backoff;
 mod children;

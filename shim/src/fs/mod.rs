@@ -3,82 +3,37 @@
 //! FUSE threads never wait on the engine. Write-type operations are answered
 //! here with EROFS.
 
+mod passthrough;
+mod wire;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use musicfs_schema::{NodeKind, attr, entry, request, response};
+use musicfs_schema::response;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuser::BackingId;
 use parking_lot::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::rpc::{CallError, Resp, Transport};
-
-/// Entries asked for per readdir round trip; the kernel's buffer (usually one
-/// page) takes what fits and asks again from the next offset.
-const READDIR_BATCH: u32 = 128;
-const READDIRPLUS_BATCH: u32 = 48;
+use crate::rpc::{Resp, Transport};
+use passthrough::Passthrough;
+use wire::{Owner, attr_from, body, entry_from, kind_of, readdir_request, reply_xattr};
 
 pub struct ShimFs {
     t: Transport,
     uid: u32,
     gid: u32,
     passthrough: Arc<Passthrough>,
-}
-
-/// Kernel passthrough for local origins: the engine hands over the origin
-/// file and the kernel reads it directly, without a round trip per read.
-/// The kernel wants one backing id per inode while any handle is open, so
-/// this table shares them and counts the opens.
-struct Passthrough {
-    enabled: AtomicBool,
-    backing: Mutex<HashMap<u64, (BackingId, u32)>>,
-}
-
-impl Passthrough {
-    /// Replies to an open with the origin file `fd`, by passthrough if the
-    /// kernel takes it, else as a plain open.
-    fn reply(&self, reply: ReplyOpen, ino: u64, fh: u64, fd: &OwnedFd) {
-        let mut table = self.backing.lock();
-        if let Some((id, opens)) = table.get_mut(&ino) {
-            *opens += 1;
-            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
-        }
-        match reply.open_backing(fd) {
-            Ok(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                table.insert(ino, (id, 1));
-            }
-            Err(e) => {
-                if self.enabled.swap(false, Ordering::Relaxed) {
-                    warn!("kernel passthrough unavailable ({e}); reads go through the engine");
-                }
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-        }
-    }
-
-    fn release(&self, ino: u64) {
-        let mut table = self.backing.lock();
-        if let Some((_, opens)) = table.get_mut(&ino) {
-            *opens -= 1;
-            if *opens == 0 {
-                table.remove(&ino);
-            }
-        }
-    }
 }
 
 impl ShimFs {
@@ -93,87 +48,6 @@ impl ShimFs {
             }),
         }
     }
-}
-
-/// The body of a successful response, or the errno for the caller.
-fn body(res: Result<Resp<'_>, CallError>) -> Result<response::WhichReader<'_>, Errno> {
-    let r = res.map_err(CallError::errno)?.msg;
-    if r.get_errno() != 0 {
-        return Err(Errno::from_i32(r.get_errno()));
-    }
-    r.which().map_err(|_| Errno::EIO)
-}
-
-/// A readdir request: plain or plus, with the batch size that suits each.
-fn readdir_request(r: request::Builder<'_>, ino: INodeNo, fh: FileHandle, offset: u64, plus: bool) {
-    let mut p = r.init_readdir();
-    p.set_ino(ino.0);
-    p.set_fh(fh.0);
-    p.set_offset(offset);
-    p.set_max_entries(if plus {
-        READDIRPLUS_BATCH
-    } else {
-        READDIR_BATCH
-    });
-    p.set_plus(plus);
-}
-
-fn kind_of(a: attr::Reader<'_>) -> FileType {
-    match a.get_kind() {
-        Ok(NodeKind::Directory) => FileType::Directory,
-        Ok(NodeKind::Symlink) => FileType::Symlink,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn to_time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Owner {
-    uid: u32,
-    gid: u32,
-}
-
-fn attr_from(a: attr::Reader<'_>, owner: Owner) -> FileAttr {
-    let t = to_time(a.get_mtime_ns());
-    let kind = kind_of(a);
-    FileAttr {
-        ino: INodeNo(a.get_ino()),
-        size: a.get_size_bytes(),
-        blocks: a.get_blocks(),
-        atime: t,
-        mtime: t,
-        ctime: t,
-        crtime: t,
-        kind,
-        perm: a.get_perm(),
-        nlink: a.get_nlink(),
-        uid: owner.uid,
-        gid: owner.gid,
-        rdev: 0,
-        blksize: 128 * 1024,
-        flags: 0,
-    }
-}
-
-struct OwnedEntry {
-    attr: FileAttr,
-    generation: u64,
-    ttl: Duration,
-}
-
-fn entry_from(e: entry::Reader<'_>, owner: Owner) -> capnp::Result<OwnedEntry> {
-    Ok(OwnedEntry {
-        attr: attr_from(e.get_attr()?, owner),
-        generation: e.get_generation(),
-        ttl: Duration::from_millis(u64::from(e.get_entry_ttl_ms())),
-    })
 }
 
 impl ShimFs {
@@ -707,14 +581,5 @@ impl Filesystem for ShimFs {
         reply: ReplyEmpty,
     ) {
         reply.error(Errno::EROFS);
-    }
-}
-
-fn reply_xattr(reply: ReplyXattr, size: u32, res: Result<&[u8], Errno>) {
-    match res {
-        Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(v),
-        Err(errno) => reply.error(errno),
     }
 }

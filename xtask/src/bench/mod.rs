@@ -1,0 +1,210 @@
+//! `cargo xtask bench`: measures musicfs beside baselines in the same run.
+//!
+//! Steps:
+//!
+//! 1. `cargo build --release -p musicfs-engine -p musicfs-shim`, then the two binaries are copied
+//!    to `<work-dir>/bin/` so a concurrent rebuild cannot swap them mid-run.
+//! 2. A synthetic library of `--tracks` tracks is generated once into `<work-dir>/lib-<N>` with
+//!    `cargo xtask gen-library` (this binary, as a subprocess); `<work-dir>/lib-<N>.complete`
+//!    marks a finished generation and the library is reused while it exists.
+//! 3. Measurements, each the median of `--runs` (with min..max):
+//!    scan rate (`musicfs scan`, warm and cold page cache), engine start to the first answered
+//!    readdir (fresh and reused state dir), a `find` walk that stats every file and a read of
+//!    every file (cold, and with the origin warm in the page cache), on the musicfs mount, a
+//!    `bindfs -r` mount of the origin and the origin itself.
+//! 4. Scale rows, on a second library of `--big-tracks` tracks (default 100000, `0` skips them;
+//!    generated once into `<work-dir>/lib-<N>` like the first): the initial scan (first mount
+//!    with a fresh state dir), engine start to the first answered readdir with that persistent
+//!    state dir, the time to apply one changed track (an mp3 retagged with lofty into a temporary
+//!    file renamed over the original, as a tagger does; the engine's apply time comes from its
+//!    `checkpoint committed` log line) and the idle RSS of the engine and the shim.
+//! 5. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
+//!    `--tracks` value, newest first).
+//!
+//! Nothing here asserts on a time: targets are shown as met or missed, never enforced.
+//! Dropping the page cache needs root; without it the cold measurements are skipped.
+//!
+//! Every wait has a deadline, and every mount is taken down on drop (also on error).
+
+mod consts;
+mod logs;
+mod mounts;
+mod procfs;
+mod record;
+mod report;
+mod retag;
+mod runner;
+mod scale;
+mod scan;
+mod setup;
+mod stalls;
+mod table;
+#[cfg(test)]
+mod tests;
+mod trees;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+
+use crate::harness::{ensure_library, on_path, utc_now, workspace_root};
+use consts::RECORD_FILE;
+use mounts::clear_stale_mount;
+use record::record;
+use report::{Report, command_line, git_commit, machine_info};
+use runner::Bench;
+use setup::{build, drop_caches, target_dir};
+use table::{fmt_bytes, fmt_thousands};
+use trees::tree_size;
+
+/// `cargo xtask bench` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Number of tracks in the generated library.
+    #[arg(long, default_value_t = 20_000)]
+    pub tracks: usize,
+    /// Where the library, state dirs and mountpoints live (default: `<target>/bench`).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Tracks in the second library of the scale rows (initial scan, start with a persistent
+    /// state dir, one changed track, idle RSS); 0 skips them.
+    #[arg(long, default_value_t = 100_000)]
+    pub big_tracks: usize,
+    /// Timed runs per measurement (the table shows the median and min..max).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Print the table but do not update BENCHMARKS.md.
+    #[arg(long)]
+    pub no_record: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    ensure!(args.tracks > 0, "--tracks must be > 0");
+    for tool in ["bindfs", "fusermount3", "find"] {
+        ensure!(
+            on_path(tool),
+            "`{tool}` is not installed (the bench needs bindfs, fuse3 and findutils)"
+        );
+    }
+    ensure!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse does not exist; the bench needs FUSE"
+    );
+
+    let target = target_dir();
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| target.join("bench"));
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let work = work
+        .canonicalize()
+        .with_context(|| format!("resolving {}", work.display()))?;
+
+    let bin = build(&target, &work)?;
+    let lib = ensure_library(&work, args.tracks)?;
+    let big_lib = if args.big_tracks > 0 {
+        Some(ensure_library(&work, args.big_tracks)?)
+    } else {
+        None
+    };
+
+    let can_drop = match drop_caches() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("bench: warning: cannot drop the page cache ({e:#}); cold runs are skipped");
+            false
+        }
+    };
+
+    let mnt_dir = work.join("mnt");
+    let mfs_mnt = mnt_dir.join("musicfs");
+    let bind_mnt = mnt_dir.join("bindfs");
+    for m in [&mfs_mnt, &bind_mnt] {
+        clear_stale_mount(m)?;
+        fs::create_dir_all(m).with_context(|| format!("creating {}", m.display()))?;
+    }
+    let log = work.join("musicfs-mount.log");
+    fs::write(&log, b"").with_context(|| format!("creating {}", log.display()))?;
+
+    let mut bench = Bench {
+        bin,
+        lib,
+        work,
+        mfs_mnt,
+        bind_mnt,
+        log,
+        can_drop,
+        runs: args.runs as usize,
+        tracks: args.tracks,
+        io_timeout: Duration::from_secs(600 + args.tracks as u64 / 50),
+        notes: Vec::new(),
+        rows: Vec::new(),
+    };
+    let lib_size = tree_size(&bench.lib)?;
+    bench.check_memory(lib_size.bytes);
+
+    let scan_tracks = bench.measure_scan()?;
+    bench.measure_start()?;
+    bench.measure_trees(scan_tracks)?;
+    bench.measure_stalls()?;
+
+    // The scale rows come last; if they fail, the table so far is still recorded (with a note)
+    // and the bench then fails.
+    let mut big_library = None;
+    let mut failure = None;
+    if let Some(big_lib) = &big_lib {
+        let size = tree_size(big_lib)?;
+        big_library = Some(format!(
+            "{} tracks requested; {} files, {} ({} bytes) in `{}`",
+            args.big_tracks,
+            size.files,
+            fmt_bytes(size.bytes),
+            size.bytes,
+            big_lib.display()
+        ));
+        if let Err(e) = bench.measure_big(big_lib, args.big_tracks) {
+            bench.note(format!(
+                "{} tracks: the scale measurements stopped early: {e:#}",
+                fmt_thousands(args.big_tracks as f64)
+            ));
+            failure = Some(e);
+        }
+    }
+
+    let report = Report {
+        tracks: args.tracks,
+        command: command_line(args.big_tracks),
+        date: utc_now(),
+        machine: machine_info(&bench.work),
+        commit: git_commit(),
+        library: format!(
+            "{} tracks requested, {} found by `musicfs scan`; {} files, {} ({} bytes) in `{}`",
+            args.tracks,
+            scan_tracks,
+            lib_size.files,
+            fmt_bytes(lib_size.bytes),
+            lib_size.bytes,
+            bench.lib.display()
+        ),
+        big_library,
+        rows: std::mem::take(&mut bench.rows),
+        notes: std::mem::take(&mut bench.notes),
+    };
+    let section = report.section();
+    println!();
+    println!("{section}");
+    if args.no_record {
+        println!("bench: --no-record given; {RECORD_FILE} left alone");
+    } else {
+        let path = workspace_root().join(RECORD_FILE);
+        record(&path, args.tracks, &section)?;
+        println!("bench: recorded in {}", path.display());
+    }
+    match failure {
+        Some(e) => Err(e.context("the scale measurements failed (the rows so far were kept)")),
+        None => Ok(()),
+    }
+}
