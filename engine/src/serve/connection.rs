@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::serve::files::{open, origin_of, read, read_cached, send_open};
 use crate::serve::metadata::metadata;
-use crate::serve::shared::{ConnRef, Shared, bump};
+use crate::serve::shared::{ConnRef, Reader, Shared, bump};
 use crate::serve::wire::{WRITE_TIMEOUT, Writer, error_frame, send};
 use crate::sys::socket::{SocketGuard, bind_owner_only};
 
@@ -85,6 +85,10 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
                     // too; this only catches a connect that raced it).
                     Ok(_) if shared.stopping.load(Ordering::Acquire) => {}
                     Ok(stream) => {
+                        // Counted before its thread runs, so a stop in
+                        // between still waits for it (dropped with the
+                        // closure if the thread cannot start).
+                        let reader = Reader::new(&shared);
                         let shared = shared.clone();
                         let pool = pool.clone();
                         let spawned = std::thread::Builder::new()
@@ -93,6 +97,7 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
                                 if let Err(e) = connection(&shared, &pool, stream) {
                                     warn!("connection ended: {e:#}");
                                 }
+                                drop(reader);
                             });
                         if let Err(e) = spawned {
                             warn!("cannot start a connection thread: {e}");

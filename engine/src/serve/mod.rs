@@ -51,3 +51,6 @@ mod wire;
 pub use connection::serve;
 pub use ping::{PingError, ping};
 pub use shared::{Counters, MAX_READ_BYTES, MAX_READDIR_ENTRIES, Shared};
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub(super) stopping: AtomicBool,
     /// Requests read and not yet answered.
     pub(super) in_flight: AtomicUsize,
+    /// Connections that may still read a request (see `Reader`).
+    pub(super) readers: AtomicUsize,
     pub(super) fds: FdCache,
     pub counters: Counters,
 }
@@ -86,6 +88,7 @@ impl Shared {
             entry_ttl_ms: AtomicU32::new(entry_ttl_ms),
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
             fds: FdCache::default(),
             counters: Counters::default(),
         })
@@ -132,12 +135,17 @@ impl Shared {
         }
     }
 
-    /// Shutdown, second step: waits until every request read has been
-    /// answered, or `deadline`. Returns how many were still in flight.
+    /// Shutdown, second step: waits until every connection has read what
+    /// was already in its socket buffer (and hit the end of it) and every
+    /// request read has been answered, or `deadline`. Returns how many were
+    /// still in flight. Only then may the catalog close: a request read
+    /// after it closed would fail (EIO) instead of being served, or
+    /// replayed by the shim to the next engine.
     pub fn drain(&self, deadline: Instant) -> usize {
         loop {
             let n = self.in_flight();
-            if n == 0 || Instant::now() >= deadline {
+            let reading = self.readers.load(Ordering::Acquire);
+            if (n == 0 && reading == 0) || Instant::now() >= deadline {
                 return n;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -204,6 +212,24 @@ pub(super) struct InFlight(Arc<Shared>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection that may still read requests: counted from its accept
+/// until its reader ends, so that the drain waits for requests that were
+/// already in a socket buffer at the stop.
+pub(super) struct Reader(Arc<Shared>);
+
+impl Reader {
+    pub(super) fn new(shared: &Arc<Shared>) -> Reader {
+        shared.readers.fetch_add(1, Ordering::AcqRel);
+        Reader(shared.clone())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
