@@ -130,13 +130,15 @@ fn run(args: Args) -> Result<()> {
     let notices = transport.clone();
     let watchdog_transport = transport.clone();
     let drain_transport = transport.clone();
+    let notifier = std::sync::Arc::new(std::sync::OnceLock::new());
     let mut session = fuser::Session::new(
-        fs::ShimFs::new(transport, !args.no_passthrough),
+        fs::ShimFs::new(transport, !args.no_passthrough, notifier.clone()),
         &args.mountpoint,
         &config,
     )
     .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let _ = notifier.set(session.notifier());
     notices
         .set_notifier(session.notifier())
         .context("cannot start the notice thread")?;

@@ -57,18 +57,23 @@ pub struct FileRecord {
 impl FileRecord {
     /// A content version for open handles: changes whenever the origin file does.
     pub fn version(&self) -> u64 {
-        // FNV-1a over (size, mtime, origin inode): cheap and stable across restarts.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self
-            .size_bytes
-            .to_le_bytes()
-            .iter()
-            .chain(self.mtime_ns.to_le_bytes().iter())
-            .chain(self.origin_ino.to_le_bytes().iter())
-        {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h | 1 // never 0, so 0 can mean "no handle"
+        content_version(self.size_bytes, self.mtime_ns, self.origin_ino)
     }
+}
+
+/// The content version of an origin file with this size, mtime and inode:
+/// what an open handle is bound to (its file handle). FNV-1a: cheap and
+/// stable across restarts; never 0, so 0 can mean "no handle".
+pub fn content_version(size_bytes: u64, mtime_ns: i64, origin_ino: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in size_bytes
+        .to_le_bytes()
+        .iter()
+        .chain(mtime_ns.to_le_bytes().iter())
+        .chain(origin_ino.to_le_bytes().iter())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
 }

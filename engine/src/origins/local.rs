@@ -1,26 +1,60 @@
-//! Origin file access for the data plane: a bounded LRU of open origin
-//! files, reads that never wait for the disk, and local-filesystem detection.
+//! Origin file access for the data plane: the open origin files by content
+//! version (pinned by open handles, an LRU besides), reads that never wait for the disk, and local-filesystem detection.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::config::defaults::OPEN_FILES_MAX;
+use crate::model::content_version;
 
-/// A small LRU of open origin files, keyed by inode.
+/// Origin files kept open, by (inode, content version): the file each open
+/// handle reads (pinned while the handle is open, so a handle keeps reading
+/// the version it opened even after the origin file is replaced), and an
+/// LRU of recently used ones for the next open. Bounded: at most `capacity`
+/// unpinned files and `PINNED_MAX` pinned ones; a handle whose file was
+/// evicted is reopened by path on its next read, and fails with ESTALE if
+/// the file there is another version by then.
 #[derive(Default)]
 pub struct FdCache {
     inner: Mutex<FdCacheInner>,
     pub origin_opens: std::sync::atomic::AtomicU64,
 }
 
+/// Handles whose files are kept open at most (a bound on the engine's fds;
+/// past it the least recently used handle's file closes and is reopened by
+/// path if that handle reads again).
+pub const PINNED_MAX: usize = 16 * 1024;
+
+/// One open origin file.
+#[derive(Clone)]
+pub struct OpenFile {
+    pub file: Arc<File>,
+    /// Its content version (`model::content_version` of its fstat).
+    pub version: u64,
+    /// Its size when opened.
+    pub size_bytes: u64,
+    /// On a local filesystem: may be read inline without risking a stall.
+    pub local: bool,
+}
+
+struct Held {
+    open: OpenFile,
+    used: u64,
+    /// Open handles on it (forgotten at a restart: then 0 until a read
+    /// pins it again).
+    pins: u32,
+}
+
 struct FdCacheInner {
     clock: u64,
-    files: std::collections::HashMap<u64, (Arc<File>, u64, u64)>, // ino -> (file, version, last use)
-    /// Most files held open (hot: `set_capacity`).
+    files: HashMap<(u64, u64), Held>,
+    /// Most unpinned files held open (hot: `set_capacity`).
     capacity: usize,
 }
 
@@ -28,25 +62,34 @@ impl Default for FdCacheInner {
     fn default() -> Self {
         FdCacheInner {
             clock: 0,
-            files: std::collections::HashMap::new(),
+            files: HashMap::new(),
             capacity: OPEN_FILES_MAX,
         }
     }
 }
 
 impl FdCacheInner {
-    /// Closes the least recently used files until at most `keep` are open.
-    fn shrink_to(&mut self, keep: usize) {
-        while self.files.len() > keep {
-            let Some(oldest) = self
-                .files
-                .iter()
-                .min_by_key(|(_, (_, _, used))| *used)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            self.files.remove(&oldest);
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Closes the least recently used files of one kind (pinned or not)
+    /// until at most `keep` of that kind are open.
+    fn shrink(&mut self, pinned: bool, keep: usize) {
+        let mut of_kind: Vec<((u64, u64), u64)> = self
+            .files
+            .iter()
+            .filter(|(_, h)| (h.pins > 0) == pinned)
+            .map(|(k, h)| (*k, h.used))
+            .collect();
+        if of_kind.len() <= keep {
+            return;
+        }
+        of_kind.sort_unstable_by_key(|(_, used)| *used);
+        let excess = of_kind.len() - keep;
+        for (k, _) in of_kind.into_iter().take(excess) {
+            self.files.remove(&k);
         }
     }
 }
@@ -57,43 +100,97 @@ impl FdCache {
         self.inner.lock().files.len()
     }
 
-    /// The most origin files held open.
+    /// The most unpinned origin files held open.
     pub fn capacity(&self) -> usize {
         self.inner.lock().capacity
     }
 
-    /// A new limit, applied at once (the least recently used files close;
-    /// reads that hold one keep it until they finish).
+    /// A new limit, applied at once (the least recently used unpinned files
+    /// close; reads that hold one keep it until they finish).
     pub fn set_capacity(&self, files: usize) {
         let mut inner = self.inner.lock();
         inner.capacity = files.max(1);
         let keep = inner.capacity;
-        inner.shrink_to(keep);
+        inner.shrink(false, keep);
     }
 
-    pub fn get(&self, ino: u64, version: u64, path: &Path) -> io::Result<Arc<File>> {
-        {
-            let mut inner = self.inner.lock();
-            inner.clock += 1;
-            let now = inner.clock;
-            if let Some((f, v, used)) = inner.files.get_mut(&ino)
-                && *v == version
-            {
-                *used = now;
-                return Ok(f.clone());
-            }
-        }
-        let file = Arc::new(File::open(path)?);
+    /// The open file of version `version` of inode `ino`, if one is held.
+    pub fn get(&self, ino: u64, version: u64) -> Option<OpenFile> {
+        let mut inner = self.inner.lock();
+        let now = inner.tick();
+        let held = inner.files.get_mut(&(ino, version))?;
+        held.used = now;
+        Some(held.open.clone())
+    }
+
+    /// Opens the file at `path` for inode `ino` and learns its version from
+    /// the open file itself; held (unpinned) for later opens and reads.
+    /// `local`: its origin is on a local filesystem.
+    pub fn open(&self, ino: u64, path: &Path, local: bool) -> io::Result<OpenFile> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
         self.origin_opens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open = OpenFile {
+            version: content_version(
+                meta.len(),
+                meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                meta.ino(),
+            ),
+            size_bytes: meta.len(),
+            local,
+            file: Arc::new(file),
+        };
         let mut inner = self.inner.lock();
-        // A stale version of this file makes no room for others.
-        inner.files.remove(&ino);
+        let now = inner.tick();
+        let key = (ino, open.version);
+        if let Some(held) = inner.files.get_mut(&key) {
+            // Raced with another open of the same version: keep the first.
+            held.used = now;
+            return Ok(held.open.clone());
+        }
         let keep = inner.capacity - 1;
-        inner.shrink_to(keep);
-        let now = inner.clock;
-        inner.files.insert(ino, (file.clone(), version, now));
-        Ok(file)
+        inner.shrink(false, keep);
+        inner.files.insert(
+            key,
+            Held {
+                open: open.clone(),
+                used: now,
+                pins: 0,
+            },
+        );
+        Ok(open)
+    }
+
+    /// A handle opened version `version` of `ino`: its file stays open
+    /// until the handle is released (`unpin`).
+    pub fn pin(&self, ino: u64, version: u64) {
+        let mut inner = self.inner.lock();
+        let now = inner.tick();
+        let newly = match inner.files.get_mut(&(ino, version)) {
+            Some(held) => {
+                held.used = now;
+                held.pins = held.pins.saturating_add(1);
+                held.pins == 1
+            }
+            None => false,
+        };
+        if newly {
+            inner.shrink(true, PINNED_MAX);
+        }
+    }
+
+    /// A handle on version `version` of `ino` was released.
+    pub fn unpin(&self, ino: u64, version: u64) {
+        let mut inner = self.inner.lock();
+        let Some(held) = inner.files.get_mut(&(ino, version)) else {
+            return;
+        };
+        held.pins = held.pins.saturating_sub(1);
+        if held.pins == 0 {
+            let keep = inner.capacity;
+            inner.shrink(false, keep);
+        }
     }
 }
 
@@ -151,22 +248,56 @@ mod tests {
             })
             .collect();
         cache.set_capacity(4);
-        for (i, p) in paths.iter().enumerate() {
-            cache.get(i as u64, 1, p).unwrap();
-        }
+        let versions: Vec<u64> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| cache.open(i as u64, p, true).unwrap().version)
+            .collect();
         assert_eq!(cache.open_files(), 4);
         // The most recently used stay: 4..8 are hits.
-        let opens = |c: &FdCache| c.origin_opens.load(std::sync::atomic::Ordering::Relaxed);
-        let before = opens(&cache);
-        for (i, p) in paths.iter().enumerate().skip(4) {
-            cache.get(i as u64, 1, p).unwrap();
+        for (i, v) in versions.iter().enumerate().skip(4) {
+            assert!(cache.get(i as u64, *v).is_some(), "{i} was evicted");
         }
-        assert_eq!(opens(&cache), before);
+        assert!(cache.get(0, versions[0]).is_none());
         cache.set_capacity(2);
         assert_eq!((cache.open_files(), cache.capacity()), (2, 2));
-        // A new content version is a miss, and the limit holds.
-        cache.get(7, 2, &paths[7]).unwrap();
-        assert_eq!(opens(&cache), before + 1);
-        assert_eq!(cache.open_files(), 2);
+    }
+
+    /// A pinned file is the version it was opened at, whatever happens to
+    /// the path, and stays open beyond the LRU's capacity until unpinned.
+    #[test]
+    fn pinned_versions_outlive_a_replaced_file_and_the_lru() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("track.mp3");
+        std::fs::write(&path, b"old bytes").unwrap();
+        let cache = FdCache::default();
+        cache.set_capacity(1);
+        let old = cache.open(7, &path, true).unwrap();
+        cache.pin(7, old.version);
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, b"new bytes, longer").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let new = cache.open(7, &path, true).unwrap();
+        assert_ne!(new.version, old.version);
+        assert_eq!(new.size_bytes, 17);
+        // Other files come and go through the LRU of one.
+        for i in 0..4 {
+            let p = dir.path().join(format!("other{i}"));
+            std::fs::write(&p, [i]).unwrap();
+            cache.open(100 + u64::from(i), &p, true).unwrap();
+        }
+        let held = cache
+            .get(7, old.version)
+            .expect("the pinned version was closed");
+        let mut buf = [0u8; 9];
+        std::os::unix::fs::FileExt::read_exact_at(&*held.file, &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"old bytes");
+        // Released, it is one more LRU entry: the next open evicts it.
+        cache.unpin(7, old.version);
+        assert!(cache.open_files() <= 1);
+        let p = dir.path().join("last");
+        std::fs::write(&p, b"x").unwrap();
+        cache.open(200, &p, true).unwrap();
+        assert!(cache.get(7, old.version).is_none());
     }
 }

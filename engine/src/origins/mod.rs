@@ -21,7 +21,7 @@ mod local;
 mod probe;
 mod table;
 
-pub use local::{FdCache, is_local_fs, pread_nowait};
+pub use local::{FdCache, OpenFile, PINNED_MAX, is_local_fs, pread_nowait};
 pub use probe::{
     PROBE_TIMEOUT, Probe, absolutize, check_origins, check_origins_except, load_config, probe_all,
     probe_dirs,

@@ -65,6 +65,9 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("cannot block signals")?;
+    // Every open handle keeps its origin file open here.
+    let open_files = crate::sys::limits::raise_open_files();
+    tracing::debug!(open_files, "open file limit");
 
     if config.origins.is_empty() {
         check_origins(config)?; // says what is missing

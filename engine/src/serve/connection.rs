@@ -162,7 +162,9 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
             // One-way: the kernel ignores their answers and inodes are stable
             // for ever, so there is nothing to do and nothing to answer.
             request::Releasedir(r) => shared.dir_handles.release(r.get_fh()),
-            request::Forget(_) | request::Release(_) => {}
+            // The handle's file may close now (if no other handle has it).
+            request::Release(r) => shared.fds.unpin(r.get_ino(), r.get_fh()),
+            request::Forget(_) => {}
             request::Open(o) => {
                 let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
                 match origin_of(shared, ino) {
@@ -180,15 +182,16 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                 }
             }
             request::Read(r) => {
-                let (ino, offset, size) = (r.get_ino(), r.get_offset(), r.get_size());
+                let (ino, fh) = (r.get_ino(), r.get_fh());
+                let (offset, size) = (r.get_offset(), r.get_size());
                 // Page-cache hits on local origins are answered here; the rest waits
                 // for the disk on the pool.
-                if let Some(frame) = read_cached(shared, id, ino, offset, size) {
+                if let Some(frame) = read_cached(shared, id, ino, fh, offset, size) {
                     send(&writer, &frame);
                 } else {
                     let (shared, writer) = (shared.clone(), writer.clone());
                     pool.submit(Box::new(move || {
-                        send(&writer, &read(&shared, id, ino, offset, size));
+                        send(&writer, &read(&shared, id, ino, fh, offset, size));
                         drop(op);
                     }));
                 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::catalog::split_file_key;
-use crate::origins::pread_nowait;
+use crate::origins::{OpenFile, pread_nowait};
 use crate::serve::shared::{MAX_READ_BYTES, Shared, bump};
 use crate::serve::wire::{Writer, errno_of, error_frame, respond, send, send_with_fd};
 
@@ -37,7 +37,6 @@ pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
         root: root.to_path_buf(),
         path: root.join(OsStr::from_bytes(rel)),
         version: node.version,
-        size_bytes: node.size_bytes,
         local: table.is_local(origin),
     })
 }
@@ -48,7 +47,6 @@ pub(super) struct Origin {
     root: PathBuf,
     path: PathBuf,
     version: u64,
-    size_bytes: u64,
     /// On a local filesystem: may be opened and read inline.
     pub(super) local: bool,
 }
@@ -74,17 +72,27 @@ pub(super) fn open(
         local,
         ..
     } = origin;
-    // Open now, so that a vanished origin file fails the open(2), not a later read.
-    match shared.fds.get(ino, version, &path) {
-        Ok(file) => {
+    // Open now, so that a vanished origin file fails the open(2), not a
+    // later read. The handle is the version of the file actually opened
+    // (the catalog may not have seen a change yet), pinned until release.
+    let opened = match shared.fds.get(ino, version) {
+        Some(f) => Ok(f),
+        None => shared.fds.open(ino, &path, local),
+    };
+    match opened {
+        Ok(f) => {
+            if f.version != version {
+                debug!(ino, path = %path.display(), "the origin file changed since the catalog saw it; this handle reads it as it is now");
+            }
+            shared.fds.pin(ino, f.version);
             let attach = passthrough && local;
             let frame = respond(id, 0, |r| {
                 let mut o = r.init_opened();
-                o.set_fh(version);
+                o.set_fh(f.version);
                 o.set_keep_cache(true);
                 o.set_fd_attached(attach);
             });
-            (frame, attach.then_some(file))
+            (frame, attach.then_some(f.file))
         }
         Err(e) => {
             // A listed file whose whole origin is away (a NAS that is down):
@@ -115,32 +123,27 @@ pub(super) fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<Fil
     }
 }
 
-/// Answers a read from the page cache without waiting, if the origin is local
-/// and every requested byte is cached; `None` means "send it to the pool".
+/// Answers a read from the page cache without waiting, if the handle's file
+/// is held open, its origin is local and every requested byte is cached;
+/// `None` means "send it to the pool".
 pub(super) fn read_cached(
     shared: &Shared,
     id: u64,
     ino: u64,
+    fh: u64,
     offset: u64,
     size: u32,
 ) -> Option<Vec<u8>> {
-    let Origin {
-        path,
-        version,
-        size_bytes: file_size,
-        local,
-        ..
-    } = origin_of(shared, ino).ok()?;
-    if !local {
+    let f = shared.fds.get(ino, fh)?;
+    if !f.local {
         return None;
     }
-    let want = (size.min(MAX_READ_BYTES) as u64).min(file_size.saturating_sub(offset)) as usize;
-    let file = shared.fds.get(ino, version, &path).ok()?;
+    let want = (size.min(MAX_READ_BYTES) as u64).min(f.size_bytes.saturating_sub(offset)) as usize;
     let mut buf = vec![0u8; want];
     let n = if want == 0 {
         0
     } else {
-        pread_nowait(&file, &mut buf, offset).ok()?
+        pread_nowait(&f.file, &mut buf, offset).ok()?
     };
     if n != want {
         return None;
@@ -150,19 +153,42 @@ pub(super) fn read_cached(
     Some(respond(id, 0, |mut r| r.set_data(&buf)))
 }
 
-pub(super) fn read(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -> Vec<u8> {
+/// The file a handle reads: the one it opened, or (after an engine restart,
+/// or once evicted) the file at its path if that is still the same version.
+/// Another version there means the handle's file is gone: ESTALE, never
+/// another file's bytes.
+fn handle_file(shared: &Shared, ino: u64, fh: u64) -> Result<OpenFile, i32> {
+    if let Some(f) = shared.fds.get(ino, fh) {
+        return Ok(f);
+    }
+    let Origin { path, local, .. } = origin_of(shared, ino)?;
+    let f = shared.fds.open(ino, &path, local).map_err(|e| {
+        debug!(ino, path = %path.display(), "cannot reopen for a read: {e}");
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => libc::ESTALE,
+            _ => errno_of(&e),
+        }
+    })?;
+    if f.version != fh {
+        warn!(ino, path = %path.display(), "a handle's version of the file is gone (replaced while no engine held it open): ESTALE");
+        return Err(libc::ESTALE);
+    }
+    shared.fds.pin(ino, fh);
+    Ok(f)
+}
+
+pub(super) fn read(shared: &Shared, id: u64, ino: u64, fh: u64, offset: u64, size: u32) -> Vec<u8> {
     bump(&shared.counters.reads, 1);
     let size = size.min(MAX_READ_BYTES) as usize;
-    let Origin { path, version, .. } = match origin_of(shared, ino) {
-        Ok(v) => v,
+    let f = match handle_file(shared, ino, fh) {
+        Ok(f) => f,
         Err(errno) => return error_frame(id, errno),
     };
     let result = (|| -> io::Result<Vec<u8>> {
-        let file = shared.fds.get(ino, version, &path)?;
         let mut buf = vec![0u8; size];
         let mut filled = 0;
         while filled < size {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            match f.file.read_at(&mut buf[filled..], offset + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -178,7 +204,7 @@ pub(super) fn read(shared: &Shared, id: u64, ino: u64, offset: u64, size: u32) -
             respond(id, 0, |mut r| r.set_data(&buf))
         }
         Err(e) => {
-            warn!(ino, path = %path.display(), "origin read failed: {e}");
+            warn!(ino, "origin read failed: {e}");
             error_frame(id, errno_of(&e))
         }
     }

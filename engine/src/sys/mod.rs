@@ -3,6 +3,7 @@
 //! in the crate.
 
 pub mod fault;
+pub mod limits;
 pub mod memory;
 pub mod socket;
 pub mod time;

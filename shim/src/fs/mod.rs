@@ -18,15 +18,13 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use musicfs_schema::response;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::rpc::{Resp, Transport};
-use passthrough::Passthrough;
+use passthrough::{PageCache, Passthrough};
 use wire::{Owner, attr_from, body, entry_from, kind_of, readdir_request, reply_xattr};
 
 pub struct ShimFs {
@@ -34,18 +32,47 @@ pub struct ShimFs {
     uid: u32,
     gid: u32,
     passthrough: Arc<Passthrough>,
+    page_cache: Arc<PageCache>,
+    /// The session's notifier, once the session exists (for attribute
+    /// invalidations the open path needs at once).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+}
+
+/// The open flags of a handle read through the page cache. When it takes
+/// the cache over from another version of the file, the kernel's cached
+/// attributes are dropped before the answer (offset -1: attributes only),
+/// so its next read past the old size asks for the new one.
+fn cache_flags(
+    cache: &PageCache,
+    notifier: &OnceLock<fuser::Notifier>,
+    ino: u64,
+    fh: u64,
+    engine_keeps: bool,
+) -> FopenFlags {
+    let (flags, switched) = cache.open(ino, fh, engine_keeps);
+    if switched
+        && let Some(n) = notifier.get()
+        && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+        && e.raw_os_error() != Some(libc::ENOENT)
+    {
+        debug!(ino, "attribute invalidation not delivered: {e}");
+    }
+    flags
 }
 
 impl ShimFs {
-    pub fn new(t: Transport, passthrough: bool) -> ShimFs {
+    pub fn new(
+        t: Transport,
+        passthrough: bool,
+        notifier: Arc<OnceLock<fuser::Notifier>>,
+    ) -> ShimFs {
         ShimFs {
+            notifier,
             t,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
-            passthrough: Arc::new(Passthrough {
-                enabled: AtomicBool::new(passthrough),
-                backing: Mutex::new(HashMap::new()),
-            }),
+            passthrough: Arc::new(Passthrough::new(passthrough)),
+            page_cache: Arc::new(PageCache::default()),
         }
     }
 }
@@ -253,6 +280,8 @@ impl Filesystem for ShimFs {
             return reply.error(Errno::EROFS);
         }
         let pt = self.passthrough.clone();
+        let cache = self.page_cache.clone();
+        let notifier = self.notifier.clone();
         let want_fd = pt.enabled.load(Ordering::Relaxed);
         self.t.call(
             "open",
@@ -265,21 +294,24 @@ impl Filesystem for ShimFs {
             move |res| match res {
                 Ok(Resp { msg, fd: Some(fd) }) if msg.get_errno() == 0 => match msg.which() {
                     Ok(response::Opened(o)) if pt.enabled.load(Ordering::Relaxed) => {
-                        pt.reply(reply, ino.0, o.get_fh(), &fd);
+                        pt.reply(reply, ino.0, o.get_fh(), &fd, &cache);
                     }
                     Ok(response::Opened(o)) => {
-                        reply.opened(FileHandle(o.get_fh()), FopenFlags::FOPEN_KEEP_CACHE)
+                        let fh = o.get_fh();
+                        reply.opened(
+                            FileHandle(fh),
+                            cache_flags(&cache, &notifier, ino.0, fh, o.get_keep_cache()),
+                        )
                     }
                     _ => reply.error(Errno::EIO),
                 },
                 res => match body(res) {
                     Ok(response::Opened(o)) => {
-                        let flags = if o.get_keep_cache() {
-                            FopenFlags::FOPEN_KEEP_CACHE
-                        } else {
-                            FopenFlags::empty()
-                        };
-                        reply.opened(FileHandle(o.get_fh()), flags);
+                        let fh = o.get_fh();
+                        reply.opened(
+                            FileHandle(fh),
+                            cache_flags(&cache, &notifier, ino.0, fh, o.get_keep_cache()),
+                        );
                     }
                     Ok(_) => reply.error(Errno::EIO),
                     Err(errno) => reply.error(errno),
@@ -328,7 +360,9 @@ impl Filesystem for ShimFs {
     ) {
         // The kernel ignores release errors: answer now, tell the engine after.
         reply.ok();
-        self.passthrough.release(ino.0);
+        if !self.passthrough.release(ino.0, fh.0) {
+            self.page_cache.release(ino.0, fh.0);
+        }
         self.t.send_oneway(|r| {
             let mut p = r.init_release();
             p.set_ino(ino.0);
