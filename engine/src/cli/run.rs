@@ -69,7 +69,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Scan { .. } => {
             crate::origins::check_origins(&config)?;
-            let out = scan::scan_origins(&config.origins, config.scan_worker_threads());
+            let exts = scan::AudioExtensions::new(&config.audio_extensions);
+            let out = scan::scan_origins(&config.origins, &exts, config.scan_worker_threads());
             let secs = out.elapsed.as_secs_f64().max(1e-9);
             let report = serde_json::json!({
                 "tracks": out.files.len(),

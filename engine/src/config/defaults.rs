@@ -6,3 +6,12 @@ pub const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
 
 /// Origin files the data plane keeps open for reads (`open_files_max`).
 pub const OPEN_FILES_MAX: usize = 256;
+
+/// Extensions (lower case, no dot) of the files the scan lists
+/// (`audio_extensions`). Every file with one of them appears in the tree:
+/// by its tags where they can be read, else by its file name.
+pub const AUDIO_EXTENSIONS: &[&str] = &[
+    "mp3", "mp2", "mp1", "flac", "ogg", "oga", "opus", "spx", "m4a", "m4b", "m4p", "mp4", "aac",
+    "alac", "wav", "wave", "aif", "aiff", "aifc", "ape", "wv", "mpc", "mp+", "mpp", "tta", "tak",
+    "ofr", "ofs", "wma", "asf", "dsf", "dff", "mka", "webm", "mid", "midi",
+];

@@ -68,6 +68,9 @@ pub struct Config {
     pub listing_cache_entries: usize,
     /// Origin files the engine keeps open for reads through it (hot).
     pub open_files_max: usize,
+    /// Extensions of the files listed, without the dot (case does not
+    /// matter). Hot: a reload rescans the origins with the new list.
+    pub audio_extensions: Vec<String>,
 }
 
 impl Default for Config {
@@ -92,6 +95,10 @@ impl Default for Config {
             drain_timeout_ms: 5000,
             listing_cache_entries: defaults::LISTING_CACHE_ENTRIES,
             open_files_max: defaults::OPEN_FILES_MAX,
+            audio_extensions: defaults::AUDIO_EXTENSIONS
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
         }
     }
 }
@@ -162,6 +169,16 @@ impl Config {
             "open_files_max",
         ]);
         fig = fig.merge(env);
+        // MUSICFS_AUDIO_EXTENSIONS is a ','-separated list.
+        if let Ok(list) = std::env::var("MUSICFS_AUDIO_EXTENSIONS") {
+            let exts: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect();
+            fig = fig.merge(Serialized::default("audio_extensions", exts));
+        }
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
             let origins: Vec<PathBuf> = std::env::split_paths(&list).collect();
             fig = fig.merge(Serialized::default("origins", origins));
@@ -194,6 +211,16 @@ impl Config {
         }
         if self.listing_cache_entries == 0 || self.open_files_max == 0 {
             bail!("listing_cache_entries and open_files_max must be > 0");
+        }
+        if self.audio_extensions.is_empty() {
+            bail!("audio_extensions must name at least one extension");
+        }
+        if let Some(bad) = self
+            .audio_extensions
+            .iter()
+            .find(|e| e.is_empty() || e.contains(['.', '/']) || e.chars().any(char::is_whitespace))
+        {
+            bail!("audio_extensions: {bad:?} is not an extension (write \"flac\", not \".flac\")");
         }
         Ok(())
     }

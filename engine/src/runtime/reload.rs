@@ -13,6 +13,7 @@ use crate::config::reload::{ReloadReport, cold_changes};
 use crate::model::template::Template;
 use crate::origins::{check_origins_except, load_config};
 use crate::runtime::core::Runtime;
+use crate::scan::AudioExtensions;
 use crate::tasks::supervise;
 
 impl Runtime {
@@ -155,6 +156,21 @@ impl Runtime {
         if old.open_files_max != new.open_files_max {
             self.shared.set_open_files_max(new.open_files_max);
             report.applied.push("open_files_max".into());
+        }
+        if old.audio_extensions != new.audio_extensions {
+            self.syncer
+                .set_extensions(AudioExtensions::new(&new.audio_extensions));
+            // A full pass lists what is now included and drops what is not.
+            let s = self.syncer.clone();
+            let handle = supervise("sync-extensions", self.stop.clone(), move || {
+                let ids: Vec<u32> = s.origins.snapshot().iter().map(|(id, _)| id).collect();
+                for id in ids {
+                    s.sync_origin(id, Path::new(""))?;
+                }
+                Ok(())
+            });
+            self.own(handle);
+            report.applied.push("audio_extensions".into());
         }
         if watching_changed {
             let ids: Vec<u32> = self.watchers.lock().keys().copied().collect();

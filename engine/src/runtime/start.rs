@@ -21,6 +21,7 @@ use crate::model::template::Template;
 use crate::origins::{Origins, check_origins, check_origins_except};
 use crate::runtime::core::{Runtime, StopRequest};
 use crate::runtime::signals::start_signal_thread;
+use crate::scan::AudioExtensions;
 use crate::serve::{Shared, serve};
 use crate::sync::Syncer;
 use crate::tasks::supervise;
@@ -124,6 +125,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         config.checkpoint_files,
     );
     syncer.set_stale_origins(stale_origins);
+    syncer.set_extensions(AudioExtensions::new(&config.audio_extensions));
     syncer.set_stop(stop.clone());
     if !complete {
         // First start (or an interrupted first scan): fill the catalog before

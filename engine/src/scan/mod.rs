@@ -6,8 +6,10 @@
 //! name; every such file is logged once and counted. Unreadable directories
 //! are logged and skipped.
 //!
-//! Files: `tags` (lofty, bounded reads), `fingerprint` (a cheap content
-//! fingerprint). May use: model.
+//! Files: `tags` (lofty, bounded reads), `containers` (the formats lofty
+//! does not read: DSF, DSDIFF, WMA, Matroska/WebM, TTA, TAK, OptimFROG,
+//! MIDI), `fingerprint` (a cheap content fingerprint). May use: model,
+//! config (the default extension list).
 //!
 //! In detail: `probe_file`: stat + tags with lofty through a `BoundedReader`
 //! (at most 16 MiB per file, cover art skipped). A file whose tags fail still
@@ -23,25 +25,37 @@ use tracing::{info, warn};
 
 use crate::model::FileRecord;
 
+mod containers;
 mod fingerprint;
 mod tags;
 
 pub use fingerprint::fingerprint_file;
 pub use tags::{MAX_HEADER_READ_BYTES, probe_file};
 
-/// Extensions (lower case) of the audio formats the scanner looks at.
-pub const AUDIO_EXTENSIONS: &[&str] = &[
-    "mp3", "mp2", "mp1", "flac", "ogg", "oga", "opus", "spx", "m4a", "m4b", "m4p", "mp4", "aac",
-    "alac", "wav", "wave", "aif", "aiff", "aifc", "ape", "wv", "mpc", "mp+", "mpp",
-];
+/// The extensions of the files the scan lists (from `audio_extensions`).
+#[derive(Clone, Debug)]
+pub struct AudioExtensions(std::collections::HashSet<Vec<u8>>);
 
-pub fn is_audio_file(name: &[u8]) -> bool {
-    let (_, ext) = crate::model::template::split_ext(name);
-    ext.is_some_and(|e| {
-        AUDIO_EXTENSIONS
-            .iter()
-            .any(|a| a.as_bytes().eq_ignore_ascii_case(e))
-    })
+impl AudioExtensions {
+    pub fn new<S: AsRef<str>>(list: &[S]) -> AudioExtensions {
+        AudioExtensions(
+            list.iter()
+                .map(|e| e.as_ref().to_ascii_lowercase().into_bytes())
+                .collect(),
+        )
+    }
+
+    /// Whether a file of this name is listed.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        let (_, ext) = crate::model::template::split_ext(name);
+        ext.is_some_and(|e| self.0.contains(&e.to_ascii_lowercase()))
+    }
+}
+
+impl Default for AudioExtensions {
+    fn default() -> Self {
+        AudioExtensions::new(crate::config::defaults::AUDIO_EXTENSIONS)
+    }
 }
 
 /// What a scan found, with counters for the log and the status.
@@ -54,7 +68,7 @@ pub struct ScanOutcome {
 }
 
 /// Scans every origin. `threads` probe workers run in parallel.
-pub fn scan_origins(origins: &[PathBuf], threads: usize) -> ScanOutcome {
+pub fn scan_origins(origins: &[PathBuf], exts: &AudioExtensions, threads: usize) -> ScanOutcome {
     let started = Instant::now();
     let unreadable_dirs = AtomicU64::new(0);
     let unreadable_files = AtomicU64::new(0);
@@ -102,7 +116,7 @@ pub fn scan_origins(origins: &[PathBuf], threads: usize) -> ScanOutcome {
                         continue;
                     }
                 };
-                if !entry.file_type().is_file() || !is_audio_file(entry.file_name().as_bytes()) {
+                if !entry.file_type().is_file() || !exts.matches(entry.file_name().as_bytes()) {
                     continue;
                 }
                 let rel = entry
@@ -148,11 +162,19 @@ mod tests {
 
     #[test]
     fn audio_extensions() {
-        assert!(is_audio_file(b"a.FLAC"));
-        assert!(is_audio_file(b"x.y.mp3"));
-        assert!(!is_audio_file(b"cover.jpg"));
-        assert!(!is_audio_file(b"mp3"));
-        assert!(!is_audio_file(b".mp3"));
+        let e = AudioExtensions::default();
+        assert!(e.matches(b"a.FLAC"));
+        assert!(e.matches(b"x.y.mp3"));
+        for ext in [
+            "wma", "dsf", "dff", "tak", "ofr", "tta", "webm", "mka", "mid",
+        ] {
+            assert!(e.matches(format!("a.{ext}").as_bytes()), "{ext}");
+        }
+        assert!(!e.matches(b"cover.jpg"));
+        assert!(!e.matches(b"mp3"));
+        assert!(!e.matches(b".mp3"));
+        let only = AudioExtensions::new(&["XYZ"]);
+        assert!(only.matches(b"a.xyz") && !only.matches(b"a.mp3"));
     }
 
     #[test]
@@ -165,7 +187,7 @@ mod tests {
         std::fs::write(dir.path().join("trunc.flac"), trunc).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/notes.txt"), b"hi").unwrap();
-        let out = scan_origins(&[dir.path().to_path_buf()], 2);
+        let out = scan_origins(&[dir.path().to_path_buf()], &AudioExtensions::default(), 2);
         assert_eq!(out.files.len(), 3);
         assert_eq!(out.unreadable_files, 3);
         assert!(out.files.iter().all(|f| f.probe_error.is_some()));

@@ -40,7 +40,7 @@ pub fn probe_file(origin: u32, abs: &Path, rel_path: Vec<u8>) -> io::Result<File
         rec.probe_error = Some("empty file".into());
         return Ok(rec);
     }
-    match read_tags(file) {
+    match read_tags(file, meta.len()) {
         Ok((format, tags, props)) => {
             rec.format = Some(format);
             rec.tags = tags;
@@ -51,7 +51,12 @@ pub fn probe_file(origin: u32, abs: &Path, rel_path: Vec<u8>) -> io::Result<File
     Ok(rec)
 }
 
-fn read_tags(file: File) -> Result<(String, Tags, AudioProps), String> {
+fn read_tags(mut file: File, size: u64) -> Result<(String, Tags, AudioProps), String> {
+    // The formats lofty does not read, by their magic.
+    if let Some(found) = crate::scan::containers::read(&mut file, size) {
+        return found;
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let reader = BoundedReader::new(
         BufReader::with_capacity(64 * 1024, file),
         MAX_HEADER_READ_BYTES,

@@ -102,6 +102,15 @@ pub(super) fn engine_command(
         )
         .env("MUSICFS_DEBOUNCE_MS", config.debounce_ms.to_string())
         .env(
+            "MUSICFS_LISTING_CACHE_ENTRIES",
+            config.listing_cache_entries.to_string(),
+        )
+        .env("MUSICFS_OPEN_FILES_MAX", config.open_files_max.to_string())
+        .env(
+            "MUSICFS_AUDIO_EXTENSIONS",
+            config.audio_extensions.join(","),
+        )
+        .env(
             "MUSICFS_POLL_INTERVAL_S",
             config.poll_interval_s.to_string(),
         )

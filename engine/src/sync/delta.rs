@@ -12,7 +12,7 @@ use anyhow::Result;
 use tracing::warn;
 
 use crate::catalog::{KnownFile, file_key};
-use crate::scan::{fingerprint_file, is_audio_file};
+use crate::scan::fingerprint_file;
 use crate::sync::syncer::Syncer;
 
 /// An mtime this far in the future is not trusted (the clock jumped, or the
@@ -52,6 +52,7 @@ impl Syncer {
         mut dir_mtimes: Option<&mut HashMap<PathBuf, i64>>,
     ) -> Result<()> {
         let root = self.origin_root(origin)?;
+        let exts = self.extensions();
         let start = root.join(sub);
         let mut prefix = sub.as_os_str().as_bytes().to_vec();
         if !prefix.is_empty() {
@@ -103,7 +104,7 @@ impl Syncer {
                     }
                     continue;
                 }
-                if !entry.file_type().is_file() || !is_audio_file(entry.file_name().as_bytes()) {
+                if !entry.file_type().is_file() || !exts.matches(entry.file_name().as_bytes()) {
                     continue;
                 }
                 let Ok(rel) = entry.path().strip_prefix(&root) else {
@@ -152,11 +153,12 @@ impl Syncer {
     /// exist and changed, removes those that are gone.
     pub fn sync_files(&self, origin: u32, rels: &HashSet<Vec<u8>>) -> Result<()> {
         let root = self.origin_root(origin)?;
+        let exts = self.extensions();
         let mut jobs = Vec::new();
         let mut removals = Vec::new();
         for rel in rels {
             let name = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
-            if !is_audio_file(name) {
+            if !exts.matches(name) {
                 continue;
             }
             let abs = root.join(OsStr::from_bytes(rel));

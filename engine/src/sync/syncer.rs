@@ -15,7 +15,7 @@ use crate::catalog::{InvalidationSink, Store};
 use crate::model::FileRecord;
 use crate::model::template::Template;
 use crate::origins::Origins;
-use crate::scan::probe_file;
+use crate::scan::{AudioExtensions, probe_file};
 
 #[derive(Default, Debug)]
 pub struct SyncCounters {
@@ -43,6 +43,8 @@ pub struct Syncer {
     /// Set at shutdown: long scans stop at the next checkpoint.
     stop: Arc<AtomicBool>,
     pub counters: SyncCounters,
+    /// Which files are listed (hot: reload).
+    pub extensions: parking_lot::RwLock<Arc<AudioExtensions>>,
     /// Serialises writers (scan, watcher, poller).
     write_lock: parking_lot::Mutex<()>,
     /// Origins found unreachable: their files are kept, and the origin is
@@ -68,6 +70,7 @@ impl Syncer {
             stop: Arc::new(AtomicBool::new(false)),
             counters: SyncCounters::default(),
             write_lock: parking_lot::Mutex::new(()),
+            extensions: parking_lot::RwLock::new(Arc::new(AudioExtensions::default())),
             offline: parking_lot::Mutex::new(HashMap::new()),
         }
     }
@@ -143,6 +146,16 @@ impl Syncer {
         self.origins
             .root(origin)
             .with_context(|| format!("origin {origin} is not configured"))
+    }
+
+    /// The extensions of the files listed (the next sync applies them).
+    pub fn set_extensions(&self, exts: AudioExtensions) {
+        *self.extensions.write() = Arc::new(exts);
+    }
+
+    /// The extensions of the files listed.
+    pub fn extensions(&self) -> Arc<AudioExtensions> {
+        self.extensions.read().clone()
     }
 
     /// Origins whose files must go (no longer configured).
