@@ -173,6 +173,12 @@ struct EngineStatus {
   # Cache figures (gauges): listing cache directories and entries, open
   # origin files, catalog page cache size.
   cache @16 :List(Counter);
+  # Catalog writes: "" while they work, else why the last one failed
+  # (e.g. "No space left on device"), failing since `catalogWriteSinceMs`.
+  catalogWriteError @17 :Text;
+  catalogWriteSinceMs @18 :UInt64;
+  # The state directory's last write probe: "" while it works, else why not.
+  stateDirError @19 :Text;
 }
 
 struct Event {

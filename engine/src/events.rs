@@ -16,7 +16,8 @@ pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// A stable word for scripts: `started`, `sync`, `change`, `origin`,
-    /// `reload`, `task`, `shim`, `stopping`, `stopped`.
+    /// `reload`, `task`, `shim`, `catalog` (writes failing, working again),
+    /// `state` (the state directory's write probe), `stopping`, `stopped`.
     pub kind: String,
     pub message: String,
 }

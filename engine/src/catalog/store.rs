@@ -1,12 +1,13 @@
 //! Opening and closing the catalog, its schema, and its meta records.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::catalog::listing::ListingCache;
 use crate::catalog::records::{Invalidations, PreviousClose};
@@ -27,27 +28,118 @@ pub struct Store {
     pub(super) listings: Mutex<ListingCache>,
     /// How the previous engine left the catalog.
     pub(super) previous_close: PreviousClose,
+    /// The catalog file (reopened after a failed write).
+    path: PathBuf,
+    /// Set by `close`: the database is gone for good.
+    closed: AtomicBool,
+    /// Writes fail since (ms since the epoch), and why; None while they work.
+    write_failure: Mutex<Option<(u64, String)>>,
+}
+
+/// Free space a reopen after a failed write waits for: a reopen drops the
+/// database that reads are served from, so it is tried only when it can
+/// succeed.
+const REOPEN_MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The catalog's redb file, opened with our settings.
+fn open_database(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(DB_CACHE_BYTES);
+    builder.set_repair_callback(|session| {
+        if session.progress() == 0.0 {
+            warn!("catalog was not closed cleanly and has no allocator record: full repair");
+        }
+    });
+    builder.create(path)
+}
+
+/// Whether an open failure is corruption: the only kind that moves a
+/// catalog aside (permissions, a full disk or a newer schema never do).
+fn is_corrupt(e: &anyhow::Error) -> bool {
+    // redb: `Corrupted`, or an `InvalidData` I/O error ("Not a redb
+    // database"); ours: a record that does not decode.
+    io_cause(e).is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        || e.chain().any(|c| {
+            let m = c.to_string();
+            m.starts_with("DB corrupted")
+                || m == "corrupt node record"
+                || m == "corrupt file record"
+        })
+}
+
+/// The I/O error at the root of `e`, if there is one.
+fn io_cause(e: &anyhow::Error) -> Option<&std::io::Error> {
+    fn of_storage(s: &redb::StorageError) -> Option<&std::io::Error> {
+        match s {
+            redb::StorageError::Io(io) => Some(io),
+            _ => None,
+        }
+    }
+    e.chain().find_map(|c| {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        if let Some(s) = c.downcast_ref::<redb::StorageError>() {
+            return of_storage(s);
+        }
+        if let Some(redb::DatabaseError::Storage(s)) = c.downcast_ref::<redb::DatabaseError>() {
+            return of_storage(s);
+        }
+        if let Some(redb::TransactionError::Storage(s)) = c.downcast_ref::<redb::TransactionError>()
+        {
+            return of_storage(s);
+        }
+        if let Some(redb::CommitError::Storage(s)) = c.downcast_ref::<redb::CommitError>() {
+            return of_storage(s);
+        }
+        if let Some(redb::TableError::Storage(s)) = c.downcast_ref::<redb::TableError>() {
+            return of_storage(s);
+        }
+        None
+    })
+}
+
+/// Why a write failed, in one short phrase.
+fn write_error_text(e: &anyhow::Error) -> String {
+    match io_cause(e) {
+        Some(io) => io.to_string(),
+        None => format!("{e:#}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Store {
     /// Opens (or creates) the catalog. Fails on a corrupt file, an unknown
     /// schema version or missing permissions; see `open_or_rebuild`.
     pub fn open(path: &Path, template: Template) -> Result<Store> {
-        let mut builder = Database::builder();
-        builder.set_cache_size(DB_CACHE_BYTES);
-        builder.set_repair_callback(|session| {
-            if session.progress() == 0.0 {
-                warn!("catalog was not closed cleanly and has no allocator record: full repair");
+        let db = match open_database(path) {
+            Ok(db) => db,
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                if io_cause(&e).is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                {
+                    bail!(
+                        "cannot open the catalog {}: permission denied for this user (uid {}); give the state directory back to the user that runs musicfs (chown -R) or run musicfs as its owner",
+                        path.display(),
+                        nix::unistd::geteuid()
+                    );
+                }
+                return Err(e.context(format!("cannot open catalog {}", path.display())));
             }
-        });
-        let db = builder
-            .create(path)
-            .with_context(|| format!("cannot open catalog {}", path.display()))?;
+        };
         let mut store = Store {
             db: RwLock::new(Some(db)),
             template: RwLock::new(template),
             listings: Mutex::new(ListingCache::default()),
             previous_close: PreviousClose::New,
+            path: path.to_path_buf(),
+            closed: AtomicBool::new(false),
+            write_failure: Mutex::new(None),
         };
         store.previous_close = store.init_schema(path)?;
         Ok(store)
@@ -76,6 +168,7 @@ impl Store {
                 timeout.as_millis()
             );
         };
+        self.closed.store(true, Ordering::Release);
         let Some(db) = guard.take() else {
             return Ok(());
         };
@@ -87,11 +180,16 @@ impl Store {
         Ok(())
     }
 
-    /// Opens the catalog; a catalog that cannot be opened is moved aside (one
-    /// log line says where) and a new one is created, to be filled by a scan.
+    /// Opens the catalog; a corrupt catalog is moved aside (one log line says
+    /// where) and a new one is created, to be filled by a scan. Any other
+    /// failure (permissions, no space, a newer schema) is refused with its
+    /// reason and never discards the catalog (its inodes are the paths').
     pub fn open_or_rebuild(path: &Path, template: Template) -> Result<Store> {
         match Store::open(path, template.clone()) {
             Ok(s) => Ok(s),
+            // Only corruption: a permission error, a full disk or a newer
+            // schema is refused with its reason, and the catalog stays.
+            Err(e) if !is_corrupt(&e) => Err(e),
             Err(e) => {
                 let aside = path.with_extension(format!(
                     "redb.broken-{}",
@@ -158,7 +256,7 @@ impl Store {
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(v) => bail!(
-                    "catalog {} has schema version {v}; this engine knows {SCHEMA_VERSION}",
+                    "catalog {} has schema version {v}, newer than this engine's {SCHEMA_VERSION}; it is kept as it is: run the engine that wrote it (or a newer one)",
                     path.display()
                 ),
             }
@@ -182,10 +280,100 @@ impl Store {
         Ok(previous)
     }
 
+    /// Runs a write; after a failed one (a full or failing disk: redb then
+    /// refuses every write until reopened) the database is reopened first,
+    /// once the disk has room. Reads keep serving what is committed; the
+    /// writer retries its changes. The failure and the recovery are logged
+    /// once each, and shown by `write_failure` (the status).
+    pub(super) fn writing<T>(&self, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.write_failure.lock().is_some()
+            && let Err(e) = self.reopen()
+        {
+            debug!("catalog not reopened yet: {e:#}");
+        }
+        let out = op();
+        match &out {
+            Ok(_) => {
+                if let Some((since, why)) = self.write_failure.lock().take() {
+                    let secs = now_ms().saturating_sub(since) / 1000;
+                    info!("catalog writes work again (they failed for {secs} s: {why})");
+                    crate::events::emit(
+                        "catalog",
+                        format!("catalog writes work again after {secs} s"),
+                    );
+                }
+            }
+            Err(e) if self.closed.load(Ordering::Acquire) => {
+                debug!("write after the catalog closed: {e:#}");
+            }
+            Err(e) => {
+                let why = write_error_text(e);
+                let mut failure = self.write_failure.lock();
+                match &mut *failure {
+                    Some((_, old)) => *old = why,
+                    None => {
+                        warn!(
+                            "catalog writes failing: {why}; reads serve what is committed, and the changes are applied again once a write works"
+                        );
+                        crate::events::emit("catalog", format!("catalog writes failing: {why}"));
+                        *failure = Some((now_ms(), why));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Closes and reopens the database after a failed write (redb refuses
+    /// writes until then), if the state disk has room for it.
+    fn reopen(&self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let st = nix::sys::statvfs::statvfs(dir).context("statvfs of the state directory")?;
+        let free = st.blocks_available().saturating_mul(st.fragment_size());
+        if free < REOPEN_MIN_FREE_BYTES {
+            bail!("only {free} bytes free on the state disk");
+        }
+        let Some(mut guard) = self.db.try_write_for(std::time::Duration::from_secs(5)) else {
+            bail!("catalog transactions did not finish within 5 s");
+        };
+        if self.closed.load(Ordering::Acquire) {
+            bail!("the catalog is closed");
+        }
+        drop(guard.take());
+        let mut last = None;
+        for _ in 0..3 {
+            match open_database(&self.path) {
+                Ok(db) => {
+                    *guard = Some(db);
+                    info!("catalog reopened after a failed write");
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+        bail!(
+            "cannot reopen the catalog {}: {}",
+            self.path.display(),
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )
+    }
+
+    /// Since when (ms since the epoch) and why catalog writes fail, if they do.
+    pub fn write_failure(&self) -> Option<(u64, String)> {
+        self.write_failure.lock().clone()
+    }
+
     /// Changes the path template at run time: the tree is rebuilt from the
     /// file records in one commit (inodes stay with their paths). Returns
     /// what the kernel must forget: every name under the root, and the root.
     pub fn set_template(&self, template: Template) -> Result<Invalidations> {
+        self.writing(|| self.set_template_now(template))
+    }
+
+    fn set_template_now(&self, template: Template) -> Result<Invalidations> {
         let mut inval = Invalidations::default();
         let db = self.db()?;
         let mut txn = db.begin_write()?;
@@ -227,6 +415,14 @@ impl Store {
     /// origins indexed by id (`None` for ids not configured any more) and the
     /// ids that are no longer configured.
     pub fn assign_origins(
+        &self,
+        configured: &[std::path::PathBuf],
+    ) -> Result<(Vec<Option<std::path::PathBuf>>, Vec<u32>)> {
+        self.writing(|| self.assign_origins_now(configured))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn assign_origins_now(
         &self,
         configured: &[std::path::PathBuf],
     ) -> Result<(Vec<Option<std::path::PathBuf>>, Vec<u32>)> {
@@ -334,6 +530,10 @@ impl Store {
         if self.origin_device(origin)? == Some(dev) {
             return Ok(());
         }
+        self.writing(|| self.set_origin_device_now(origin, dev))
+    }
+
+    fn set_origin_device_now(&self, origin: u32, dev: u64) -> Result<()> {
         let db = self.db()?;
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);

@@ -201,7 +201,7 @@ fn template_change_rebuilds_tree_keeping_known_paths() {
 }
 
 #[test]
-fn unknown_schema_version_is_refused_then_moved_aside() {
+fn newer_schema_version_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.redb");
     {
@@ -218,8 +218,27 @@ fn unknown_schema_version_is_refused_then_moved_aside() {
         .err()
         .expect("a future schema was accepted");
     assert!(format!("{err:#}").contains("schema version 99"), "{err:#}");
-    let s = Store::open_or_rebuild(&path, t).unwrap();
-    assert!(!s.scan_complete().unwrap());
+    // Never discarded: an engine swap that rolls back must not lose it.
+    let err = Store::open_or_rebuild(&path, t)
+        .err()
+        .expect("a newer catalog was replaced");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("schema version 99") && msg.contains("newer than this engine's"),
+        "{msg}"
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "the catalog was moved aside");
+    let db = Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let v = txn
+        .open_table(META)
+        .unwrap()
+        .get("schema_version")
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(v, 99);
 }
 
 #[test]

@@ -18,6 +18,15 @@ impl Store {
     /// do not depend on scan timing. Returns what the kernel must forget.
     pub fn apply(
         &self,
+        upserts: Vec<FileRecord>,
+        removals: &[Vec<u8>],
+        mark_scan_complete: bool,
+    ) -> Result<Invalidations> {
+        self.writing(|| self.apply_now(upserts, removals, mark_scan_complete))
+    }
+
+    fn apply_now(
+        &self,
         mut upserts: Vec<FileRecord>,
         removals: &[Vec<u8>],
         mark_scan_complete: bool,

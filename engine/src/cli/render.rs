@@ -36,6 +36,20 @@ pub fn render_table(s: &Status) -> String {
         }
     ));
     out.push_str(&format!("template    {}\n", s.template));
+    if !s.catalog_write_error.is_empty() {
+        let secs = crate::sys::time::now_ns() / 1_000_000_000
+            - i64::try_from(s.catalog_write_since_ms / 1000).unwrap_or(0);
+        out.push_str(&format!(
+            "writes      FAILING for {secs} s: {} (reads serve what is committed)\n",
+            s.catalog_write_error
+        ));
+    }
+    if !s.state_dir_error.is_empty() {
+        out.push_str(&format!(
+            "state dir   does not take writes: {}\n",
+            s.state_dir_error
+        ));
+    }
     out.push_str(&format!(
         "shims       {} connected, {} requests in flight\n",
         s.connected_shims, s.in_flight
@@ -158,6 +172,16 @@ pub fn render_metrics(s: &Status) -> String {
             vec![(String::new(), *v)],
         );
     }
+    gauge(
+        "catalog_writes_failing",
+        "1 while catalog writes fail (see musicfs status).",
+        vec![(String::new(), u64::from(!s.catalog_write_error.is_empty()))],
+    );
+    gauge(
+        "state_dir_writable",
+        "1 if the state directory's last write probe worked.",
+        vec![(String::new(), u64::from(s.state_dir_error.is_empty()))],
+    );
     gauge(
         "in_flight_requests",
         "Data-plane requests being served.",

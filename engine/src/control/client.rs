@@ -88,6 +88,9 @@ pub fn fetch_status(state_dir: &Path) -> Result<Status> {
         catalog_previous_close: text(s.get_catalog_previous_close()),
         in_flight: s.get_in_flight(),
         template: text(s.get_template()),
+        catalog_write_error: text(s.get_catalog_write_error()),
+        catalog_write_since_ms: s.get_catalog_write_since_ms(),
+        state_dir_error: text(s.get_state_dir_error()),
         cache: s
             .get_cache()?
             .iter()

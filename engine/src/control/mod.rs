@@ -80,6 +80,12 @@ pub struct Status {
     pub catalog_previous_close: String,
     pub in_flight: u32,
     pub template: String,
+    /// Why catalog writes fail ("" while they work), and since when (ms
+    /// since the epoch; 0 while they work).
+    pub catalog_write_error: String,
+    pub catalog_write_since_ms: u64,
+    /// Why the state directory's last write probe failed ("" if it worked).
+    pub state_dir_error: String,
     /// Cache figures (gauges), by name.
     pub cache: Vec<(String, u64)>,
     pub origins: Vec<OriginState>,

@@ -42,6 +42,9 @@ fn status_frame(id: u64, st: &Status) -> Vec<u8> {
     s.set_catalog_previous_close(&st.catalog_previous_close);
     s.set_in_flight(st.in_flight);
     s.set_template(&st.template);
+    s.set_catalog_write_error(&st.catalog_write_error);
+    s.set_catalog_write_since_ms(st.catalog_write_since_ms);
+    s.set_state_dir_error(&st.state_dir_error);
     let mut list = s.reborrow().init_origins(len32(st.origins.len()));
     for (i, o) in st.origins.iter().enumerate() {
         let mut e = list.reborrow().get(len32(i));

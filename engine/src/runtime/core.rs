@@ -42,6 +42,8 @@ pub struct Runtime {
     /// One reload at a time.
     pub(super) reload_lock: parking_lot::Mutex<()>,
     pub reloads: AtomicU64,
+    /// Why the state directory's last write probe failed ("" if it worked).
+    pub state_dir_error: parking_lot::Mutex<String>,
     pub(super) stop_tx: mpsc::Sender<StopRequest>,
 }
 

@@ -163,6 +163,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         tasks: parking_lot::Mutex::new(Vec::new()),
         reload_lock: parking_lot::Mutex::new(()),
         reloads: AtomicU64::new(0),
+        state_dir_error: parking_lot::Mutex::new(String::new()),
         stop_tx,
     });
     let control_guard = crate::control::serve(runtime.clone())?;
@@ -209,6 +210,13 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
 
     // Follow the origins, then reconcile what changed while we were away.
     runtime.start_all_watchers(config);
+    let rt = runtime.clone();
+    let st = stop.clone();
+    let handle = supervise("state-probe", stop.clone(), move || {
+        probe_state_dir(&rt, &st);
+        Ok(())
+    });
+    runtime.own(handle);
     if complete {
         // Reconcile once the shim is back, so that what changed while no
         // engine ran reaches its kernel as invalidations (bounded wait).
@@ -235,4 +243,46 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     drop(control_guard);
     crate::events::emit("stopped", "engine stopped");
     Ok(())
+}
+
+/// How often the state directory is probed with a small write.
+const STATE_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Writes, syncs and removes a small file in the state directory every
+/// `STATE_PROBE_INTERVAL` until `stop`: a state disk that is full, read-only
+/// or gone shows in the status and the events before a catalog write needs it.
+fn probe_state_dir(rt: &Runtime, stop: &AtomicBool) {
+    let path = rt.state_dir.join(".write-probe");
+    loop {
+        let result = (|| -> std::io::Result<()> {
+            let mut f = File::create(&path)?;
+            f.write_all(b"musicfs")?;
+            f.sync_all()?;
+            std::fs::remove_file(&path)
+        })();
+        let why = result.err().map(|e| e.to_string()).unwrap_or_default();
+        let mut current = rt.state_dir_error.lock();
+        if *current != why {
+            if why.is_empty() {
+                info!(state_dir = %rt.state_dir.display(), "the state directory takes writes again");
+                crate::events::emit("state", "the state directory takes writes again");
+            } else {
+                warn!(state_dir = %rt.state_dir.display(), "the state directory does not take writes: {why}");
+                crate::events::emit(
+                    "state",
+                    format!("the state directory does not take writes: {why}"),
+                );
+                let _ = std::fs::remove_file(&path);
+            }
+            *current = why;
+        }
+        drop(current);
+        let until = Instant::now() + STATE_PROBE_INTERVAL;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -71,6 +71,13 @@ fn collect(rt: &Runtime) -> Result<Status> {
         catalog_previous_close: rt.store.previous_close().as_str().to_string(),
         in_flight: u32::try_from(shared.in_flight()).unwrap_or(u32::MAX),
         template: rt.store.template().source().to_string(),
+        catalog_write_error: rt
+            .store
+            .write_failure()
+            .map(|(_, why)| why)
+            .unwrap_or_default(),
+        catalog_write_since_ms: rt.store.write_failure().map_or(0, |(since, _)| since),
+        state_dir_error: rt.state_dir_error.lock().clone(),
         cache: {
             let (dirs, entries, db) = rt.store.cache_figures();
             vec![

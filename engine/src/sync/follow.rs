@@ -50,11 +50,15 @@ pub fn follow_origin(
             local
         }
     };
-    if inotify {
+    let outcome = if inotify {
         watch_local(syncer, origin, debounce, stop)
     } else {
         poll_network(syncer, origin, interval, stop)
+    };
+    if outcome.is_err() {
+        syncer.mark_dirty(origin);
     }
+    outcome
 }
 
 /// Rescans an origin on a network filesystem every `interval` until `stop`,
@@ -67,7 +71,8 @@ pub fn poll_network(
 ) -> Result<()> {
     let root = syncer.origin_root(origin)?;
     info!(origin = %root.display(), interval_s = interval.as_secs(), "polling for changes (network filesystem)");
-    if syncer.take_back(origin, &root) {
+    // Back after being away, or after a failed run: catch up in full.
+    if syncer.take_back(origin, &root) | syncer.take_dirty(origin) {
         syncer.sync_origin(origin, Path::new(""))?;
     }
     let mut dir_mtimes: HashMap<PathBuf, i64> = HashMap::new();

@@ -79,7 +79,8 @@ pub fn watch_local(
     info!(origin = %root.display(), directories = dirs.len(), "watching for changes");
     // Back after being away: catch up on what changed meanwhile (the
     // watches are in place first, so nothing is missed in between).
-    if syncer.take_back(origin, &root) {
+    // Or after a failed run (a commit that could not be written).
+    if syncer.take_back(origin, &root) | syncer.take_dirty(origin) {
         syncer.sync_origin(origin, Path::new(""))?;
     }
 

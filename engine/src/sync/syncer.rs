@@ -43,6 +43,10 @@ pub struct Syncer {
     /// Set at shutdown: long scans stop at the next checkpoint.
     stop: Arc<AtomicBool>,
     pub counters: SyncCounters,
+    /// Origins whose last watcher run failed (a commit that could not be
+    /// written, an error mid-way): the next run rescans them in full, so
+    /// no change is lost.
+    dirty: parking_lot::Mutex<std::collections::HashSet<u32>>,
     /// Which files are listed (hot: reload).
     pub extensions: parking_lot::RwLock<Arc<AudioExtensions>>,
     /// Serialises writers (scan, watcher, poller).
@@ -71,6 +75,7 @@ impl Syncer {
             counters: SyncCounters::default(),
             write_lock: parking_lot::Mutex::new(()),
             extensions: parking_lot::RwLock::new(Arc::new(AudioExtensions::default())),
+            dirty: parking_lot::Mutex::new(std::collections::HashSet::new()),
             offline: parking_lot::Mutex::new(HashMap::new()),
         }
     }
@@ -146,6 +151,17 @@ impl Syncer {
         self.origins
             .root(origin)
             .with_context(|| format!("origin {origin} is not configured"))
+    }
+
+    /// The watcher of `origin` failed: what it had not applied is redone by
+    /// a full pass when it starts again.
+    pub fn mark_dirty(&self, origin: u32) {
+        self.dirty.lock().insert(origin);
+    }
+
+    /// Whether `origin` needs a full pass (the mark is cleared).
+    pub fn take_dirty(&self, origin: u32) -> bool {
+        self.dirty.lock().remove(&origin)
     }
 
     /// The extensions of the files listed (the next sync applies them).
