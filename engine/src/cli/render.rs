@@ -2,6 +2,26 @@
 
 use crate::control::Status;
 
+/// One line for one mount (`musicfs status` with several running).
+pub fn render_line(state_dir: &std::path::Path, s: &Status) -> String {
+    let up = s.uptime_ms / 1000;
+    format!(
+        "{}  engine {} (pid {}), up {}h{:02}m, {} files, {} shim(s){}",
+        state_dir.display(),
+        s.engine_version,
+        s.pid,
+        up / 3600,
+        up / 60 % 60,
+        s.files,
+        s.connected_shims,
+        if s.catalog_write_error.is_empty() {
+            String::new()
+        } else {
+            format!(", WRITES FAILING: {}", s.catalog_write_error)
+        }
+    )
+}
+
 /// The human status view.
 pub fn render_table(s: &Status) -> String {
     let mut out = String::new();

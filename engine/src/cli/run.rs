@@ -26,7 +26,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Engine { socket, .. } => runtime::run(&config, socket.clone(), source),
         Command::Status { json, .. } => {
-            let status = control::fetch_status(&config.resolved_state_dir()?)?;
+            let state_dir = match find_mount(&config)? {
+                Found::One(dir) => dir,
+                Found::Several(all) => {
+                    // Every mount, one line each.
+                    if *json {
+                        let list: Vec<_> = all.iter().map(|(_, s)| s).collect();
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        for (dir, s) in &all {
+                            println!("{}", render::render_line(dir, s));
+                        }
+                    }
+                    return Ok(());
+                }
+            };
+            let status = control::fetch_status(&state_dir)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -35,7 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Metrics { .. } => {
-            let status = control::fetch_status(&config.resolved_state_dir()?)?;
+            let status = control::fetch_status(&one_mount(&config)?)?;
             print!("{}", render::render_metrics(&status));
             Ok(())
         }
@@ -52,7 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events { follow, json, .. } => {
-            events::print_events(&config.resolved_state_dir()?, *follow, *json)
+            events::print_events(&one_mount(&config)?, *follow, *json)
         }
         Command::Shutdown { timeout, .. } => {
             let state_dir = config.resolved_state_dir()?;
@@ -83,5 +98,57 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Unmount { .. } => Ok(()),
+    }
+}
+
+/// The mounts a command without a mountpoint may mean.
+enum Found {
+    One(std::path::PathBuf),
+    /// Several run: each state directory with its status.
+    Several(Vec<(std::path::PathBuf, control::Status)>),
+}
+
+/// The mount a status-like command talks to: the one named, else the one
+/// running mount of this user (root: the system's), else all of them.
+fn find_mount(config: &crate::config::Config) -> anyhow::Result<Found> {
+    if config.names_a_mount() {
+        return Ok(Found::One(config.resolved_state_dir()?));
+    }
+    let base = crate::config::Config::state_base_dir()?;
+    let mut running = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let dir = e.path();
+            if !crate::config::state::control_socket(&dir).exists() {
+                continue;
+            }
+            if let Ok(s) = control::fetch_status(&dir) {
+                running.push((dir, s));
+            }
+        }
+    }
+    running.sort_by(|a, b| a.0.cmp(&b.0));
+    match running.len() {
+        0 => anyhow::bail!(
+            "no musicfs mount is running for this user (none answers in {}); name one: musicfs status MOUNTPOINT",
+            base.display()
+        ),
+        1 => Ok(Found::One(running.remove(0).0)),
+        _ => Ok(Found::Several(running)),
+    }
+}
+
+/// Like `find_mount`, for commands that need exactly one.
+fn one_mount(config: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
+    match find_mount(config)? {
+        Found::One(dir) => Ok(dir),
+        Found::Several(all) => {
+            let dirs: Vec<String> = all.iter().map(|(d, _)| d.display().to_string()).collect();
+            anyhow::bail!(
+                "{} mounts are running; name one (MOUNTPOINT or --state-dir): {}",
+                dirs.len(),
+                dirs.join(", ")
+            )
+        }
     }
 }

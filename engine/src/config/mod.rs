@@ -244,20 +244,31 @@ impl Config {
         if let Some(d) = &self.state_dir {
             return Ok(d.clone());
         }
-        let base = if nix::unistd::geteuid().is_root()
-            && std::env::var_os("XDG_STATE_HOME").is_none()
-        {
-            PathBuf::from("/var/lib/musicfs")
-        } else {
-            xdg("XDG_STATE_HOME", ".local/state")
-                .map(|d| d.join("musicfs"))
-                .context("cannot find a state directory: set HOME, XDG_STATE_HOME or state_dir")?
-        };
+        let base = Config::state_base_dir()?;
         let name = match &self.mountpoint {
             Some(m) => escape_path(m),
             None => "default".to_string(),
         };
         Ok(base.join(name))
+    }
+}
+
+impl Config {
+    /// Where the per-mountpoint state directories live by default:
+    /// `/var/lib/musicfs` for root, else `$XDG_STATE_HOME/musicfs`.
+    pub fn state_base_dir() -> Result<PathBuf> {
+        if nix::unistd::geteuid().is_root() && std::env::var_os("XDG_STATE_HOME").is_none() {
+            return Ok(PathBuf::from("/var/lib/musicfs"));
+        }
+        xdg("XDG_STATE_HOME", ".local/state")
+            .map(|d| d.join("musicfs"))
+            .context("cannot find a state directory: set HOME, XDG_STATE_HOME or state_dir")
+    }
+
+    /// Whether the command line named a mount (a mountpoint or a state
+    /// directory), rather than leaving it to be found.
+    pub fn names_a_mount(&self) -> bool {
+        self.mountpoint.is_some() || self.state_dir.is_some()
     }
 }
 

@@ -30,32 +30,59 @@ use crate::tasks::supervise;
 /// error names the holder's PID.
 pub fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = lock_file(state_dir);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            writeln!(lock, "{}", std::process::id())?;
-            Ok(lock)
+    // An engine that is stopping (its sockets are gone first) still holds
+    // the lock while it drains and closes the catalog: a quick restart
+    // waits for it, bounded, instead of failing.
+    let deadline = Instant::now() + LOCK_WAIT_FOR_STOPPING;
+    let mut waited = false;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0)?;
+                lock.rewind()?;
+                writeln!(lock, "{}", std::process::id())?;
+                return Ok(lock);
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let stopping = !engine_socket(state_dir).exists()
+                    && !crate::config::state::control_socket(state_dir).exists();
+                if !stopping || Instant::now() >= deadline {
+                    bail!(
+                        "another engine (pid {}) is {} the state directory {}",
+                        pid.trim(),
+                        if stopping {
+                            "still stopping after 15 s and holds"
+                        } else {
+                            "already using"
+                        },
+                        state_dir.display()
+                    );
+                }
+                if !waited {
+                    info!(
+                        pid = pid.trim(),
+                        "waiting for the engine that is stopping to let go of the state directory"
+                    );
+                    waited = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
         }
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            bail!(
-                "another engine (pid {}) is already using the state directory {}",
-                pid.trim(),
-                state_dir.display()
-            )
-        }
-        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
     }
 }
+
+/// How long a new engine waits for one that is stopping (see `lock_state_dir`).
+const LOCK_WAIT_FOR_STOPPING: Duration = Duration::from_secs(15);
 
 /// Runs the engine until SIGTERM/SIGINT or a control-plane shutdown.
 pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Result<()> {

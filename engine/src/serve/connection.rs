@@ -170,12 +170,22 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                 match origin_of(shared, ino) {
                     Err(errno) => send(&writer, &error_frame(id, errno)),
                     Ok(origin) if origin.local => {
-                        send_open(&writer, open(shared, id, ino, flags, pt, origin));
+                        let opened = guarded(
+                            id,
+                            || open(shared, id, ino, flags, pt, origin),
+                            || (error_frame(id, libc::EIO), None),
+                        );
+                        send_open(&writer, opened);
                     }
                     Ok(origin) => {
                         let (shared, writer) = (shared.clone(), writer.clone());
                         pool.submit(Box::new(move || {
-                            send_open(&writer, open(&shared, id, ino, flags, pt, origin));
+                            let opened = guarded(
+                                id,
+                                || open(&shared, id, ino, flags, pt, origin),
+                                || (error_frame(id, libc::EIO), None),
+                            );
+                            send_open(&writer, opened);
                             drop(op);
                         }));
                     }
@@ -186,17 +196,47 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                 let (offset, size) = (r.get_offset(), r.get_size());
                 // Page-cache hits on local origins are answered here; the rest waits
                 // for the disk on the pool.
-                if let Some(frame) = read_cached(shared, id, ino, fh, offset, size) {
+                let cached = guarded(
+                    id,
+                    || read_cached(shared, id, ino, fh, offset, size),
+                    || None,
+                );
+                if let Some(frame) = cached {
                     send(&writer, &frame);
                 } else {
                     let (shared, writer) = (shared.clone(), writer.clone());
                     pool.submit(Box::new(move || {
-                        send(&writer, &read(&shared, id, ino, fh, offset, size));
+                        let frame = guarded(
+                            id,
+                            || read(&shared, id, ino, fh, offset, size),
+                            || error_frame(id, libc::EIO),
+                        );
+                        send(&writer, &frame);
                         drop(op);
                     }));
                 }
             }
-            other => send(&writer, &metadata(shared, id, other)),
+            other => {
+                let frame = guarded(
+                    id,
+                    || metadata(shared, id, other),
+                    || error_frame(id, libc::EIO),
+                );
+                send(&writer, &frame);
+            }
+        }
+    }
+}
+
+/// Builds the answer to request `id`; a panic while doing so is logged and
+/// answered with `failed()` (EIO), so that one bad request never ends the
+/// connection (the shim would replay it to the next connection for ever).
+fn guarded<T>(id: u64, answer: impl FnOnce() -> T, failed: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(answer)) {
+        Ok(t) => t,
+        Err(_) => {
+            warn!(id, "a request panicked the engine; answered EIO");
+            failed()
         }
     }
 }

@@ -20,6 +20,10 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
         Ok(match which {
             request::Lookup(l) => {
                 let (parent, name) = (l.get_parent(), l.get_name()?);
+                // Fault injection: a lookup that panics the engine.
+                if name == b"musicfs-panic-test" && crate::sys::fault::injected("panic-lookup") {
+                    panic!("injected fault (MUSICFS_FAULT=panic-lookup)");
+                }
                 let found = match std::str::from_utf8(name) {
                     Ok(n) => store.lookup(parent, n)?,
                     Err(_) => None,

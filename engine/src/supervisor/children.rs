@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::config::Config;
 
 /// How long the engine may take to scan and start serving.
-pub(super) const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(900);
+pub(super) const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// How long the shim may take to mount once the engine serves.
 pub(super) const SHIM_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a child gets to stop after SIGTERM before SIGKILL.
