@@ -165,3 +165,49 @@ fn status_without_a_mountpoint_finds_the_mounts() {
     assert!(a.stop().success());
     assert!(b.stop().success());
 }
+
+/// At the inotify watch limit an origin is followed by polling (one log
+/// line), not retried for ever: a file added later still appears.
+#[test]
+fn at_the_watch_limit_an_origin_is_polled() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = small_origin(dir.path());
+    let m = Mount::start_with(
+        &[&origin],
+        None,
+        &[
+            ("MUSICFS_FAULT", "watch-limit"),
+            ("MUSICFS_POLL_INTERVAL_S", "1"),
+        ],
+    );
+    assert_eq!(list_files(&m.mnt).len(), 5);
+    let lib = generated_library(2000, 7);
+    let e = read_manifest(&lib)
+        .into_iter()
+        .filter(|e| e.kind == "normal")
+        .nth(40)
+        .unwrap();
+    let rel =
+        PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.raw_path()));
+    std::fs::copy(
+        lib.join(&rel),
+        origin.join("added.mp3").with_extension(&e.ext),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || list_files_lenient(&m.mnt).len()
+            == 6),
+        "the added file never appeared:\n{}",
+        m.log_text()
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("watch limit") && log.contains("polling"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("restarting in"),
+        "the watcher was retried instead: {log}"
+    );
+    assert!(m.stop().success());
+}

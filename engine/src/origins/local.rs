@@ -41,6 +41,8 @@ pub struct OpenFile {
     pub size_bytes: u64,
     /// On a local filesystem: may be read inline without risking a stall.
     pub local: bool,
+    /// The origin it belongs to (its I/O runs on that origin's pool).
+    pub origin: u32,
 }
 
 struct Held {
@@ -125,8 +127,9 @@ impl FdCache {
 
     /// Opens the file at `path` for inode `ino` and learns its version from
     /// the open file itself; held (unpinned) for later opens and reads.
-    /// `local`: its origin is on a local filesystem.
-    pub fn open(&self, ino: u64, path: &Path, local: bool) -> io::Result<OpenFile> {
+    /// `origin`: the origin it belongs to; `local`: that origin is on a
+    /// local filesystem.
+    pub fn open(&self, ino: u64, origin: u32, path: &Path, local: bool) -> io::Result<OpenFile> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
         self.origin_opens
@@ -139,6 +142,7 @@ impl FdCache {
             ),
             size_bytes: meta.len(),
             local,
+            origin,
             file: Arc::new(file),
         };
         let mut inner = self.inner.lock();
@@ -251,7 +255,7 @@ mod tests {
         let versions: Vec<u64> = paths
             .iter()
             .enumerate()
-            .map(|(i, p)| cache.open(i as u64, p, true).unwrap().version)
+            .map(|(i, p)| cache.open(i as u64, 0, p, true).unwrap().version)
             .collect();
         assert_eq!(cache.open_files(), 4);
         // The most recently used stay: 4..8 are hits.
@@ -272,19 +276,19 @@ mod tests {
         std::fs::write(&path, b"old bytes").unwrap();
         let cache = FdCache::default();
         cache.set_capacity(1);
-        let old = cache.open(7, &path, true).unwrap();
+        let old = cache.open(7, 0, &path, true).unwrap();
         cache.pin(7, old.version);
         let tmp = dir.path().join("tmp");
         std::fs::write(&tmp, b"new bytes, longer").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        let new = cache.open(7, &path, true).unwrap();
+        let new = cache.open(7, 0, &path, true).unwrap();
         assert_ne!(new.version, old.version);
         assert_eq!(new.size_bytes, 17);
         // Other files come and go through the LRU of one.
         for i in 0..4 {
             let p = dir.path().join(format!("other{i}"));
             std::fs::write(&p, [i]).unwrap();
-            cache.open(100 + u64::from(i), &p, true).unwrap();
+            cache.open(100 + u64::from(i), 0, &p, true).unwrap();
         }
         let held = cache
             .get(7, old.version)
@@ -297,7 +301,7 @@ mod tests {
         assert!(cache.open_files() <= 1);
         let p = dir.path().join("last");
         std::fs::write(&p, b"x").unwrap();
-        cache.open(200, &p, true).unwrap();
+        cache.open(200, 0, &p, true).unwrap();
         assert!(cache.get(7, old.version).is_none());
     }
 }

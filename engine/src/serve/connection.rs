@@ -1,11 +1,11 @@
 //! Accepting shims, the hello, and dispatching requests: metadata inline,
-//! origin I/O on a bounded pool.
+//! origin I/O on its origin's pool (`pools`).
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result};
 use musicfs_schema::{request, response};
@@ -14,55 +14,10 @@ use tracing::{debug, info, warn};
 
 use crate::serve::files::{open, origin_of, read, read_cached, send_open};
 use crate::serve::metadata::metadata;
+use crate::serve::pools::{OriginPools, Turn};
 use crate::serve::shared::{ConnRef, Reader, Shared, bump};
 use crate::serve::wire::{WRITE_TIMEOUT, Writer, error_frame, send};
 use crate::sys::socket::{SocketGuard, bind_owner_only};
-
-/// Threads that open and read origin files.
-const IO_THREADS: usize = 8;
-/// Origin I/O jobs queued before a connection's reader waits (back-pressure).
-const IO_QUEUE_CAPACITY: usize = 1024;
-
-type IoJob = Box<dyn FnOnce() + Send>;
-
-/// The bounded pool that runs origin I/O.
-struct IoPool {
-    tx: mpsc::SyncSender<IoJob>,
-}
-
-impl IoPool {
-    fn start(threads: usize) -> Result<IoPool> {
-        let (tx, rx) = mpsc::sync_channel::<IoJob>(IO_QUEUE_CAPACITY);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("musicfs-io-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = rx.lock().recv();
-                        match job {
-                            Ok(job) => {
-                                // A panicking job must not take the pool down.
-                                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                                    warn!("an origin I/O job panicked; its request gets no answer from this engine");
-                                }
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .context("cannot start an I/O thread")?;
-        }
-        Ok(IoPool { tx })
-    }
-
-    fn submit(&self, job: IoJob) {
-        if self.tx.send(job).is_err() {
-            warn!("the I/O pool is gone");
-        }
-    }
-}
 
 /// Serves the data plane on `socket` from a background thread. The returned
 /// guard removes the socket file when dropped.
@@ -74,7 +29,7 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
     // Owner only: the shim runs as the same user.
     let listener = bind_owner_only(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let pool = Arc::new(IoPool::start(IO_THREADS)?);
+    let pools = Arc::new(OriginPools::default());
     info!(socket = %socket.display(), "engine serving");
     std::thread::Builder::new()
         .name("musicfs-accept".into())
@@ -90,11 +45,11 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
                         // closure if the thread cannot start).
                         let reader = Reader::new(&shared);
                         let shared = shared.clone();
-                        let pool = pool.clone();
+                        let pools = pools.clone();
                         let spawned = std::thread::Builder::new()
                             .name("musicfs-conn".into())
                             .spawn(move || {
-                                if let Err(e) = connection(&shared, &pool, stream) {
+                                if let Err(e) = connection(&shared, &pools, stream) {
                                     warn!("connection ended: {e:#}");
                                 }
                                 drop(reader);
@@ -114,7 +69,7 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
     Ok(SocketGuard::new(socket.to_path_buf()))
 }
 
-fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> Result<()> {
+fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> Result<()> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
     let is_shim = Arc::new(AtomicBool::new(false));
@@ -179,15 +134,21 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                     }
                     Ok(origin) => {
                         let (shared, writer) = (shared.clone(), writer.clone());
-                        pool.submit(Box::new(move || {
-                            let opened = guarded(
-                                id,
-                                || open(&shared, id, ino, flags, pt, origin),
-                                || (error_frame(id, libc::EIO), None),
-                            );
-                            send_open(&writer, opened);
-                            drop(op);
-                        }));
+                        pools.submit(
+                            origin.id,
+                            Box::new(move |turn| {
+                                let opened = match turn {
+                                    Turn::Run => guarded(
+                                        id,
+                                        || open(&shared, id, ino, flags, pt, origin),
+                                        || (error_frame(id, libc::EIO), None),
+                                    ),
+                                    Turn::Refused => (error_frame(id, libc::EIO), None),
+                                };
+                                send_open(&writer, opened);
+                                drop(op);
+                            }),
+                        );
                     }
                 }
             }
@@ -204,16 +165,32 @@ fn connection(shared: &Arc<Shared>, pool: &Arc<IoPool>, stream: UnixStream) -> R
                 if let Some(frame) = cached {
                     send(&writer, &frame);
                 } else {
-                    let (shared, writer) = (shared.clone(), writer.clone());
-                    pool.submit(Box::new(move || {
-                        let frame = guarded(
-                            id,
-                            || read(&shared, id, ino, fh, offset, size),
-                            || error_frame(id, libc::EIO),
-                        );
-                        send(&writer, &frame);
-                        drop(op);
-                    }));
+                    // The origin of the handle's file: its pool does the read.
+                    let origin = match shared.fds.get(ino, fh) {
+                        Some(f) => Ok(f.origin),
+                        None => origin_of(shared, ino).map(|o| o.id),
+                    };
+                    match origin {
+                        Err(errno) => send(&writer, &error_frame(id, errno)),
+                        Ok(origin) => {
+                            let (shared, writer) = (shared.clone(), writer.clone());
+                            pools.submit(
+                                origin,
+                                Box::new(move |turn| {
+                                    let frame = match turn {
+                                        Turn::Run => guarded(
+                                            id,
+                                            || read(&shared, id, ino, fh, offset, size),
+                                            || error_frame(id, libc::EIO),
+                                        ),
+                                        Turn::Refused => error_frame(id, libc::EIO),
+                                    };
+                                    send(&writer, &frame);
+                                    drop(op);
+                                }),
+                            );
+                        }
+                    }
                 }
             }
             other => {

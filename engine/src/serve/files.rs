@@ -34,6 +34,7 @@ pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
     // An origin removed by a reload: its files are on their way out.
     let root = table.root(origin).ok_or(libc::ESTALE)?;
     Ok(Origin {
+        id: origin,
         root: root.to_path_buf(),
         path: root.join(OsStr::from_bytes(rel)),
         version: node.version,
@@ -43,6 +44,8 @@ pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
 
 /// The origin file behind a file node, read once per request.
 pub(super) struct Origin {
+    /// The origin's id (its I/O pool).
+    pub(super) id: u32,
     /// The origin's root directory.
     root: PathBuf,
     path: PathBuf,
@@ -66,18 +69,18 @@ pub(super) fn open(
         return (error_frame(id, libc::EROFS), None);
     }
     let Origin {
+        id: id_of_origin,
         root,
         path,
         version,
         local,
-        ..
     } = origin;
     // Open now, so that a vanished origin file fails the open(2), not a
     // later read. The handle is the version of the file actually opened
     // (the catalog may not have seen a change yet), pinned until release.
     let opened = match shared.fds.get(ino, version) {
         Some(f) => Ok(f),
-        None => shared.fds.open(ino, &path, local),
+        None => shared.fds.open(ino, id_of_origin, &path, local),
     };
     match opened {
         Ok(f) => {
@@ -161,8 +164,10 @@ fn handle_file(shared: &Shared, ino: u64, fh: u64) -> Result<OpenFile, i32> {
     if let Some(f) = shared.fds.get(ino, fh) {
         return Ok(f);
     }
-    let Origin { path, local, .. } = origin_of(shared, ino)?;
-    let f = shared.fds.open(ino, &path, local).map_err(|e| {
+    let Origin {
+        id, path, local, ..
+    } = origin_of(shared, ino)?;
+    let f = shared.fds.open(ino, id, &path, local).map_err(|e| {
         debug!(ino, path = %path.display(), "cannot reopen for a read: {e}");
         match e.raw_os_error() {
             Some(libc::ENOENT) => libc::ESTALE,

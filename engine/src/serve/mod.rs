@@ -45,6 +45,7 @@ mod dir_handles;
 mod files;
 mod metadata;
 mod ping;
+mod pools;
 mod shared;
 mod wire;
 

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::sync::inotify::watch_local;
+use crate::sync::inotify::{WatchLimit, watch_local};
 use crate::sync::syncer::Syncer;
 
 /// Every this many polls, one pass stats every file (in-place edits do not
@@ -51,7 +51,20 @@ pub fn follow_origin(
         }
     };
     let outcome = if inotify {
-        watch_local(syncer, origin, debounce, stop)
+        match watch_local(syncer, origin, debounce, stop) {
+            // Past the watch limit, polling follows it (one line, then
+            // polling for as long as this task runs).
+            Err(e) if e.downcast_ref::<WatchLimit>().is_some() => {
+                warn!(origin = %root.display(), "{e}; following this origin by polling every {} s instead (raise the limit for inotify)", interval.as_secs());
+                crate::events::emit(
+                    "origin",
+                    format!("origin {} is polled: {e}", root.display()),
+                );
+                syncer.mark_dirty(origin);
+                poll_network(syncer, origin, interval, stop)
+            }
+            other => other,
+        }
     } else {
         poll_network(syncer, origin, interval, stop)
     };

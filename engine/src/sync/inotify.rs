@@ -19,6 +19,19 @@ fn injected_watch_fault() -> bool {
     crate::sys::fault::injected("watch-fail-once") && !FIRED.swap(true, Ordering::Relaxed)
 }
 
+/// The inotify watch limit (`fs.inotify.max_user_watches`) was reached:
+/// the origin is followed by polling instead.
+#[derive(Debug)]
+pub struct WatchLimit;
+
+impl std::fmt::Display for WatchLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("inotify watch limit reached (fs.inotify.max_user_watches)")
+    }
+}
+
+impl std::error::Error for WatchLimit {}
+
 /// Follows a local origin with inotify until `stop`.
 pub fn watch_local(
     syncer: &Syncer,
@@ -52,7 +65,14 @@ pub fn watch_local(
             if !entry.file_type().is_dir() {
                 continue;
             }
-            match inotify.add_watch(entry.path(), mask) {
+            // Fault injection: MUSICFS_FAULT=watch-limit acts as if the
+            // watch limit were reached.
+            let added = if crate::sys::fault::injected("watch-limit") {
+                Err(nix::errno::Errno::ENOSPC)
+            } else {
+                inotify.add_watch(entry.path(), mask)
+            };
+            match added {
                 Ok(wd) => {
                     let r = entry
                         .path()
@@ -61,11 +81,7 @@ pub fn watch_local(
                         .to_path_buf();
                     dirs.insert(wd.as_raw(), r);
                 }
-                Err(nix::errno::Errno::ENOSPC) => {
-                    anyhow::bail!(
-                        "inotify watch limit reached (fs.inotify.max_user_watches); raise it"
-                    );
-                }
+                Err(nix::errno::Errno::ENOSPC) => return Err(WatchLimit.into()),
                 Err(e) => debug!(path = %entry.path().display(), "cannot watch: {e}"),
             }
         }

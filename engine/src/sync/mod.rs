@@ -52,5 +52,5 @@ mod syncer;
 mod tests;
 
 pub use follow::{WatchMode, follow_origin, poll_network};
-pub use inotify::watch_local;
+pub use inotify::{WatchLimit, watch_local};
 pub use syncer::{SyncCounters, Syncer};

@@ -319,12 +319,20 @@ impl Syncer {
         let t = Instant::now();
         let probed_before = self.counters.probed.load(Ordering::Relaxed);
         let table = self.origins.snapshot();
-        for (origin, root) in table.iter() {
-            self.check_stop()?;
-            if let Err(e) = self.sync_origin(origin, Path::new("")) {
-                warn!(origin = %root.display(), "sync failed: {e:#}");
+        // Each origin on its own thread: one that hangs (a NAS that stops
+        // answering) holds up only itself; the others commit meanwhile.
+        std::thread::scope(|s| {
+            for (origin, root) in table.iter() {
+                s.spawn(move || {
+                    if self.check_stop().is_err() {
+                        return;
+                    }
+                    if let Err(e) = self.sync_origin(origin, Path::new("")) {
+                        warn!(origin = %root.display(), "sync failed: {e:#}");
+                    }
+                });
             }
-        }
+        });
         self.check_stop()?;
         let stale = std::mem::take(&mut *self.stale_origins.lock());
         self.remove_origins(&stale)?;
