@@ -211,3 +211,36 @@ fn at_the_watch_limit_an_origin_is_polled() {
     );
     assert!(m.stop().success());
 }
+
+/// A request that kills every engine it reaches is answered EIO by the
+/// shim after two engines in a row ended with it in flight, instead of
+/// being replayed until its deadline; the mount serves on.
+#[test]
+fn a_request_that_kills_every_engine_is_answered_eio_after_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = small_origin(dir.path());
+    let m = Mount::start_with(&[&origin], None, &[("MUSICFS_FAULT", "abort-lookup")]);
+    let t = Instant::now();
+    match std::fs::metadata(m.mnt.join("musicfs-abort-test")) {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
+        other => panic!(
+            "a lookup that kills the engine gave {other:?}, not EIO:\n{}",
+            m.log_text()
+        ),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "answered only after {:?} (the request deadline is 30 s)",
+        t.elapsed()
+    );
+    let log = m.log_text();
+    assert!(log.contains("engines in a row ended"), "{log}");
+    assert_eq!(log.matches("aborting").count(), 2, "{log}");
+    assert!(
+        eventually(Duration::from_secs(20), || list_files_lenient(&m.mnt).len()
+            == 5),
+        "the mount does not serve after the bad request:\n{}",
+        m.log_text()
+    );
+    assert!(m.stop().success());
+}

@@ -50,6 +50,9 @@ pub enum CallError {
     Incompatible,
     /// Too many requests in flight.
     Overloaded,
+    /// The request was in flight when two engines in a row died: it is
+    /// the likely cause, and is not sent to a third.
+    Poison,
 }
 
 impl CallError {
@@ -58,6 +61,7 @@ impl CallError {
             CallError::Timeout => fuser::Errno::ETIMEDOUT,
             CallError::Incompatible => fuser::Errno::from_i32(libc::EPROTO),
             CallError::Overloaded => fuser::Errno::from_i32(libc::EAGAIN),
+            CallError::Poison => fuser::Errno::EIO,
         }
     }
 }
@@ -116,7 +120,14 @@ struct Pending {
     frame: Arc<Vec<u8>>,
     deadline: Instant,
     done: Completion,
+    /// The engine connection (generation) it was last written to.
+    sent_to: Option<u64>,
+    /// Engines that ended while it was in flight to them, in a row.
+    engines_ended: u8,
 }
+
+/// A request in flight at this many engine deaths in a row is answered EIO.
+const ENGINES_ENDED_MAX: u8 = 2;
 
 enum Link {
     /// No engine yet (or it went away); requests park.
@@ -140,6 +151,10 @@ struct State {
     /// notice can wait on a directory lock that an in-flight lookup holds,
     /// and that lookup's answer comes through the reader thread.
     notices: Mutex<Option<std::sync::mpsc::SyncSender<Notice>>>,
+    /// The highest request id the current connection answered: a request
+    /// in flight when an engine ended is not blamed for it if the engine
+    /// answered one sent after it.
+    answered_max: AtomicU64,
 }
 
 /// What the kernel must forget.
@@ -165,6 +180,7 @@ impl Transport {
             request_timeout,
             socket,
             notices: Mutex::new(None),
+            answered_max: AtomicU64::new(0),
         });
         let s = state.clone();
         std::thread::Builder::new()
@@ -300,29 +316,85 @@ impl Transport {
                     frame: frame.clone(),
                     deadline: Instant::now() + self.state.request_timeout,
                     done: Box::new(done),
+                    sent_to: None,
+                    engines_ended: 0,
                 },
             );
         }
         // Filed first, written second: the answer can only come after this.
-        write_frame(&self.state, &frame);
+        if let Some(g) = write_frame(&self.state, &frame) {
+            sent(&self.state, id, g);
+        }
     }
 }
 
-/// Writes a frame to the current engine, if there is one. A failed write
-/// takes the link down; the request stays pending and is replayed.
-fn write_frame(state: &State, frame: &[u8]) {
+/// Writes a frame to the current engine, if there is one; returns the
+/// connection's generation when written. A failed write takes the link
+/// down; the request stays pending and is replayed.
+fn write_frame(state: &State, frame: &[u8]) -> Option<u64> {
     let mut link = state.link.lock();
     let generation = match &mut *link {
         Link::Up { stream, generation } => match stream.write_all(frame) {
-            Ok(()) => return,
+            Ok(()) => return Some(*generation),
             Err(e) => {
                 debug!("write to the engine failed: {e}");
                 *generation
             }
         },
-        _ => return,
+        _ => return None,
     };
     link_down(state, &mut link, generation);
+    None
+}
+
+/// Request `id` went to connection `generation`.
+fn sent(state: &State, id: u64, generation: u64) {
+    if let Some(p) = state.pending.lock().get_mut(&id) {
+        p.sent_to = Some(generation);
+    }
+}
+
+/// Connection `generation` ended: each request in flight on it counts one
+/// more engine ended, unless the engine answered a request sent after it
+/// (then it did not stop there: the count starts again); one that has
+/// ended `ENGINES_ENDED_MAX` in a row (a request that kills every engine
+/// it reaches) is answered EIO instead of being replayed to the next, with
+/// one log line.
+fn engine_ended(state: &State, generation: u64) {
+    let answered_max = state.answered_max.swap(0, Ordering::AcqRel);
+    let poisoned: Vec<(u64, Pending)> = {
+        let mut pending = state.pending.lock();
+        let mut out = Vec::new();
+        let ids: Vec<u64> = pending
+            .iter_mut()
+            .filter(|(_, p)| p.sent_to == Some(generation))
+            .map(|(id, p)| {
+                p.sent_to = None;
+                if answered_max > *id {
+                    p.engines_ended = 0;
+                } else {
+                    p.engines_ended += 1;
+                }
+                (*id, p.engines_ended)
+            })
+            .filter(|(_, n)| *n >= ENGINES_ENDED_MAX)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(p) = pending.remove(&id) {
+                out.push((id, p));
+            }
+        }
+        out
+    };
+    for (id, p) in poisoned {
+        warn!(
+            op = p.what,
+            id,
+            "this request was in flight when {ENGINES_ENDED_MAX} engines in a row ended; answered EIO instead of sending it to the next one"
+        );
+        (p.done)(Err(CallError::Poison));
+    }
 }
 
 fn link_down(state: &State, link: &mut Link, generation: u64) {
@@ -381,6 +453,9 @@ fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
                     }
                     _ => None,
                 };
+                state
+                    .answered_max
+                    .fetch_max(resp.get_id(), Ordering::AcqRel);
                 complete(&state, resp.get_id(), Ok(Resp { msg: resp, fd }));
             }
             Err(e) => {
@@ -487,6 +562,8 @@ fn handshake(socket: &PathBuf) -> Result<UnixStream, Option<String>> {
 fn connector(state: &Arc<State>) {
     let mut generation = 0u64;
     let mut logged_waiting = false;
+    // Whether the end of connection `generation` has been accounted.
+    let mut accounted = false;
     loop {
         // Wait while connected.
         {
@@ -494,6 +571,11 @@ fn connector(state: &Arc<State>) {
             while let Link::Up { .. } = &*link {
                 state.changed.wait(&mut link);
             }
+        }
+        // The engine of the last connection ended (or is being replaced).
+        if generation > 0 && !accounted {
+            engine_ended(state, generation);
+            accounted = true;
         }
         match handshake(&state.socket) {
             Ok(stream) => {
@@ -507,6 +589,7 @@ fn connector(state: &Arc<State>) {
                     *link = Link::Up { stream, generation };
                     state.changed.notify_all();
                 }
+                accounted = false;
                 info!(generation, "connected to the engine");
                 logged_waiting = false;
                 let s = state.clone();
@@ -562,8 +645,10 @@ fn replay(state: &State) {
         requests = frames.len(),
         "replaying pending requests to the new engine"
     );
-    for (_, frame) in frames {
-        write_frame(state, &frame);
+    for (id, frame) in frames {
+        if let Some(g) = write_frame(state, &frame) {
+            sent(state, id, g);
+        }
     }
 }
 

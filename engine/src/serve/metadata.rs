@@ -24,6 +24,11 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
                 if name == b"musicfs-panic-test" && crate::sys::fault::injected("panic-lookup") {
                     panic!("injected fault (MUSICFS_FAULT=panic-lookup)");
                 }
+                // And one that kills the whole engine, every time.
+                if name == b"musicfs-abort-test" && crate::sys::fault::injected("abort-lookup") {
+                    tracing::error!("injected fault (MUSICFS_FAULT=abort-lookup): aborting");
+                    std::process::abort();
+                }
                 let found = match std::str::from_utf8(name) {
                     Ok(n) => store.lookup(parent, n)?,
                     Err(_) => None,
