@@ -108,7 +108,14 @@ fn full_state_disk_recovers_without_a_restart() {
     copy_tracks(&lib, &manifest, 0, 30, &origin);
     let state = root.path().join("state");
     let _disk = Tmpfs::mount(&state, 24);
-    let m = Mount::start_with(&[&origin], Some(&state), &[("MUSICFS_DEBOUNCE_MS", "50")]);
+    let m = Mount::start_with(
+        &[&origin],
+        Some(&state),
+        &[
+            ("MUSICFS_DEBOUNCE_MS", "50"),
+            ("MUSICFS_STATE_PROBE_MS", "200"),
+        ],
+    );
     let before = inodes(&m.mnt);
     assert_eq!(before.len(), 30);
 
@@ -129,6 +136,15 @@ fn full_state_disk_recovers_without_a_restart() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(failing.contains("No space left"), "{failing}");
+    // The write probe of the state directory says so too.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            status_json(&state)["state_dir_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left"))
+        }),
+        "the state directory probe did not report the full disk"
+    );
     // Reads keep serving what is committed.
     assert_eq!(inodes(&m.mnt).len(), 30);
 
@@ -154,6 +170,13 @@ fn full_state_disk_recovers_without_a_restart() {
     }
     let s = status_json(&state);
     assert_eq!(s["catalog_write_error"], "", "{s}");
+    assert!(
+        eventually(
+            Duration::from_secs(20),
+            || status_json(&state)["state_dir_error"] == ""
+        ),
+        "the state directory probe still reports an error after the disk had room"
+    );
     // A new track reads back byte for byte.
     let (path, _) = after
         .iter()

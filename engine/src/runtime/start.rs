@@ -272,11 +272,17 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     Ok(())
 }
 
-/// How often the state directory is probed with a small write.
-const STATE_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the state directory is probed with a small write
+/// (`MUSICFS_STATE_PROBE_MS` overrides it, for tests).
+fn state_probe_interval() -> Duration {
+    std::env::var("MUSICFS_STATE_PROBE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_millis)
+}
 
 /// Writes, syncs and removes a small file in the state directory every
-/// `STATE_PROBE_INTERVAL` until `stop`: a state disk that is full, read-only
+/// `state_probe_interval()` until `stop`: a state disk that is full, read-only
 /// or gone shows in the status and the events before a catalog write needs it.
 fn probe_state_dir(rt: &Runtime, stop: &AtomicBool) {
     let path = rt.state_dir.join(".write-probe");
@@ -304,7 +310,7 @@ fn probe_state_dir(rt: &Runtime, stop: &AtomicBool) {
             *current = why;
         }
         drop(current);
-        let until = Instant::now() + STATE_PROBE_INTERVAL;
+        let until = Instant::now() + state_probe_interval();
         while Instant::now() < until {
             if stop.load(Ordering::Relaxed) {
                 return;
