@@ -320,19 +320,27 @@ impl Syncer {
         let probed_before = self.counters.probed.load(Ordering::Relaxed);
         let table = self.origins.snapshot();
         // Each origin on its own thread: one that hangs (a NAS that stops
-        // answering) holds up only itself; the others commit meanwhile.
-        std::thread::scope(|s| {
-            for (origin, root) in table.iter() {
-                s.spawn(move || {
-                    if self.check_stop().is_err() {
-                        return;
-                    }
-                    if let Err(e) = self.sync_origin(origin, Path::new("")) {
-                        warn!(origin = %root.display(), "sync failed: {e:#}");
-                    }
-                });
+        // answering) holds up only itself; the others commit meanwhile. A
+        // single origin syncs here (no thread, and no second malloc arena
+        // holding on to the scan's memory).
+        let sync_one = |origin: u32, root: &Path| {
+            if self.check_stop().is_err() {
+                return;
             }
-        });
+            if let Err(e) = self.sync_origin(origin, Path::new("")) {
+                warn!(origin = %root.display(), "sync failed: {e:#}");
+            }
+        };
+        let origins: Vec<(u32, &Path)> = table.iter().collect();
+        if let [(origin, root)] = origins.as_slice() {
+            sync_one(*origin, root);
+        } else {
+            std::thread::scope(|s| {
+                for (origin, root) in &origins {
+                    s.spawn(|| sync_one(*origin, root));
+                }
+            });
+        }
         self.check_stop()?;
         let stale = std::mem::take(&mut *self.stale_origins.lock());
         self.remove_origins(&stale)?;
