@@ -32,7 +32,8 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = lock_file(state_dir);
     // An engine that is stopping (its sockets are gone first) still holds
     // the lock while it drains and closes the catalog: a quick restart
-    // waits for it, bounded, instead of failing.
+    // waits for it, bounded, instead of failing. (One that is starting has
+    // no sockets yet either: it is waited for the same way.)
     let deadline = Instant::now() + LOCK_WAIT_FOR_STOPPING;
     let mut waited = false;
     loop {
@@ -60,7 +61,7 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<File>> {
                         "another engine (pid {}) is {} the state directory {}",
                         pid.trim(),
                         if stopping {
-                            "still stopping after 15 s and holds"
+                            "still starting or stopping after 15 s, and holds"
                         } else {
                             "already using"
                         },
