@@ -635,3 +635,35 @@ pub fn list_files_lenient(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Copies the library's normal tracks `skip..skip + n` (in manifest order)
+/// to the same relative paths under `to`: a small origin of real files.
+pub fn copy_tracks(lib: &Path, manifest: &[ManifestEntry], skip: usize, n: usize, to: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    for e in manifest
+        .iter()
+        .filter(|e| e.kind == "normal")
+        .skip(skip)
+        .take(n)
+    {
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&e.raw_path()));
+        let dst = to.join(&rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(lib.join(&rel), &dst).unwrap();
+    }
+}
+
+/// `musicfs status --json` of the engine of `state`.
+pub fn status_json(state: &Path) -> serde_json::Value {
+    let out = Command::new(musicfs_bin())
+        .args(["status", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

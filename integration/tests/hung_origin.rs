@@ -15,20 +15,6 @@ use std::time::{Duration, Instant};
 
 use musicfs_integration::*;
 
-fn copy_tracks(lib: &Path, manifest: &[ManifestEntry], skip: usize, n: usize, to: &Path) {
-    for e in manifest
-        .iter()
-        .filter(|e| e.kind == "normal")
-        .skip(skip)
-        .take(n)
-    {
-        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&e.raw_path()));
-        let dst = to.join(&rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(lib.join(&rel), &dst).unwrap();
-    }
-}
-
 /// The mounted files whose origin file is under `under`, with that file.
 fn files_from(mnt: &Path, under: &Path) -> Vec<(PathBuf, PathBuf)> {
     list_files(mnt)

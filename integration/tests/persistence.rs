@@ -305,21 +305,6 @@ fn assert_files_match(mnt: &Path, origins: &[&Path]) -> usize {
     files.len()
 }
 
-/// `musicfs status --json` of the engine of `state`.
-fn status(state: &Path) -> serde_json::Value {
-    let out = Command::new(musicfs_bin())
-        .args(["status", "--json", "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Unmounts what the test mounted, however it ends.
 struct Mounted(Vec<PathBuf>);
 
@@ -397,7 +382,7 @@ fn unmounted_origin_is_served_from_the_catalog_and_caught_up_when_back() {
         "the empty mountpoint was not recognised:\n{}",
         m.log_text()
     );
-    let st = status(&m.state);
+    let st = status_json(&m.state);
     // (An empty mountpoint answers stat; status knows better.)
     assert_eq!(st["origins"][0]["reachable"], false, "{st}");
     let err = std::fs::read(m.mnt.join(&before[0])).expect_err("read a file of an absent origin");
@@ -426,10 +411,9 @@ fn unmounted_origin_is_served_from_the_catalog_and_caught_up_when_back() {
     // The mountpoint itself goes too: the origin cannot even be stat'ed.
     std::fs::remove_dir(&nas).unwrap();
     assert!(
-        eventually(
-            Duration::from_secs(30),
-            || status(&m.state)["origins"][0]["reachable"] == false
-        ),
+        eventually(Duration::from_secs(30), || status_json(&m.state)["origins"]
+            [0]["reachable"]
+            == false),
         "status never said the origin is unreachable"
     );
     assert_eq!(list_files(&m.mnt), before);

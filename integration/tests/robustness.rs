@@ -12,18 +12,7 @@ use musicfs_integration::*;
 fn small_origin(dir: &Path) -> PathBuf {
     let lib = generated_library(2000, 7);
     let origin = dir.join("origin");
-    for e in read_manifest(&lib)
-        .iter()
-        .filter(|e| e.kind == "normal")
-        .take(5)
-    {
-        let rel = PathBuf::from(
-            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.raw_path()),
-        );
-        let dst = origin.join(&rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(lib.join(&rel), &dst).unwrap();
-    }
+    copy_tracks(&lib, &read_manifest(&lib), 0, 5, &origin);
     origin
 }
 

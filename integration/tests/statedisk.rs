@@ -67,35 +67,6 @@ fn inodes(mnt: &Path) -> BTreeMap<PathBuf, u64> {
         .collect()
 }
 
-fn status_json(state: &Path) -> serde_json::Value {
-    let out = Command::new(musicfs_bin())
-        .args(["status", "--json", "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The library's first `n` normal tracks from `skip` on, copied to `to`.
-fn copy_tracks(lib: &Path, manifest: &[ManifestEntry], skip: usize, n: usize, to: &Path) {
-    for e in manifest
-        .iter()
-        .filter(|e| e.kind == "normal")
-        .skip(skip)
-        .take(n)
-    {
-        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&e.raw_path()));
-        let dst = to.join(&rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(lib.join(&rel), &dst).unwrap();
-    }
-}
-
 /// The state directory's disk fills up while tracks are added: the commits
 /// fail, the status says so, and once space is freed the tracks appear
 /// without a restart, with every old inode kept.
