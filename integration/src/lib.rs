@@ -667,3 +667,30 @@ pub fn status_json(state: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Every mounted file's bytes equal its origin file's, and the origin is
+/// one of `origins`.
+pub fn assert_files_match(mnt: &Path, origins: &[&Path]) -> usize {
+    let files = list_files(mnt);
+    for rel in &files {
+        let p = mnt.join(rel);
+        let origin = PathBuf::from(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                &getxattr(&p, "user.musicfs.origin").unwrap(),
+            ),
+        );
+        assert!(
+            origins.iter().any(|o| origin.starts_with(o)),
+            "{} comes from {}",
+            rel.display(),
+            origin.display()
+        );
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            hash_file(&origin).unwrap(),
+            "{} has wrong bytes",
+            rel.display()
+        );
+    }
+    files.len()
+}

@@ -280,31 +280,6 @@ fn hung_mountpoint_is_refused_not_waited_on() {
     assert!(m2.stop().success());
 }
 
-/// Every mounted file's bytes equal its origin file's, and the origin is
-/// one of `origins`.
-fn assert_files_match(mnt: &Path, origins: &[&Path]) -> usize {
-    let files = list_files(mnt);
-    for rel in &files {
-        let p = mnt.join(rel);
-        let origin = PathBuf::from(std::ffi::OsStr::from_bytes(
-            &getxattr(&p, "user.musicfs.origin").unwrap(),
-        ));
-        assert!(
-            origins.iter().any(|o| origin.starts_with(o)),
-            "{} comes from {}",
-            rel.display(),
-            origin.display()
-        );
-        assert_eq!(
-            hash_file(&p).unwrap(),
-            hash_file(&origin).unwrap(),
-            "{} has wrong bytes",
-            rel.display()
-        );
-    }
-    files.len()
-}
-
 /// Unmounts what the test mounted, however it ends.
 struct Mounted(Vec<PathBuf>);
 
