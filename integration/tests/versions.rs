@@ -111,18 +111,46 @@ fn wait_size(path: &Path, len: usize) {
     );
 }
 
-fn handle_keeps_its_version(passthrough: bool) {
+/// One track mounted, a handle `a` that has read its first 1,000 bytes,
+/// then the file replaced as a tagger does and the new size visible.
+struct Replaced {
+    m: Mount,
+    _origin: tempfile::TempDir,
+    mounted: PathBuf,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    a: File,
+}
+
+fn open_then_replace(passthrough: bool) -> Replaced {
     let (m, _origin, file, mounted) = one_track(passthrough);
     let old = std::fs::read(&file).unwrap();
     let new = changed(&old);
-
     let a = File::open(&mounted).unwrap();
     let mut head = vec![0u8; 1000];
     a.read_exact_at(&mut head, 0).unwrap();
     assert_eq!(head, old[..1000]);
-
     replace(&file, &new);
     wait_size(&mounted, new.len());
+    Replaced {
+        m,
+        _origin,
+        mounted,
+        old,
+        new,
+        a,
+    }
+}
+
+fn handle_keeps_its_version(passthrough: bool) {
+    let Replaced {
+        m,
+        _origin,
+        mounted,
+        old,
+        new,
+        a,
+    } = open_then_replace(passthrough);
     // A new open reads the new version, to the last byte. With passthrough
     // the kernel (6.18) takes one backing file per inode while a handle on
     // it is open, so while the old handle is open a new open fails (EIO
@@ -197,16 +225,14 @@ fn open_handle_keeps_its_version_without_passthrough() {
 /// kernel still holds the old file and the handle reads it whole. A new
 /// open reads the new file either way.
 fn version_gone_after_a_kill(passthrough: bool) {
-    let (m, _origin, file, mounted) = one_track(passthrough);
-    let old = std::fs::read(&file).unwrap();
-    let new = changed(&old);
-    let a = File::open(&mounted).unwrap();
-    let mut head = vec![0u8; 1000];
-    a.read_exact_at(&mut head, 0).unwrap();
-    assert_eq!(head, old[..1000]);
-
-    replace(&file, &new);
-    wait_size(&mounted, new.len());
+    let Replaced {
+        m,
+        _origin,
+        mounted,
+        old,
+        new,
+        a,
+    } = open_then_replace(passthrough);
     let engine = engine_pid(&m.state).expect("an engine runs");
     // SAFETY: signalling a process we started.
     unsafe { libc::kill(engine, libc::SIGKILL) };

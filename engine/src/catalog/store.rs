@@ -17,6 +17,7 @@ use crate::catalog::tables::{
 };
 use crate::catalog::tree::ensure_root;
 use crate::model::template::Template;
+use crate::sys::time::now_ms;
 
 /// The catalog and the tree in it.
 pub struct Store {
@@ -105,12 +106,6 @@ fn write_error_text(e: &anyhow::Error) -> String {
         Some(io) => io.to_string(),
         None => format!("{e:#}"),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Store {

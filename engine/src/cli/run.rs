@@ -26,8 +26,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Engine { socket, .. } => runtime::run(&config, socket.clone(), source),
         Command::Status { json, .. } => {
-            let state_dir = match find_mount(&config)? {
-                Found::One(dir) => dir,
+            let status = match find_mount(&config)? {
+                Found::One(_, Some(status)) => *status,
+                Found::One(dir, None) => control::fetch_status(&dir)?,
                 Found::Several(all) => {
                     // Every mount, one line each.
                     if *json {
@@ -41,7 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
             };
-            let status = control::fetch_status(&state_dir)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -103,7 +103,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The mounts a command without a mountpoint may mean.
 enum Found {
-    One(std::path::PathBuf),
+    /// One mount; with its status when finding it fetched one already.
+    One(std::path::PathBuf, Option<Box<control::Status>>),
     /// Several run: each state directory with its status.
     Several(Vec<(std::path::PathBuf, control::Status)>),
 }
@@ -112,7 +113,7 @@ enum Found {
 /// running mount of this user (root: the system's), else all of them.
 fn find_mount(config: &crate::config::Config) -> anyhow::Result<Found> {
     if config.names_a_mount() {
-        return Ok(Found::One(config.resolved_state_dir()?));
+        return Ok(Found::One(config.resolved_state_dir()?, None));
     }
     let base = crate::config::Config::state_base_dir()?;
     let mut running = Vec::new();
@@ -133,7 +134,10 @@ fn find_mount(config: &crate::config::Config) -> anyhow::Result<Found> {
             "no musicfs mount is running for this user (none answers in {}); name one: musicfs status MOUNTPOINT",
             base.display()
         ),
-        1 => Ok(Found::One(running.remove(0).0)),
+        1 => {
+            let (dir, status) = running.remove(0);
+            Ok(Found::One(dir, Some(Box::new(status))))
+        }
         _ => Ok(Found::Several(running)),
     }
 }
@@ -141,7 +145,7 @@ fn find_mount(config: &crate::config::Config) -> anyhow::Result<Found> {
 /// Like `find_mount`, for commands that need exactly one.
 fn one_mount(config: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
     match find_mount(config)? {
-        Found::One(dir) => Ok(dir),
+        Found::One(dir, _) => Ok(dir),
         Found::Several(all) => {
             let dirs: Vec<String> = all.iter().map(|(d, _)| d.display().to_string()).collect();
             anyhow::bail!(

@@ -79,6 +79,15 @@ impl FdCacheInner {
     /// Closes the least recently used files of one kind (pinned or not)
     /// until at most `keep` of that kind are open.
     fn shrink(&mut self, pinned: bool, keep: usize) {
+        // The common case (within the bound) allocates and sorts nothing.
+        let count = self
+            .files
+            .values()
+            .filter(|h| (h.pins > 0) == pinned)
+            .count();
+        if count <= keep {
+            return;
+        }
         let mut of_kind: Vec<((u64, u64), u64)> = self
             .files
             .iter()

@@ -58,6 +58,7 @@ fn collect(rt: &Runtime) -> Result<Status> {
         ("full_scans".into(), get(&s.full_scans)),
         ("reloads".into(), get(&rt.reloads)),
     ];
+    let write_failure = rt.store.write_failure();
     Ok(Status {
         engine_version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
@@ -71,12 +72,8 @@ fn collect(rt: &Runtime) -> Result<Status> {
         catalog_previous_close: rt.store.previous_close().as_str().to_string(),
         in_flight: u32::try_from(shared.in_flight()).unwrap_or(u32::MAX),
         template: rt.store.template().source().to_string(),
-        catalog_write_error: rt
-            .store
-            .write_failure()
-            .map(|(_, why)| why)
-            .unwrap_or_default(),
-        catalog_write_since_ms: rt.store.write_failure().map_or(0, |(since, _)| since),
+        catalog_write_error: write_failure.clone().unwrap_or_default().1,
+        catalog_write_since_ms: write_failure.map_or(0, |(since, _)| since),
         state_dir_error: rt.state_dir_error.lock().clone(),
         cache: {
             let (dirs, entries, db) = rt.store.cache_figures();

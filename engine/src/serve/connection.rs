@@ -157,16 +157,16 @@ fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> 
                 let (offset, size) = (r.get_offset(), r.get_size());
                 // Page-cache hits on local origins are answered here; the rest waits
                 // for the disk on the pool.
-                let cached = guarded(
-                    id,
-                    || read_cached(shared, id, ino, fh, offset, size),
-                    || None,
-                );
+                // One lookup of the handle's file serves both paths.
+                let held = shared.fds.get(ino, fh);
+                let cached = held.as_ref().and_then(|f| {
+                    guarded(id, || read_cached(shared, id, f, offset, size), || None)
+                });
                 if let Some(frame) = cached {
                     send(&writer, &frame);
                 } else {
                     // The origin of the handle's file: its pool does the read.
-                    let origin = match shared.fds.get(ino, fh) {
+                    let origin = match &held {
                         Some(f) => Ok(f.origin),
                         None => origin_of(shared, ino).map(|o| o.id),
                     };
@@ -180,7 +180,7 @@ fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> 
                                     let frame = match turn {
                                         Turn::Run => guarded(
                                             id,
-                                            || read(&shared, id, ino, fh, offset, size),
+                                            || read(&shared, id, (ino, fh, held), offset, size),
                                             || error_frame(id, libc::EIO),
                                         ),
                                         Turn::Refused => error_frame(id, libc::EIO),

@@ -127,17 +127,15 @@ pub(super) fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<Fil
 }
 
 /// Answers a read from the page cache without waiting, if the handle's file
-/// is held open, its origin is local and every requested byte is cached;
+/// `f` (held open) is on a local origin and every requested byte is cached;
 /// `None` means "send it to the pool".
 pub(super) fn read_cached(
     shared: &Shared,
     id: u64,
-    ino: u64,
-    fh: u64,
+    f: &OpenFile,
     offset: u64,
     size: u32,
 ) -> Option<Vec<u8>> {
-    let f = shared.fds.get(ino, fh)?;
     if !f.local {
         return None;
     }
@@ -160,8 +158,14 @@ pub(super) fn read_cached(
 /// or once evicted) the file at its path if that is still the same version.
 /// Another version there means the handle's file is gone: ESTALE, never
 /// another file's bytes.
-fn handle_file(shared: &Shared, ino: u64, fh: u64) -> Result<OpenFile, i32> {
-    if let Some(f) = shared.fds.get(ino, fh) {
+/// `held`: the file already looked up for this handle, if it was held.
+fn handle_file(
+    shared: &Shared,
+    ino: u64,
+    fh: u64,
+    held: Option<OpenFile>,
+) -> Result<OpenFile, i32> {
+    if let Some(f) = held.or_else(|| shared.fds.get(ino, fh)) {
         return Ok(f);
     }
     let Origin {
@@ -182,10 +186,17 @@ fn handle_file(shared: &Shared, ino: u64, fh: u64) -> Result<OpenFile, i32> {
     Ok(f)
 }
 
-pub(super) fn read(shared: &Shared, id: u64, ino: u64, fh: u64, offset: u64, size: u32) -> Vec<u8> {
+/// A read on the pool; `held` as for `handle_file`.
+pub(super) fn read(
+    shared: &Shared,
+    id: u64,
+    (ino, fh, held): (u64, u64, Option<OpenFile>),
+    offset: u64,
+    size: u32,
+) -> Vec<u8> {
     bump(&shared.counters.reads, 1);
     let size = size.min(MAX_READ_BYTES) as usize;
-    let f = match handle_file(shared, ino, fh) {
+    let f = match handle_file(shared, ino, fh, held) {
         Ok(f) => f,
         Err(errno) => return error_frame(id, errno),
     };

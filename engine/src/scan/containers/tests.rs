@@ -183,8 +183,8 @@ fn wma_content_descriptions() {
         o
     };
     let objects = [
-        object(super::asf::CONTENT_DESCRIPTION_FOR_TESTS, &cd),
-        object(super::asf::EXTENDED_FOR_TESTS, &ext),
+        object(super::asf::CONTENT_DESCRIPTION, &cd),
+        object(super::asf::EXTENDED_CONTENT_DESCRIPTION, &ext),
     ]
     .concat();
     let mut f = super::asf::HEADER_GUID.to_vec();
