@@ -10,11 +10,15 @@ export DEBIAN_FRONTEND=noninteractive
 # ffmpeg: gen-library templates, ffprobe tests  bindfs: the benchmark's baseline
 # systemd: systemd-analyze verify of the units  util-linux: setpriv in a test
 # rsync, mpv, fio: real clients that read the mount in the suite
+# openssh-server, sshfs: the network share the cache tests mount
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio ca-certificates >/dev/null
+apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates >/dev/null
 # The toolchain components the suite uses (rustup installs; harmless if present).
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+# The share harness runs /usr/sbin/sshd itself (no service needed) and sshfs.
+[ -x /usr/sbin/sshd ] || { echo "install-deps: /usr/sbin/sshd is missing after install" >&2; exit 1; }
+command -v sshfs >/dev/null 2>&1 || { echo "install-deps: sshfs is missing after install" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "install-deps: /dev/fuse is missing (modprobe fuse?)" >&2; exit 1; }
 echo "install-deps: ok"

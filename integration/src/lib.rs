@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+pub mod share;
+pub use share::{Hung, ShareOptions, SshShare};
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
