@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod events;
 pub mod logging;

@@ -89,6 +89,7 @@ const ENGINE_ROOMS: &[(&str, u32)] = &[
     ("serve", 5),
     ("sync", 5),
     ("scan", 4),
+    ("content", 4),
     ("origins", 3),
     ("catalog", 2),
     ("config", 1),
