@@ -179,6 +179,21 @@ struct EngineStatus {
   catalogWriteSinceMs @18 :UInt64;
   # The state directory's last write probe: "" while it works, else why not.
   stateDirError @19 :Text;
+  # The chunk cache for network origins (state "" when none is open).
+  chunkCache @20 :ChunkCacheStatus;
+}
+
+struct ChunkCacheStatus {
+  dir @0 :Text;
+  state @1 :Text;          # normal, unstable, down; "" when no cache is open
+  bypassed @2 :Bool;       # reads go to the origins
+  reason @3 :Text;         # why it is bypassed
+  sinceMs @4 :UInt64;      # when the state last changed
+  writesStopped @5 :Text;  # why no chunks are written ("" while they are)
+  # used_bytes max_bytes chunks pinned_files free_percent min_free_percent
+  # hits misses corrupt missing written skipped evicted disk_errors
+  # bypassed_reads read_ahead
+  figures @6 :List(Counter);
 }
 
 struct Event {
@@ -201,6 +216,10 @@ struct ControlRequest {
     # connection stays open and new events keep coming; else the last frame
     # is `none`.
     events :group { after @4 :UInt64; follow @5 :Bool; }
+    # The chunk cache: action "status", "verify" (with `repair`), "clear",
+    # "pin" or "unpin" (`path`: relative to the mount). A verify sends
+    # `progress` frames, then `cacheReport`.
+    cache :group { action @6 :Text; path @7 :Data; repair @8 :Bool; }
   }
 }
 
@@ -216,5 +235,8 @@ struct ControlResponse {
       restartNeeded @6 :List(Text);  # changed fields that need a restart
     }
     event @7 :Event;
+    progress :group { done @8 :UInt64; total @9 :UInt64; }
+    cacheReport @10 :List(Counter);   # what a verify, clear or pin did
+    cacheStatus @11 :ChunkCacheStatus;
   }
 }

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
+pub mod library;
 pub mod share;
+pub use library::*;
 pub use share::{Hung, ShareOptions, SshShare};
 
 /// The workspace root.
@@ -24,7 +24,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) if !d.is_empty() => {
             let d = PathBuf::from(d);
@@ -55,7 +55,7 @@ pub fn musicfs_bin() -> PathBuf {
     p
 }
 
-fn xtask_bin() -> PathBuf {
+pub(crate) fn xtask_bin() -> PathBuf {
     let p = std::env::var_os("MUSICFS_XTASK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("debug/xtask"));
@@ -65,91 +65,6 @@ fn xtask_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A generated library, cached across test runs under target/integration-cache.
-pub fn generated_library(tracks: usize, seed: u64) -> PathBuf {
-    let cache = target_dir().join("integration-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let dir = cache.join(format!("lib-{tracks}-{seed}"));
-    // One generation at a time in this process (tests run in parallel);
-    // other test processes use their own temporary directory and lose the
-    // final rename race harmlessly.
-    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = GENERATING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if dir.join(".complete").exists() {
-        return dir;
-    }
-    let tmp = cache.join(format!("tmp-{tracks}-{seed}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let status = Command::new(xtask_bin())
-        .args([
-            "gen-library",
-            "--tracks",
-            &tracks.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--out",
-        ])
-        .arg(&tmp)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "gen-library failed");
-    std::fs::write(tmp.join(".complete"), b"").unwrap();
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Another test generated it first.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(dir.join(".complete").exists());
-    dir
-}
-
-/// One line of the generator's manifest.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ManifestEntry {
-    pub path: String,
-    pub path_hex: String,
-    pub format: String,
-    pub ext: String,
-    pub kind: String,
-    pub size: u64,
-    pub tags: ManifestTags,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ManifestTags {
-    pub artist: Option<String>,
-    pub album_artist: Option<String>,
-    pub album: Option<String>,
-    pub title: Option<String>,
-    pub year: Option<u32>,
-    pub track: Option<u32>,
-    pub track_total: Option<u32>,
-    pub disc: Option<u32>,
-    pub disc_total: Option<u32>,
-    pub genre: Option<String>,
-    pub compilation: Option<bool>,
-}
-
-impl ManifestEntry {
-    pub fn raw_path(&self) -> Vec<u8> {
-        (0..self.path_hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&self.path_hex[i..i + 2], 16).unwrap())
-            .collect()
-    }
-}
-
-pub fn read_manifest(lib: &Path) -> Vec<ManifestEntry> {
-    std::fs::read_to_string(lib.join(".musicfs-manifest.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// blake3 of a whole file.
@@ -260,6 +175,8 @@ impl Mount {
             .env_remove("WATCHDOG_USEC")
             .env("MUSICFS_LOG", "info")
             .env("HOME", root.path())
+            // The chunk cache of network origins stays in the test's dir.
+            .env("XDG_CACHE_HOME", root.path().join("cache"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap());

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::reload::ConfigSource;
 use crate::config::{Config, Overrides};
 
+mod cache;
 pub mod events;
 pub mod render;
 mod run;
@@ -122,6 +123,11 @@ pub enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// The chunk cache of network origins: status, verify, clear, pin.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Scan the origins once and print what was found (JSON), without mounting.
     Scan {
         #[command(flatten)]
@@ -137,6 +143,40 @@ pub struct TargetArgs {
     pub state_dir: Option<PathBuf>,
     /// The mountpoint.
     pub mountpoint: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Size, health (normal, unstable, down; bypassed and why), hits,
+    /// misses, corrupt chunks found.
+    Status {
+        /// Machine-readable JSON (stable keys).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Check every cached chunk against its blake3 hash; bad ones are
+    /// removed (and with --repair fetched again from their origin).
+    Verify {
+        #[arg(long)]
+        repair: bool,
+        /// The result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Remove every cached chunk.
+    Clear {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Keep the files at or under PATH (a file or directory in the mount)
+    /// off the eviction list.
+    Pin { path: PathBuf },
+    /// Let the files at or under PATH be evicted again.
+    Unpin { path: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +242,22 @@ pub fn overrides(cli: &Cli) -> Overrides {
         | Command::Shutdown { target, .. } => Overrides {
             mountpoint: target.mountpoint.clone(),
             state_dir: target.state_dir.clone(),
+            ..Overrides::default()
+        },
+        Command::Cache {
+            action:
+                CacheAction::Status { target, .. }
+                | CacheAction::Verify { target, .. }
+                | CacheAction::Clear { target },
+        } => Overrides {
+            mountpoint: target.mountpoint.clone(),
+            state_dir: target.state_dir.clone(),
+            ..Overrides::default()
+        },
+        Command::Cache {
+            action: CacheAction::Pin { path } | CacheAction::Unpin { path },
+        } => Overrides {
+            mountpoint: cache::mount_of(path).map(|(m, _)| m),
             ..Overrides::default()
         },
         Command::Unmount { .. } => Overrides::default(),

@@ -82,6 +82,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("stopped");
             Ok(())
         }
+        Command::Cache { action } => {
+            let dir = match action {
+                crate::cli::CacheAction::Pin { .. } | crate::cli::CacheAction::Unpin { .. } => {
+                    config.resolved_state_dir()?
+                }
+                _ => one_mount(&config)?,
+            };
+            crate::cli::cache::run(action, &dir)
+        }
         Command::Scan { .. } => {
             crate::origins::check_origins(&config)?;
             let exts = scan::AudioExtensions::new(&config.audio_extensions);

@@ -15,3 +15,7 @@ pub const AUDIO_EXTENSIONS: &[&str] = &[
     "alac", "wav", "wave", "aif", "aiff", "aifc", "ape", "wv", "mpc", "mp+", "mpp", "tta", "tak",
     "ofr", "ofs", "wma", "asf", "dsf", "dff", "mka", "webm", "mid", "midi",
 ];
+
+/// The most bytes the chunk cache keeps by default (`cache_max_bytes`):
+/// about 500 albums of FLAC.
+pub const CACHE_MAX_BYTES: u64 = 20 * 1024 * 1024 * 1024;

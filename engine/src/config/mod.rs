@@ -71,6 +71,36 @@ pub struct Config {
     /// Extensions of the files listed, without the dot (case does not
     /// matter). Hot: a reload rescans the origins with the new list.
     pub audio_extensions: Vec<String>,
+    /// Where the chunk cache for network origins lives. Default:
+    /// `/var/cache/musicfs/<mountpoint, escaped>` for root, else
+    /// `$XDG_CACHE_HOME/musicfs/<mountpoint, escaped>` (`~/.cache/...`).
+    pub cache_dir: Option<PathBuf>,
+    /// The most bytes of chunks the cache keeps (hot).
+    pub cache_max_bytes: u64,
+    /// Eviction starts when the cache disk has less free space than this
+    /// percentage; at half of it no more chunks are written (hot).
+    pub cache_min_free_percent: u32,
+    /// A deadline for reads and opens of files of cached origins that must
+    /// go to the origin (ms): past it the caller gets EIO.
+    pub cache_fetch_timeout_ms: u64,
+    /// Chunks the scrubber checks per hour (0: no scrubber).
+    pub cache_scrub_chunks_per_hour: u64,
+    /// Settings of single origins, by origin directory as written in
+    /// `origins`: `[origin."/mnt/nas/music"] cache = true`.
+    pub origin: std::collections::BTreeMap<PathBuf, OriginSettings>,
+}
+
+/// The environment variable that carries the per-origin settings (JSON).
+pub const ORIGIN_SETTINGS_ENV: &str = "MUSICFS_ORIGIN_SETTINGS";
+
+/// Settings of one origin.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginSettings {
+    /// Read through the chunk cache (`true`), or never (`false`). Unset:
+    /// origins on network filesystems (NFS, SMB, sshfs, any FUSE) are
+    /// cached, local disks are not (they keep passthrough).
+    pub cache: Option<bool>,
 }
 
 impl Default for Config {
@@ -99,6 +129,12 @@ impl Default for Config {
                 .iter()
                 .map(|e| e.to_string())
                 .collect(),
+            cache_dir: None,
+            cache_max_bytes: defaults::CACHE_MAX_BYTES,
+            cache_min_free_percent: 10,
+            cache_fetch_timeout_ms: 10_000,
+            cache_scrub_chunks_per_hour: 3600,
+            origin: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -167,6 +203,11 @@ impl Config {
             "drain_timeout_ms",
             "listing_cache_entries",
             "open_files_max",
+            "cache_dir",
+            "cache_max_bytes",
+            "cache_min_free_percent",
+            "cache_fetch_timeout_ms",
+            "cache_scrub_chunks_per_hour",
         ]);
         fig = fig.merge(env);
         // MUSICFS_AUDIO_EXTENSIONS is a ','-separated list.
@@ -178,6 +219,13 @@ impl Config {
                 .map(str::to_string)
                 .collect();
             fig = fig.merge(Serialized::default("audio_extensions", exts));
+        }
+        // Per-origin settings, as JSON (how `musicfs mount` passes them on).
+        if let Ok(json) = std::env::var(ORIGIN_SETTINGS_ENV) {
+            let settings: std::collections::BTreeMap<PathBuf, OriginSettings> =
+                serde_json::from_str(&json)
+                    .with_context(|| format!("{ORIGIN_SETTINGS_ENV} is not valid"))?;
+            fig = fig.merge(Serialized::default("origin", settings));
         }
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
             let origins: Vec<PathBuf> = std::env::split_paths(&list).collect();
@@ -211,6 +259,12 @@ impl Config {
         }
         if self.listing_cache_entries == 0 || self.open_files_max == 0 {
             bail!("listing_cache_entries and open_files_max must be > 0");
+        }
+        if self.cache_min_free_percent > 90 {
+            bail!("cache_min_free_percent must be at most 90");
+        }
+        if self.cache_fetch_timeout_ms == 0 {
+            bail!("cache_fetch_timeout_ms must be > 0");
         }
         if self.audio_extensions.is_empty() {
             bail!("audio_extensions must name at least one extension");
@@ -254,6 +308,37 @@ impl Config {
 }
 
 impl Config {
+    /// The chunk cache's directory: the configured one, or a per-mountpoint
+    /// default (`/var/cache/musicfs/...` for root, else
+    /// `$XDG_CACHE_HOME/musicfs/...`).
+    pub fn resolved_cache_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.cache_dir {
+            return Ok(d.clone());
+        }
+        let base = if nix::unistd::geteuid().is_root()
+            && std::env::var_os("XDG_CACHE_HOME").is_none()
+        {
+            PathBuf::from("/var/cache/musicfs")
+        } else {
+            xdg("XDG_CACHE_HOME", ".cache")
+                .map(|d| d.join("musicfs"))
+                .context("cannot find a cache directory: set HOME, XDG_CACHE_HOME or cache_dir")?
+        };
+        let name = match &self.mountpoint {
+            Some(m) => escape_path(m),
+            None => "default".to_string(),
+        };
+        Ok(base.join(name))
+    }
+
+    /// The origins whose caching is set, with the setting.
+    pub fn origin_cache_settings(&self) -> std::collections::HashMap<PathBuf, bool> {
+        self.origin
+            .iter()
+            .filter_map(|(dir, o)| Some((dir.clone(), o.cache?)))
+            .collect()
+    }
+
     /// Where the per-mountpoint state directories live by default:
     /// `/var/lib/musicfs` for root, else `$XDG_STATE_HOME/musicfs`.
     pub fn state_base_dir() -> Result<PathBuf> {

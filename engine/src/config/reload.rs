@@ -58,6 +58,7 @@ const COLD_FIELDS: &[&str] = &[
     "passthrough",
     "engine_wait_timeout_ms",
     "drain_timeout_ms",
+    "cache_dir",
 ];
 
 /// The cold fields that differ between two configurations.

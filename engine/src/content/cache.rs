@@ -4,36 +4,36 @@
 //! unhealthy.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
-use crate::content::health::{Health, State, Transition};
-use crate::content::index::{Batch, ContentInfo, Hash, Index, Put};
+use crate::content::health::{Health, Transition};
+use crate::content::index::{ContentInfo, Hash, Index, Put};
 use crate::content::layout::{ContentKey, Layout};
 
 /// Verified chunks kept in memory (a sequential reader reads each chunk
 /// from the disk, and checks it, once rather than once per request).
-const HOT_BYTES: usize = 16 * 1024 * 1024;
+pub(super) const HOT_BYTES: usize = 16 * 1024 * 1024;
 /// Chunks waiting for the writer; past this, new chunks are not cached
 /// (the reader already has its bytes).
-const WRITE_QUEUE: usize = 64;
+pub(super) const WRITE_QUEUE: usize = 64;
 /// Chunks written per index transaction at most.
-const WRITE_BATCH: usize = 32;
+pub(super) const WRITE_BATCH: usize = 32;
 /// How often read times reach the index (and how much a crash can lose).
-const TOUCH_FLUSH: Duration = Duration::from_secs(5);
+pub(super) const TOUCH_FLUSH: Duration = Duration::from_secs(5);
 /// How often the free space of the cache disk is looked at.
-const SPACE_CHECK: Duration = Duration::from_secs(1);
+pub(super) const SPACE_CHECK: Duration = Duration::from_secs(1);
 /// Recently fetched chunks not yet in the index, at most.
-const RECENT_MAX: usize = 4096;
+pub(super) const RECENT_MAX: usize = 4096;
 
 /// Where the cache lives and how big it may grow.
 #[derive(Clone, Debug)]
@@ -73,25 +73,25 @@ pub struct Counters {
     pub read_ahead: AtomicU64,
 }
 
-fn bump(c: &AtomicU64) {
+pub(super) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-enum Job {
+pub(super) enum Job {
     Put(Put, Arc<[u8]>),
     Forget(Hash),
     Flush(mpsc::Sender<()>),
 }
 
 #[derive(Default)]
-struct Hot {
+pub(super) struct Hot {
     chunks: HashMap<Hash, (Arc<[u8]>, u64)>,
     bytes: usize,
     clock: u64,
 }
 
 impl Hot {
-    fn get(&mut self, hash: &Hash) -> Option<Arc<[u8]>> {
+    pub(super) fn get(&mut self, hash: &Hash) -> Option<Arc<[u8]>> {
         self.clock += 1;
         let now = self.clock;
         let entry = self.chunks.get_mut(hash)?;
@@ -99,13 +99,13 @@ impl Hot {
         Some(entry.0.clone())
     }
 
-    fn remove(&mut self, hash: &Hash) {
+    pub(super) fn remove(&mut self, hash: &Hash) {
         if let Some(old) = self.chunks.remove(hash) {
             self.bytes -= old.0.len();
         }
     }
 
-    fn insert(&mut self, hash: Hash, bytes: Arc<[u8]>) {
+    pub(super) fn insert(&mut self, hash: Hash, bytes: Arc<[u8]>) {
         self.clock += 1;
         let len = bytes.len();
         if let Some(old) = self.chunks.insert(hash, (bytes, self.clock)) {
@@ -121,6 +121,14 @@ impl Hot {
             }
         }
     }
+}
+
+/// A chunk fetched from its origin and not yet in the index.
+pub(super) struct Recent {
+    hash: Hash,
+    /// Not on its way to the disk (bypassed, no room, queue full): offered
+    /// again when it is read while the disk takes writes.
+    unwritten: Option<ContentInfo>,
 }
 
 /// What `musicfs cache status` shows.
@@ -170,36 +178,38 @@ pub struct VerifyReport {
 pub type Refetch<'a> = &'a (dyn Fn(&ContentInfo, u32) -> Option<Vec<u8>> + Sync);
 
 pub struct ChunkCache {
-    dir: PathBuf,
-    index: RwLock<Option<Index>>,
+    pub(super) dir: PathBuf,
+    pub(super) index: RwLock<Option<Index>>,
     /// The inode of the index file when opened (a cache directory that was
     /// deleted or replaced shows as another inode, or none).
-    index_ino: AtomicU64,
-    health: Mutex<Health>,
-    max_bytes: AtomicU64,
-    min_free_percent: AtomicU32,
-    free_percent: AtomicU32,
-    writes_stopped: Mutex<String>,
-    hot: Mutex<Hot>,
+    pub(super) index_ino: AtomicU64,
+    pub(super) health: Mutex<Health>,
+    pub(super) max_bytes: AtomicU64,
+    pub(super) min_free_percent: AtomicU32,
+    pub(super) free_percent: AtomicU32,
+    pub(super) writes_stopped: Mutex<String>,
+    pub(super) hot: Mutex<Hot>,
     /// Chunks fetched but not yet in the index: (key, index) -> hash.
-    recent: Mutex<HashMap<(ContentKey, u32), Hash>>,
-    touches: Mutex<HashMap<Hash, u64>>,
-    tx: SyncSender<Job>,
-    rx: Mutex<Option<Receiver<Job>>>,
+    pub(super) recent: Mutex<HashMap<(ContentKey, u32), Recent>>,
+    pub(super) touches: Mutex<HashMap<Hash, u64>>,
+    pub(super) tx: SyncSender<Job>,
+    pub(super) rx: Mutex<Option<Receiver<Job>>>,
     /// Chunks reported bad once already (one log line each).
-    logged: Mutex<HashSet<Hash>>,
+    pub(super) logged: Mutex<HashSet<Hash>>,
     /// Chunks being read ahead now.
     pub(super) read_ahead: Mutex<HashSet<(ContentKey, u32)>>,
-    seq: AtomicU64,
-    probe_interval: Duration,
+    pub(super) seq: AtomicU64,
+    pub(super) probe_interval: Duration,
+    /// The writer thread is running (a flush waits only then).
+    pub(super) writing: AtomicBool,
     pub counters: Counters,
 }
 
-fn hex(hash: &Hash) -> String {
+pub(super) fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(name: &str) -> Option<Hash> {
+pub(super) fn unhex(name: &str) -> Option<Hash> {
     if name.len() != 64 {
         return None;
     }
@@ -234,6 +244,7 @@ impl ChunkCache {
             read_ahead: Mutex::new(HashSet::new()),
             seq: AtomicU64::new(0),
             probe_interval: settings.probe_interval,
+            writing: AtomicBool::new(false),
             counters: Counters::default(),
         });
         match cache.open_index() {
@@ -254,22 +265,22 @@ impl ChunkCache {
         &self.dir
     }
 
-    fn index_path(&self) -> PathBuf {
+    pub(super) fn index_path(&self) -> PathBuf {
         self.dir.join("index.redb")
     }
 
-    fn tmp_dir(&self) -> PathBuf {
+    pub(super) fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
     }
 
-    fn chunk_path(&self, hash: &Hash) -> PathBuf {
+    pub(super) fn chunk_path(&self, hash: &Hash) -> PathBuf {
         let h = hex(hash);
         self.dir.join("chunks").join(&h[..2]).join(h)
     }
 
     /// Creates the layout, removes leftover temporary files and opens the
     /// index (a corrupt one is started afresh: it is only a cache).
-    fn open_index(&self) -> Result<()> {
+    pub(super) fn open_index(&self) -> Result<()> {
         *self.index.write() = None;
         std::fs::create_dir_all(self.dir.join("chunks"))?;
         let tmp = self.tmp_dir();
@@ -329,7 +340,7 @@ impl ChunkCache {
     }
 
     /// Runs `f` on the index; an error is a cache-disk error (counted).
-    fn with_index<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Option<T> {
+    pub(super) fn with_index<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Option<T> {
         let guard = self.index.read();
         let index = guard.as_ref()?;
         match f(index) {
@@ -342,7 +353,7 @@ impl ChunkCache {
         }
     }
 
-    fn disk_error(&self, why: &str) {
+    pub(super) fn disk_error(&self, why: &str) {
         bump(&self.counters.disk_errors);
         let t = self.health.lock().error(why.to_string());
         if t == Transition::Bypassed {
@@ -351,7 +362,7 @@ impl ChunkCache {
         }
     }
 
-    fn log_bad_once(&self, hash: &Hash, what: &str) {
+    pub(super) fn log_bad_once(&self, hash: &Hash, what: &str) {
         let mut logged = self.logged.lock();
         if logged.len() > 100_000 {
             logged.clear();
@@ -361,7 +372,7 @@ impl ChunkCache {
         }
     }
 
-    fn touch(&self, hash: Hash) {
+    pub(super) fn touch(&self, hash: Hash) {
         let mut touches = self.touches.lock();
         if touches.len() < 1_000_000 {
             touches.insert(hash, crate::sys::time::now_ms());
@@ -372,12 +383,21 @@ impl ChunkCache {
     /// or from the disk checked against its hash. A chunk that is corrupt
     /// or gone is counted, removed and reported as a miss.
     pub fn get(&self, key: &ContentKey, index: u32, len: u64) -> Option<Arc<[u8]>> {
-        let recent = self.recent.lock().get(&(*key, index)).copied();
+        let recent = self.recent.lock().get(&(*key, index)).map(|r| r.hash);
         if let Some(hash) = recent
             && let Some(bytes) = self.hot.lock().get(&hash)
             && bytes.len() as u64 == len
         {
             bump(&self.counters.hits);
+            self.touch(hash);
+            let unwritten = self
+                .recent
+                .lock()
+                .get_mut(&(*key, index))
+                .and_then(|r| r.unwritten.take());
+            if let Some(info) = unwritten {
+                self.offer(key, index, hash, info, bytes.clone());
+            }
             return Some(bytes);
         }
         if !self.usable() {
@@ -431,21 +451,85 @@ impl ChunkCache {
             if recent.len() >= RECENT_MAX {
                 recent.clear();
             }
-            recent.insert((*key, index), hash);
+            recent.insert(
+                (*key, index),
+                Recent {
+                    hash,
+                    unwritten: None,
+                },
+            );
         }
-        if !self.usable() || !self.writes_stopped.lock().is_empty() {
-            bump(&self.counters.skipped);
-            return;
-        }
+        self.offer(key, index, hash, info.clone(), bytes);
+    }
+
+    /// Queues a chunk for the writer, or notes it as unwritten.
+    pub(super) fn offer(
+        &self,
+        key: &ContentKey,
+        index: u32,
+        hash: Hash,
+        info: ContentInfo,
+        bytes: Arc<[u8]>,
+    ) {
         let put = Put {
             key: *key,
             index,
             hash,
             size_bytes: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-            info: info.clone(),
+            info,
         };
-        if self.tx.try_send(Job::Put(put, bytes)).is_err() {
-            bump(&self.counters.skipped);
+        if !self.usable() || !self.writes_stopped.lock().is_empty() {
+            return self.unwritten(put);
+        }
+        if let Err(
+            mpsc::TrySendError::Full(Job::Put(put, _))
+            | mpsc::TrySendError::Disconnected(Job::Put(put, _)),
+        ) = self.tx.try_send(Job::Put(put, bytes))
+        {
+            self.unwritten(put);
+        }
+    }
+
+    /// A chunk that did not reach the disk: counted, and offered again on
+    /// its next read.
+    pub(super) fn unwritten(&self, put: Put) {
+        bump(&self.counters.skipped);
+        if let Some(r) = self.recent.lock().get_mut(&(put.key, put.index))
+            && r.hash == put.hash
+        {
+            r.unwritten = Some(put.info);
+        }
+    }
+
+    /// Whether chunk `index` of `key` is cached (no disk read, no check).
+    pub fn contains(&self, key: &ContentKey, index: u32) -> bool {
+        if self.recent.lock().contains_key(&(*key, index)) {
+            return true;
+        }
+        self.usable()
+            && self
+                .with_index(|i| i.lookup(key, index))
+                .flatten()
+                .is_some()
+    }
+
+    /// Marks chunk `index` of `key` as being read ahead; false if it
+    /// already is, or if `max` chunks are being read ahead.
+    pub fn begin_read_ahead(&self, key: &ContentKey, index: u32, max: usize) -> bool {
+        let mut set = self.read_ahead.lock();
+        set.len() < max && set.insert((*key, index))
+    }
+
+    pub fn end_read_ahead(&self, key: &ContentKey, index: u32) {
+        self.read_ahead.lock().remove(&(*key, index));
+    }
+
+    /// Waits (at most `timeout`) while chunk `index` of `key` is being read
+    /// ahead, so that a reader does not fetch it a second time.
+    pub fn wait_read_ahead(&self, key: &ContentKey, index: u32, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.read_ahead.lock().contains(&(*key, index)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -468,497 +552,6 @@ impl ChunkCache {
             && self
                 .with_index(|i| i.cached_chunks(key))
                 .is_some_and(|c| c.len() == layout.count() as usize)
-    }
-
-    /// Writes one chunk: a temporary file in `tmp/`, fsync, rename.
-    fn write_chunk(&self, hash: &Hash, bytes: &[u8]) -> io::Result<()> {
-        let path = self.chunk_path(hash);
-        let tmp = self.tmp_dir().join(format!(
-            "{}.{}.{}",
-            &hex(hash)[..16],
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = |tmp: &Path| -> io::Result<()> {
-            let mut f = std::fs::File::create(tmp)?;
-            f.write_all(bytes)?;
-            f.sync_data()?;
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::rename(tmp, &path)
-        };
-        let mut result = write(&tmp);
-        if result
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
-        {
-            // The cache directory was removed under us: make it again.
-            std::fs::create_dir_all(self.tmp_dir())?;
-            result = write(&tmp);
-        }
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    /// Free space of the cache disk, in percent.
-    fn free_percent_now(&self) -> Option<u32> {
-        let s = nix::sys::statvfs::statvfs(&self.dir).ok()?;
-        let blocks = s.blocks() as u64;
-        if blocks == 0 {
-            return None;
-        }
-        Some(((s.blocks_available() as u64).saturating_mul(100) / blocks) as u32)
-    }
-
-    /// Removes least recently used chunks (never pinned ones) until
-    /// `used + need <= max` and the disk has its free space; false if it
-    /// cannot make that room.
-    fn make_room(&self, need: u64) -> bool {
-        let max = self.max_bytes.load(Ordering::Acquire);
-        if need > max {
-            return false;
-        }
-        let min_free = self.min_free_percent.load(Ordering::Acquire);
-        let mut pinned: Option<HashSet<Hash>> = None;
-        loop {
-            let Some(used) = self.with_index(|i| i.used_bytes()) else {
-                return false;
-            };
-            let free_low = self.free_percent_now().is_some_and(|f| f < min_free);
-            if used + need <= max && !free_low {
-                return true;
-            }
-            if pinned.is_none() {
-                pinned = Some(
-                    self.with_index(|i| i.pinned_hashes())
-                        .map(|p| p.1)
-                        .unwrap_or_default(),
-                );
-            }
-            let keep = pinned.as_ref().map_or_else(HashSet::new, Clone::clone);
-            let Some(victims) = self.with_index(|i| i.oldest(64, &keep)) else {
-                return false;
-            };
-            if victims.is_empty() {
-                return used + need <= max;
-            }
-            let mut batch = Batch::default();
-            for (hash, _) in victims {
-                match std::fs::remove_file(self.chunk_path(&hash)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        self.disk_error(&format!("removing a chunk: {e}"));
-                        return false;
-                    }
-                }
-                bump(&self.counters.evicted);
-                batch.forget.push(hash);
-            }
-            if self.with_index(|i| i.commit(&batch)).is_none() {
-                return false;
-            }
-        }
-    }
-
-    /// Looks at the free space: below half the watermark, no more writes.
-    fn check_space(&self) {
-        let Some(free) = self.free_percent_now() else {
-            return;
-        };
-        self.free_percent.store(free, Ordering::Relaxed);
-        let min_free = self.min_free_percent.load(Ordering::Acquire);
-        let why = if free < min_free / 2 {
-            format!(
-                "the cache disk has {free}% free, below the critical {}%",
-                min_free / 2
-            )
-        } else {
-            String::new()
-        };
-        let mut stopped = self.writes_stopped.lock();
-        if *stopped != why {
-            if why.is_empty() {
-                info!("the cache disk has room again: caching resumes");
-            } else {
-                warn!("{why}: no more chunks are written (reads still use what is cached)");
-            }
-            crate::events::emit(
-                "cache",
-                if why.is_empty() {
-                    "writes resume".to_string()
-                } else {
-                    why.clone()
-                },
-            );
-            *stopped = why;
-        }
-        if free < min_free {
-            self.make_room(0);
-        }
-    }
-
-    /// The writer: takes chunks off the queue, writes them, commits them to
-    /// the index in batches with the read times, and keeps the size and the
-    /// free space within bounds. Returns at `stop` after a last flush.
-    pub fn run_writer(&self, stop: &AtomicBool) -> Result<()> {
-        let Some(rx) = self.rx.lock().take() else {
-            anyhow::bail!("the cache writer runs once");
-        };
-        let result = self.writer_loop(&rx, stop);
-        *self.rx.lock() = Some(rx);
-        result
-    }
-
-    fn writer_loop(&self, rx: &Receiver<Job>, stop: &AtomicBool) -> Result<()> {
-        self.reclaim_orphans(stop);
-        let mut last_flush = Instant::now();
-        let mut last_space = Instant::now() - SPACE_CHECK;
-        loop {
-            let first = match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            let stopping = stop.load(Ordering::Relaxed);
-            let mut jobs: Vec<Job> = first.into_iter().collect();
-            while jobs.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            if last_space.elapsed() >= SPACE_CHECK {
-                last_space = Instant::now();
-                if self.usable() {
-                    self.check_space();
-                }
-            }
-            let mut batch = Batch::default();
-            let mut acks = Vec::new();
-            let need: u64 = jobs
-                .iter()
-                .map(|j| match j {
-                    Job::Put(p, _) => u64::from(p.size_bytes),
-                    _ => 0,
-                })
-                .sum();
-            let room = need == 0 || (self.usable() && self.make_room(need));
-            for job in jobs {
-                match job {
-                    Job::Put(put, bytes) => {
-                        if !room || !self.usable() {
-                            bump(&self.counters.skipped);
-                            continue;
-                        }
-                        match self.write_chunk(&put.hash, &bytes) {
-                            Ok(()) => {
-                                bump(&self.counters.written);
-                                batch.puts.push(put);
-                            }
-                            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                                bump(&self.counters.skipped);
-                                self.check_space();
-                                self.make_room(bytes.len() as u64 * 4);
-                            }
-                            Err(e) => {
-                                bump(&self.counters.skipped);
-                                self.disk_error(&format!("writing a chunk: {e}"));
-                            }
-                        }
-                    }
-                    Job::Forget(hash) => batch.forget.push(hash),
-                    Job::Flush(ack) => acks.push(ack),
-                }
-            }
-            if last_flush.elapsed() >= TOUCH_FLUSH || !acks.is_empty() || stopping {
-                last_flush = Instant::now();
-                batch.touches = self.touches.lock().drain().collect();
-            }
-            if !batch.is_empty() && self.usable() {
-                let done: Vec<(ContentKey, u32)> =
-                    batch.puts.iter().map(|p| (p.key, p.index)).collect();
-                if self.with_index(|i| i.commit(&batch)).is_some() {
-                    let mut recent = self.recent.lock();
-                    for k in done {
-                        recent.remove(&k);
-                    }
-                }
-            }
-            for ack in acks {
-                let _ = ack.send(());
-            }
-            if stopping {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Waits (bounded) until every chunk queued so far is written and the
-    /// read times are in the index.
-    pub fn flush(&self, timeout: Duration) -> bool {
-        let (tx, rx) = mpsc::channel();
-        if self.tx.send(Job::Flush(tx)).is_err() {
-            return false;
-        }
-        rx.recv_timeout(timeout).is_ok()
-    }
-
-    /// Chunk files the index does not know (written just before a crash,
-    /// before their commit) are removed; the index is the size account.
-    fn reclaim_orphans(&self, stop: &AtomicBool) {
-        let Ok(dirs) = std::fs::read_dir(self.dir.join("chunks")) else {
-            return;
-        };
-        let mut removed = 0u64;
-        for d in dirs.flatten() {
-            let Ok(files) = std::fs::read_dir(d.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let name = f.file_name();
-                let known = unhex(&name.to_string_lossy())
-                    .and_then(|h| self.with_index(|i| i.has_chunk(&h)));
-                if known == Some(false) || (known.is_none() && self.usable()) {
-                    if std::fs::remove_file(f.path()).is_ok() {
-                        removed += 1;
-                    }
-                }
-            }
-        }
-        if removed > 0 {
-            info!(
-                removed,
-                "removed chunk files the index did not know (left by a crash)"
-            );
-        }
-    }
-
-    /// One probe of the cache disk: write, sync, read back, remove.
-    fn probe_once(&self) -> io::Result<()> {
-        std::fs::create_dir_all(self.tmp_dir())?;
-        std::fs::create_dir_all(self.dir.join("chunks"))?;
-        let path = self.tmp_dir().join(format!("probe.{}", std::process::id()));
-        let result = (|| {
-            let mut f = std::fs::File::create(&path)?;
-            f.write_all(b"musicfs cache probe")?;
-            f.sync_all()?;
-            if std::fs::read(&path)? != b"musicfs cache probe" {
-                return Err(io::Error::other("the probe read back other bytes"));
-            }
-            Ok(())
-        })();
-        let _ = std::fs::remove_file(&path);
-        result
-    }
-
-    /// The health probe: while the disk is unhealthy, probes it every
-    /// `probe_interval` and reopens the index once it is healthy again;
-    /// while healthy, checks every few seconds that the cache directory is
-    /// still the one opened (deleted or replaced: opened afresh).
-    pub fn run_probe(&self, stop: &AtomicBool) -> Result<()> {
-        let mut last_check = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(self.probe_interval);
-            let state = self.health.lock().state;
-            if state == State::Normal {
-                if last_check.elapsed() < Duration::from_secs(2).max(self.probe_interval * 4) {
-                    continue;
-                }
-                last_check = Instant::now();
-                let ino = std::fs::metadata(self.index_path()).map(|m| m.ino()).ok();
-                if ino != Some(self.index_ino.load(Ordering::Acquire)) {
-                    warn!(dir = %self.dir.display(), "the cache directory was removed or replaced: opening it afresh");
-                    crate::events::emit(
-                        "cache",
-                        "the cache directory was removed or replaced; opened afresh",
-                    );
-                    if let Err(e) = self.open_index() {
-                        self.disk_error(&format!("reopening the cache: {e:#}"));
-                    }
-                }
-                continue;
-            }
-            let t = match self.probe_once() {
-                Ok(()) => self.health.lock().ok(),
-                Err(e) => self.health.lock().error(format!("probe: {e}")),
-            };
-            let t = if t == Transition::None {
-                self.health.lock().tick()
-            } else {
-                t
-            };
-            match t {
-                Transition::Restored => match self.open_index() {
-                    Ok(()) => {
-                        info!(dir = %self.dir.display(), "the cache disk is healthy again: caching resumes");
-                        crate::events::emit("cache", "restored: the cache disk is healthy again");
-                    }
-                    Err(e) => {
-                        self.health
-                            .lock()
-                            .bypass_now(format!("reopening the cache: {e:#}"));
-                    }
-                },
-                Transition::Down => {
-                    warn!(dir = %self.dir.display(), "the cache disk has been unstable for 30 minutes: down");
-                    crate::events::emit("cache", "down: unstable for 30 minutes");
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every chunk (pinned ones too) and returns the bytes freed.
-    pub fn clear(&self) -> Result<u64> {
-        let guard = self.index.read();
-        let index = guard.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("the cache is bypassed: {}", self.health.lock().reason)
-        })?;
-        let used = index.used_bytes()?;
-        index.clear()?;
-        drop(guard);
-        *self.hot.lock() = Hot::default();
-        self.recent.lock().clear();
-        let chunks = self.dir.join("chunks");
-        if let Ok(dirs) = std::fs::read_dir(&chunks) {
-            for d in dirs.flatten() {
-                let _ = std::fs::remove_dir_all(d.path());
-            }
-        }
-        Ok(used)
-    }
-
-    /// Keeps (or stops keeping) content versions off the eviction list.
-    pub fn pin(&self, keys: &[ContentKey], pinned: bool) -> Result<()> {
-        let guard = self.index.read();
-        let index = guard.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("the cache is bypassed: {}", self.health.lock().reason)
-        })?;
-        index.set_pins(keys, pinned)
-    }
-
-    /// Checks cached chunks against their hashes: every content version's
-    /// chunks (or, with `limit`, at most that many chunks after `cursor` in
-    /// hash order, for the scrubber). A bad or missing chunk is removed; with
-    /// `refetch` it is fetched again and written back. `progress(done,
-    /// total)` is called as it goes; `cancel` stops it.
-    pub fn verify(
-        &self,
-        refetch: Option<Refetch<'_>>,
-        progress: &mut dyn FnMut(u64, u64),
-        cancel: &AtomicBool,
-    ) -> Result<VerifyReport> {
-        let contents = {
-            let guard = self.index.read();
-            let index = guard.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("the cache is bypassed: {}", self.health.lock().reason)
-            })?;
-            let mut all = Vec::new();
-            for (key, info) in index.contents()? {
-                let chunks = index.cached_chunks(&key)?;
-                all.push((key, info, chunks));
-            }
-            all
-        };
-        let total: u64 = contents.iter().map(|c| c.2.len() as u64).sum();
-        let mut report = VerifyReport::default();
-        let mut done = 0;
-        progress(0, total);
-        for (key, info, chunks) in contents {
-            for (idx, hash, size) in chunks {
-                if cancel.load(Ordering::Relaxed) {
-                    report.cancelled = true;
-                    return Ok(report);
-                }
-                report.checked += 1;
-                let good = match std::fs::read(self.chunk_path(&hash)) {
-                    Ok(b) => b.len() == size as usize && *blake3::hash(&b).as_bytes() == hash,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        report.missing += 1;
-                        false
-                    }
-                    Err(e) => return Err(anyhow::anyhow!("reading a chunk: {e}")),
-                };
-                if !good {
-                    if !matches!(std::fs::metadata(self.chunk_path(&hash)), Err(ref e) if e.kind() == io::ErrorKind::NotFound)
-                    {
-                        report.bad += 1;
-                        bump(&self.counters.corrupt);
-                    }
-                    let _ = std::fs::remove_file(self.chunk_path(&hash));
-                    self.hot.lock().remove(&hash);
-                    let mut batch = Batch::default();
-                    batch.forget.push(hash);
-                    let mut repaired = false;
-                    if let Some(fetch) = refetch
-                        && let Some(bytes) = fetch(&info, idx)
-                        && *blake3::hash(&bytes).as_bytes() == hash
-                        && self.write_chunk(&hash, &bytes).is_ok()
-                    {
-                        batch.forget.clear();
-                        batch.puts.push(Put {
-                            key,
-                            index: idx,
-                            hash,
-                            size_bytes: size,
-                            info: info.clone(),
-                        });
-                        repaired = true;
-                    }
-                    self.with_index(|i| i.commit(&batch));
-                    if repaired {
-                        report.repaired += 1;
-                    } else if refetch.is_some() {
-                        report.unrepaired += 1;
-                    }
-                }
-                done += 1;
-                progress(done, total);
-            }
-        }
-        Ok(report)
-    }
-
-    /// The scrubber: checks at most `chunks` chunks after `cursor` (in hash
-    /// order, wrapping) and removes bad ones (the next read fetches them
-    /// again). Returns the new cursor and how many were bad.
-    pub fn scrub(&self, cursor: Option<Hash>, chunks: usize) -> (Option<Hash>, u64) {
-        if !self.usable() {
-            return (cursor, 0);
-        }
-        let Some(mut batch) = self.with_index(|i| i.chunks_after(cursor, chunks)) else {
-            return (cursor, 0);
-        };
-        if batch.is_empty() && cursor.is_some() {
-            return (None, 0);
-        }
-        let mut bad = 0;
-        let mut forget = Batch::default();
-        let next = batch.last().map(|(h, _)| *h);
-        for (hash, size) in batch.drain(..) {
-            let good = std::fs::read(self.chunk_path(&hash))
-                .is_ok_and(|b| b.len() == size as usize && *blake3::hash(&b).as_bytes() == hash);
-            if !good {
-                bad += 1;
-                bump(&self.counters.corrupt);
-                self.log_bad_once(&hash, "failed the scrubber's check");
-                let _ = std::fs::remove_file(self.chunk_path(&hash));
-                self.hot.lock().remove(&hash);
-                forget.forget.push(hash);
-            }
-        }
-        if !forget.forget.is_empty() {
-            self.with_index(|i| i.commit(&forget));
-        }
-        (next, bad)
     }
 
     /// The status figures.

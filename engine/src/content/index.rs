@@ -147,6 +147,17 @@ impl Index {
             let mut lru = txn.open_table(LRU)?;
             let mut manifests = txn.open_table(MANIFESTS)?;
             let mut contents = txn.open_table(CONTENTS)?;
+            // Forgets first: a chunk found bad and fetched again in one
+            // batch is forgotten, then put back.
+            for hash in &batch.forget {
+                let old = chunks
+                    .remove(hash.as_slice())?
+                    .and_then(|v| parse_chunk(v.value()));
+                if let Some((size, atime)) = old {
+                    lru.remove(lru_key(atime, hash).as_slice())?;
+                    used = used.saturating_sub(u64::from(size));
+                }
+            }
             for p in &batch.puts {
                 let old = chunks
                     .get(p.hash.as_slice())?
@@ -178,15 +189,6 @@ impl Index {
                 lru.remove(lru_key(old_atime, hash).as_slice())?;
                 lru.insert(lru_key(*atime, hash).as_slice(), ())?;
                 chunks.insert(hash.as_slice(), chunk_value(size, *atime).as_slice())?;
-            }
-            for hash in &batch.forget {
-                let old = chunks
-                    .remove(hash.as_slice())?
-                    .and_then(|v| parse_chunk(v.value()));
-                if let Some((size, atime)) = old {
-                    lru.remove(lru_key(atime, hash).as_slice())?;
-                    used = used.saturating_sub(u64::from(size));
-                }
             }
             meta.insert("used_bytes", used)?;
         }

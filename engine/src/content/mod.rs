@@ -20,6 +20,9 @@ mod cache;
 mod health;
 mod index;
 mod layout;
+mod probe;
+mod repair;
+mod writer;
 
 pub use cache::{CacheStatus, ChunkCache, Counters, Refetch, Settings, VerifyReport};
 pub use health::State;

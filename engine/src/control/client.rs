@@ -36,7 +36,7 @@ fn connect(state_dir: &Path) -> Result<UnixStream> {
 }
 
 /// Sends one request; returns the connection for the answers.
-fn send_request(
+pub(super) fn send_request(
     state_dir: &Path,
     timeout: Option<Duration>,
     fill: impl FnOnce(control_request::Builder<'_>),
@@ -91,6 +91,7 @@ pub fn fetch_status(state_dir: &Path) -> Result<Status> {
         catalog_write_error: text(s.get_catalog_write_error()),
         catalog_write_since_ms: s.get_catalog_write_since_ms(),
         state_dir_error: text(s.get_state_dir_error()),
+        chunk_cache: crate::control::cache::read_view(s.get_chunk_cache()?)?,
         cache: s
             .get_cache()?
             .iter()

@@ -39,8 +39,11 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::config::reload::ReloadReport;
 
+mod cache;
 mod client;
 mod server;
+
+pub use cache::{CacheAnswer, ChunkCacheView, cache_request};
 
 pub use client::{
     EngineRefused, NotRunning, fetch_status, request_reload, request_shutdown, send_shutdown,
@@ -62,6 +65,20 @@ pub trait Handle: Send + Sync {
     fn shutdown(&self, drain: Duration) -> Result<(), String>;
     /// Whether the engine is stopping.
     fn stopping(&self) -> bool;
+    /// The chunk cache's status, if one is open.
+    fn cache_status(&self) -> Option<crate::content::CacheStatus>;
+    /// Checks every cached chunk (`repair`: fetches bad ones again).
+    fn cache_verify(
+        &self,
+        repair: bool,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<crate::content::VerifyReport>;
+    /// Removes every chunk; returns the bytes freed.
+    fn cache_clear(&self) -> Result<u64>;
+    /// Keeps the files under `path` (relative to the mount) off the
+    /// eviction list, or stops; returns how many files.
+    fn cache_pin(&self, path: &[u8], pinned: bool) -> Result<u64>;
 }
 
 /// The engine's status, as `musicfs status --json` prints it (stable keys).
@@ -86,6 +103,8 @@ pub struct Status {
     pub catalog_write_since_ms: u64,
     /// Why the state directory's last write probe failed ("" if it worked).
     pub state_dir_error: String,
+    /// The chunk cache (none when every origin is a local disk).
+    pub chunk_cache: Option<ChunkCacheView>,
     /// Cache figures (gauges), by name.
     pub cache: Vec<(String, u64)>,
     pub origins: Vec<OriginState>,

@@ -45,6 +45,9 @@ fn status_frame(id: u64, st: &Status) -> Vec<u8> {
     s.set_catalog_write_error(&st.catalog_write_error);
     s.set_catalog_write_since_ms(st.catalog_write_since_ms);
     s.set_state_dir_error(&st.state_dir_error);
+    if let Some(v) = &st.chunk_cache {
+        crate::control::cache::write_view(s.reborrow().init_chunk_cache(), v);
+    }
     let mut list = s.reborrow().init_origins(len32(st.origins.len()));
     for (i, o) in st.origins.iter().enumerate() {
         let mut e = list.reborrow().get(len32(i));
@@ -203,6 +206,18 @@ fn handle(stream: UnixStream, rt: &dyn Handle) -> Result<()> {
                     &format!("{e:#}; the running configuration stays"),
                 ),
             }
+        }
+        control_request::Cache(c) => {
+            let action = c.get_action()?.to_str()?.to_string();
+            let path = c.get_path()?.to_vec();
+            let gone = || client_gone(reader.get_ref());
+            crate::control::cache::serve_cache(
+                id,
+                (&action, &path, c.get_repair()),
+                rt,
+                &mut writer,
+                &gone,
+            )?
         }
         control_request::Events(e) => {
             let (mut after, follow) = (e.get_after(), e.get_follow());

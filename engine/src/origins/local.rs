@@ -37,8 +37,9 @@ pub struct OpenFile {
     pub file: Arc<File>,
     /// Its content version (`model::content_version` of its fstat).
     pub version: u64,
-    /// Its size when opened.
+    /// Its size and mtime when opened.
     pub size_bytes: u64,
+    pub mtime_ns: i64,
     /// On a local filesystem: may be read inline without risking a stall.
     pub local: bool,
     /// The origin it belongs to (its I/O runs on that origin's pool).
@@ -143,13 +144,11 @@ impl FdCache {
         let meta = file.metadata()?;
         self.origin_opens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
         let open = OpenFile {
-            version: content_version(
-                meta.len(),
-                meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                meta.ino(),
-            ),
+            version: content_version(meta.len(), mtime_ns, meta.ino()),
             size_bytes: meta.len(),
+            mtime_ns,
             local,
             origin,
             file: Arc::new(file),

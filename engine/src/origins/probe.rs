@@ -139,6 +139,12 @@ pub fn absolutize(origins: &mut [PathBuf]) {
 pub fn load_config(source: &ConfigSource) -> Result<Config> {
     let mut c = source.load_layers()?;
     absolutize(&mut c.origins);
+    // Per-origin settings are keyed by the origin as written: made
+    // absolute the same way, so that they find their origin.
+    let (mut dirs, settings): (Vec<PathBuf>, Vec<_>) =
+        std::mem::take(&mut c.origin).into_iter().unzip();
+    absolutize(&mut dirs);
+    c.origin = dirs.into_iter().zip(settings).collect();
     Ok(c)
 }
 

@@ -2,6 +2,7 @@
 //! syncer. A reload swaps the whole table at once: readers take a snapshot
 //! (an `Arc`) and never see half an update.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,19 +16,43 @@ use crate::origins::probe::probe_all;
 pub struct OriginTable {
     roots: Vec<Option<PathBuf>>,
     local: Vec<bool>,
+    cached: Vec<bool>,
 }
 
 impl OriginTable {
-    /// The table for `roots` (by id; `None` for ids not configured).
-    pub fn new(roots: Vec<Option<PathBuf>>) -> OriginTable {
+    /// The table for `roots` (by id; `None` for ids not configured);
+    /// `cache`: origins whose caching is set (else: network ones are cached).
+    pub fn new(roots: Vec<Option<PathBuf>>, cache: &HashMap<PathBuf, bool>) -> OriginTable {
         // Bounded: an origin that hangs counts as not local (network).
         let configured: Vec<PathBuf> = roots.iter().flatten().cloned().collect();
         let mut probes = probe_all(&configured).into_iter();
         let local = roots
             .iter()
             .map(|o| o.is_some() && probes.next().flatten().is_some_and(|p| p.local))
+            .collect::<Vec<bool>>();
+        let cached = roots
+            .iter()
+            .zip(&local)
+            .map(|(root, local)| {
+                root.as_ref()
+                    .is_some_and(|r| cache.get(r).copied().unwrap_or(!local))
+            })
             .collect();
-        OriginTable { roots, local }
+        OriginTable {
+            roots,
+            local,
+            cached,
+        }
+    }
+
+    /// Whether origin `id` is read through the chunk cache.
+    pub fn is_cached(&self, id: u32) -> bool {
+        self.cached.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether any origin is read through the chunk cache.
+    pub fn any_cached(&self) -> bool {
+        self.cached.iter().any(|c| *c)
     }
 
     /// The root directory of origin `id`, if it is configured.
@@ -49,13 +74,14 @@ impl OriginTable {
     }
 }
 
-/// The live origin table.
+/// The live origin table, and which origins have their caching set.
 #[derive(Debug, Default)]
-pub struct Origins(RwLock<Arc<OriginTable>>);
+pub struct Origins(RwLock<Arc<OriginTable>>, RwLock<HashMap<PathBuf, bool>>);
 
 impl Origins {
-    pub fn new(roots: Vec<Option<PathBuf>>) -> Arc<Origins> {
-        Arc::new(Origins(RwLock::new(Arc::new(OriginTable::new(roots)))))
+    pub fn new(roots: Vec<Option<PathBuf>>, cache: HashMap<PathBuf, bool>) -> Arc<Origins> {
+        let table = OriginTable::new(roots, &cache);
+        Arc::new(Origins(RwLock::new(Arc::new(table)), RwLock::new(cache)))
     }
 
     /// The current table (cheap: one `Arc` clone).
@@ -69,8 +95,9 @@ impl Origins {
     }
 
     /// Replaces the table (reload).
-    pub fn replace(&self, roots: Vec<Option<PathBuf>>) {
-        let table = Arc::new(OriginTable::new(roots));
+    pub fn replace(&self, roots: Vec<Option<PathBuf>>, cache: HashMap<PathBuf, bool>) {
+        let table = Arc::new(OriginTable::new(roots, &cache));
+        *self.1.write() = cache;
         *self.0.write() = table;
     }
 
@@ -78,7 +105,8 @@ impl Origins {
     /// was away at start could not tell). A reload in between wins.
     pub fn refresh(&self) {
         let before = self.snapshot();
-        let table = Arc::new(OriginTable::new(before.roots.clone()));
+        let cache = self.1.read().clone();
+        let table = Arc::new(OriginTable::new(before.roots.clone(), &cache));
         let mut current = self.0.write();
         if Arc::ptr_eq(&current, &before) {
             *current = table;

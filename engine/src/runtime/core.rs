@@ -135,6 +135,10 @@ impl Runtime {
             flag.store(true, Ordering::Relaxed);
         }
         let left = self.shared.drain(deadline);
+        if let Some(cache) = self.shared.content() {
+            // Chunks written and read times in the chunk index.
+            cache.flush(Duration::from_secs(2));
+        }
         if left > 0 {
             warn!(
                 left,

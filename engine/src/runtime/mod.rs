@@ -35,6 +35,7 @@
 //! `MUSICFS_START_REASON` (set by the supervisor: mount, swap, restart after
 //! an exit or a missed heartbeat) goes into the `started` event.
 
+mod cache;
 mod core;
 mod reload;
 mod signals;

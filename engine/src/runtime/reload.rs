@@ -67,12 +67,24 @@ impl Runtime {
         // so a failure later never leaves it describing what is not in force.
         let watching_changed = (&old.watch, old.debounce_ms, old.poll_interval_s)
             != (&new.watch, new.debounce_ms, new.poll_interval_s);
+        if old.origins == new.origins && old.origin != new.origin {
+            let (by_id, _) = self.store.assign_origins(&new.origins)?;
+            self.syncer
+                .origins
+                .replace(by_id, new.origin_cache_settings());
+            self.config.lock().origin = new.origin.clone();
+            self.ensure_cache(&new)?;
+            report.applied.push("origin".into());
+        }
         if old.origins != new.origins {
             let before = self.syncer.origins.snapshot();
             let (by_id, stale) = self.store.assign_origins(&new.origins)?;
             // From here on the new origins are in force.
             self.config.lock().origins = new.origins.clone();
-            self.syncer.origins.replace(by_id);
+            self.syncer
+                .origins
+                .replace(by_id, new.origin_cache_settings());
+            self.ensure_cache(&new)?;
             let after = self.syncer.origins.snapshot();
             let added: Vec<u32> = after
                 .iter()
@@ -152,6 +164,18 @@ impl Runtime {
             self.store
                 .set_listing_cache_limit(new.listing_cache_entries);
             report.applied.push("listing_cache_entries".into());
+        }
+        if (
+            old.cache_max_bytes,
+            old.cache_min_free_percent,
+            old.cache_fetch_timeout_ms,
+        ) != (
+            new.cache_max_bytes,
+            new.cache_min_free_percent,
+            new.cache_fetch_timeout_ms,
+        ) {
+            self.apply_cache_limits(&new);
+            report.applied.push("cache limits".into());
         }
         if old.open_files_max != new.open_files_max {
             self.shared.set_open_files_max(new.open_files_max);

@@ -145,7 +145,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     }
     let complete = store.scan_complete()?;
     let (by_id, stale_origins) = store.assign_origins(&config.origins)?;
-    let origins = Origins::new(by_id);
+    let origins = Origins::new(by_id, config.origin_cache_settings());
     let mut syncer = Syncer::new(
         store.clone(),
         origins.clone(),
@@ -177,6 +177,9 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     shared.set_open_files_max(config.open_files_max);
     store.set_listing_cache_limit(config.listing_cache_entries);
     syncer.set_sink(shared.clone());
+    shared
+        .cache_fetch_timeout_ms
+        .store(config.cache_fetch_timeout_ms, Ordering::Relaxed);
     let syncer = Arc::new(syncer);
     let runtime = Arc::new(Runtime {
         config: parking_lot::Mutex::new(config.clone()),
@@ -194,6 +197,8 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         state_dir_error: parking_lot::Mutex::new(String::new()),
         stop_tx,
     });
+    // Before serving: a cached origin's first open needs it.
+    runtime.ensure_cache(config)?;
     let control_guard = crate::control::serve(runtime.clone())?;
     let socket_guard = serve(shared.clone(), &socket)?;
     let _ = runtime_cell.set(runtime.clone());

@@ -75,6 +75,9 @@ fn collect(rt: &Runtime) -> Result<Status> {
         catalog_write_error: write_failure.clone().unwrap_or_default().1,
         catalog_write_since_ms: write_failure.map_or(0, |(since, _)| since),
         state_dir_error: rt.state_dir_error.lock().clone(),
+        chunk_cache: shared
+            .content()
+            .map(|c| crate::control::ChunkCacheView::from(&c.status())),
         cache: {
             let (dirs, entries, db) = rt.store.cache_figures();
             vec![
@@ -134,5 +137,28 @@ impl Handle for Runtime {
 
     fn stopping(&self) -> bool {
         Runtime::stopping(self)
+    }
+
+    fn cache_status(&self) -> Option<crate::content::CacheStatus> {
+        self.shared.content().map(|c| c.status())
+    }
+
+    fn cache_verify(
+        &self,
+        repair: bool,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<crate::content::VerifyReport> {
+        self.verify_cache(repair, progress, cancel)
+    }
+
+    fn cache_clear(&self) -> Result<u64> {
+        let freed = self.cache()?.clear()?;
+        crate::events::emit("cache", format!("cleared: {freed} bytes freed"));
+        Ok(freed)
+    }
+
+    fn cache_pin(&self, path: &[u8], pinned: bool) -> Result<u64> {
+        self.pin_path(path, pinned)
     }
 }

@@ -12,9 +12,11 @@ use musicfs_schema::{request, response};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::serve::cached::{self, cache_for, dispatch_open, dispatch_read};
 use crate::serve::files::{open, origin_of, read, read_cached, send_open};
 use crate::serve::metadata::metadata;
-use crate::serve::pools::{OriginPools, Turn};
+use crate::serve::pools::Turn;
+use crate::serve::reply::Reply;
 use crate::serve::shared::{ConnRef, Reader, Shared, bump};
 use crate::serve::wire::{WRITE_TIMEOUT, Writer, error_frame, send};
 use crate::sys::socket::{SocketGuard, bind_owner_only};
@@ -29,8 +31,15 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
     // Owner only: the shim runs as the same user.
     let listener = bind_owner_only(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let pools = Arc::new(OriginPools::default());
     info!(socket = %socket.display(), "engine serving");
+    {
+        // Answers EIO to origin fetches past their deadline.
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("musicfs-deadlines".into())
+            .spawn(move || shared.deadlines.run(&shared.stopping))
+            .context("cannot start the deadline thread")?;
+    }
     std::thread::Builder::new()
         .name("musicfs-accept".into())
         .spawn(move || {
@@ -45,11 +54,10 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
                         // closure if the thread cannot start).
                         let reader = Reader::new(&shared);
                         let shared = shared.clone();
-                        let pools = pools.clone();
                         let spawned = std::thread::Builder::new()
                             .name("musicfs-conn".into())
                             .spawn(move || {
-                                if let Err(e) = connection(&shared, &pools, stream) {
+                                if let Err(e) = connection(&shared, stream) {
                                     warn!("connection ended: {e:#}");
                                 }
                                 drop(reader);
@@ -69,7 +77,8 @@ pub fn serve(shared: Arc<Shared>, socket: &Path) -> Result<SocketGuard> {
     Ok(SocketGuard::new(socket.to_path_buf()))
 }
 
-fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> Result<()> {
+fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
+    let pools = &shared.pools;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
     let is_shim = Arc::new(AtomicBool::new(false));
@@ -118,12 +127,24 @@ fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> 
             // for ever, so there is nothing to do and nothing to answer.
             request::Releasedir(r) => shared.dir_handles.release(r.get_fh()),
             // The handle's file may close now (if no other handle has it).
-            request::Release(r) => shared.fds.unpin(r.get_ino(), r.get_fh()),
+            request::Release(r) => {
+                shared.fds.unpin(r.get_ino(), r.get_fh());
+                shared.cached_handles.release(r.get_ino(), r.get_fh());
+            }
             request::Forget(_) => {}
             request::Open(o) => {
                 let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
                 match origin_of(shared, ino) {
                     Err(errno) => send(&writer, &error_frame(id, errno)),
+                    Ok(origin) if cache_for(shared, &origin).is_some() => {
+                        dispatch_open(
+                            shared,
+                            Reply::new(id, writer.clone(), op),
+                            ino,
+                            flags,
+                            origin,
+                        );
+                    }
                     Ok(origin) if origin.local => {
                         let opened = guarded(
                             id,
@@ -155,6 +176,17 @@ fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> 
             request::Read(r) => {
                 let (ino, fh) = (r.get_ino(), r.get_fh());
                 let (offset, size) = (r.get_offset(), r.get_size());
+                match cached::handle(shared, ino, fh) {
+                    Some(Ok(f)) => {
+                        dispatch_read(shared, Reply::new(id, writer.clone(), op), f, offset, size);
+                        continue;
+                    }
+                    Some(Err(errno)) => {
+                        send(&writer, &error_frame(id, errno));
+                        continue;
+                    }
+                    None => {}
+                }
                 // Page-cache hits on local origins are answered here; the rest waits
                 // for the disk on the pool.
                 // One lookup of the handle's file serves both paths.
@@ -208,7 +240,7 @@ fn connection(shared: &Arc<Shared>, pools: &OriginPools, stream: UnixStream) -> 
 /// Builds the answer to request `id`; a panic while doing so is logged and
 /// answered with `failed()` (EIO), so that one bad request never ends the
 /// connection (the shim would replay it to the next connection for ever).
-fn guarded<T>(id: u64, answer: impl FnOnce() -> T, failed: impl FnOnce() -> T) -> T {
+pub(super) fn guarded<T>(id: u64, answer: impl FnOnce() -> T, failed: impl FnOnce() -> T) -> T {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(answer)) {
         Ok(t) => t,
         Err(_) => {

@@ -39,6 +39,10 @@ pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
         path: root.join(OsStr::from_bytes(rel)),
         version: node.version,
         local: table.is_local(origin),
+        cached: table.is_cached(origin),
+        size_bytes: node.size_bytes,
+        mtime_ns: node.mtime_ns,
+        file_key: node.file_key,
     })
 }
 
@@ -47,11 +51,17 @@ pub(super) struct Origin {
     /// The origin's id (its I/O pool).
     pub(super) id: u32,
     /// The origin's root directory.
-    root: PathBuf,
-    path: PathBuf,
-    version: u64,
+    pub(super) root: PathBuf,
+    pub(super) path: PathBuf,
+    /// The catalog's version of the file, its size and mtime.
+    pub(super) version: u64,
+    pub(super) size_bytes: u64,
+    pub(super) mtime_ns: i64,
+    pub(super) file_key: Vec<u8>,
     /// On a local filesystem: may be opened and read inline.
     pub(super) local: bool,
+    /// Read through the chunk cache.
+    pub(super) cached: bool,
 }
 
 /// Opens a file. With `passthrough` (and a local origin) the origin file goes
@@ -74,6 +84,7 @@ pub(super) fn open(
         path,
         version,
         local,
+        ..
     } = origin;
     // Open now, so that a vanished origin file fails the open(2), not a
     // later read. The handle is the version of the file actually opened
@@ -115,7 +126,7 @@ pub(super) fn open(
 
 /// Whether an origin's root is missing, or an empty directory (a share that
 /// is not mounted). Asked only after an open failed.
-fn origin_away(root: &Path) -> bool {
+pub(super) fn origin_away(root: &Path) -> bool {
     std::fs::read_dir(root).map_or(true, |mut d| d.next().is_none())
 }
 

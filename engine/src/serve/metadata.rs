@@ -204,5 +204,13 @@ fn xattrs(shared: &Shared, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
     if let Some(e) = &rec.probe_error {
         out.push(("user.musicfs.error", e.as_bytes().to_vec()));
     }
+    // The bytes of the file in the chunk cache (0 for local origins).
+    let cached = match shared.content() {
+        Some(c) if shared.origins.snapshot().is_cached(rec.origin) => c.cached_bytes(
+            &crate::content::ContentKey::of(&node.file_key, node.size_bytes, node.mtime_ns),
+        ),
+        _ => 0,
+    };
+    out.push(("user.musicfs.cached", cached.to_string().into_bytes()));
     out
 }

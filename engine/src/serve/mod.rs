@@ -40,12 +40,14 @@
 //! `ENOENT`. `engine.sock`, `control.sock` and `supervisor.sock` are mode
 //! 0600 from birth (`sys::socket::bind_owner_only` binds under umask 0177).
 
+mod cached;
 mod connection;
 mod dir_handles;
 mod files;
 mod metadata;
 mod ping;
 mod pools;
+mod reply;
 mod shared;
 mod wire;
 

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use musicfs_schema::response;
@@ -14,8 +14,12 @@ use parking_lot::Mutex;
 use tracing::info;
 
 use crate::catalog::{InvalidationSink, Invalidations, Store};
+use crate::content::ChunkCache;
 use crate::origins::{FdCache, Origins};
+use crate::serve::cached::CachedHandles;
 use crate::serve::dir_handles::DirHandles;
+use crate::serve::pools::OriginPools;
+use crate::serve::reply::Deadlines;
 use crate::serve::wire::{Writer, send};
 
 /// Largest read the engine serves in one request.
@@ -46,6 +50,16 @@ pub struct Shared {
     pub(super) readers: AtomicUsize,
     pub(super) fds: FdCache,
     pub counters: Counters,
+    /// The chunk cache, once an origin needs it (`set_content`).
+    pub(super) content: std::sync::OnceLock<Arc<ChunkCache>>,
+    /// Handles on files of cached origins.
+    pub(super) cached_handles: CachedHandles,
+    /// Requests waiting on an origin, with their deadline.
+    pub(super) deadlines: Deadlines,
+    /// Origin I/O, a pool per origin (and one for cache hits).
+    pub(super) pools: OriginPools,
+    /// The deadline of an origin fetch for a cached origin (ms; hot).
+    pub cache_fetch_timeout_ms: AtomicU64,
 }
 
 /// Request counters, for the log, the status and counter-based tests.
@@ -91,7 +105,26 @@ impl Shared {
             readers: AtomicUsize::new(0),
             fds: FdCache::default(),
             counters: Counters::default(),
+            content: std::sync::OnceLock::new(),
+            cached_handles: CachedHandles::default(),
+            deadlines: Deadlines::default(),
+            pools: OriginPools::default(),
+            cache_fetch_timeout_ms: AtomicU64::new(10_000),
         })
+    }
+
+    /// Gives the data plane its chunk cache (once; later calls keep the first).
+    pub fn set_content(&self, cache: Arc<ChunkCache>) {
+        let _ = self.content.set(cache);
+    }
+
+    /// The chunk cache, if one is open.
+    pub fn content(&self) -> Option<&Arc<ChunkCache>> {
+        self.content.get()
+    }
+
+    pub(super) fn fetch_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.cache_fetch_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Number of connected shims (greeted as such; the supervisor's

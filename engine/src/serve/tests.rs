@@ -28,7 +28,11 @@ fn requests_buffered_at_the_stop_are_answered_before_the_catalog_closes() {
     let dir = tempfile::tempdir().unwrap();
     let template = Template::parse(DEFAULT_TEMPLATE).unwrap();
     let store = std::sync::Arc::new(Store::open(&dir.path().join("c.redb"), template).unwrap());
-    let shared = Shared::new(store.clone(), Origins::new(Vec::new()), 1000);
+    let shared = Shared::new(
+        store.clone(),
+        Origins::new(Vec::new(), Default::default()),
+        1000,
+    );
     let socket = dir.path().join("engine.sock");
     let _guard = serve(shared.clone(), &socket).unwrap();
 

@@ -114,6 +114,29 @@ pub(super) fn engine_command(
             "MUSICFS_POLL_INTERVAL_S",
             config.poll_interval_s.to_string(),
         )
+        // The cache directory as this mount resolves it (the engine does
+        // not know the mountpoint its default is named after).
+        .env("MUSICFS_CACHE_DIR", config.resolved_cache_dir()?)
+        .env(
+            "MUSICFS_CACHE_MAX_BYTES",
+            config.cache_max_bytes.to_string(),
+        )
+        .env(
+            "MUSICFS_CACHE_MIN_FREE_PERCENT",
+            config.cache_min_free_percent.to_string(),
+        )
+        .env(
+            "MUSICFS_CACHE_FETCH_TIMEOUT_MS",
+            config.cache_fetch_timeout_ms.to_string(),
+        )
+        .env(
+            "MUSICFS_CACHE_SCRUB_CHUNKS_PER_HOUR",
+            config.cache_scrub_chunks_per_hour.to_string(),
+        )
+        .env(
+            crate::config::ORIGIN_SETTINGS_ENV,
+            serde_json::to_string(&config.origin)?,
+        )
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);

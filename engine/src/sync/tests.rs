@@ -18,7 +18,7 @@ fn syncer(dir: &Path, origin: &Path) -> Syncer {
     .unwrap();
     Syncer::new(
         Arc::new(store),
-        Origins::new(vec![Some(origin.to_path_buf())]),
+        Origins::new(vec![Some(origin.to_path_buf())], Default::default()),
         2,
         100,
     )
@@ -91,7 +91,7 @@ fn pruned_pass_skips_quiet_directories_and_sees_new_files() {
     .unwrap();
     let s = Syncer::new(
         Arc::new(store),
-        Origins::new(vec![Some(origin.clone())]),
+        Origins::new(vec![Some(origin.clone())], Default::default()),
         1,
         100,
     );

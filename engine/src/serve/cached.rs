@@ -1,0 +1,478 @@
+//! Opening and reading files of cached origins (network filesystems, or
+//! `cache = true`): chunks come from the chunk cache when it has them
+//! (verified), else from the origin, a chunk at a time, and are offered to
+//! the cache; sequential readers get the next chunks fetched ahead. A file
+//! whose every chunk is cached opens and reads without its origin, so it
+//! reads right while the share is away or hung.
+//!
+//! Two steps per request: the cache step runs on the cache's own pool
+//! (never behind a hung origin); only what it cannot serve goes to the
+//! origin's pool, under `cache_fetch_timeout_ms` (see `reply`).
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use crate::catalog::split_file_key;
+use crate::content::{ChunkCache, ContentInfo, ContentKey, Layout};
+use crate::origins::OpenFile;
+use crate::serve::files::Origin;
+use crate::serve::pools::Turn;
+use crate::serve::reply::Reply;
+use crate::serve::shared::{MAX_READ_BYTES, Shared, bump};
+use crate::serve::wire::{errno_of, error_frame, respond};
+
+/// The pool that serves cache hits (an id no origin has).
+pub(super) const CACHE_POOL: u32 = u32::MAX;
+/// Chunks fetched ahead of a sequential reader.
+const READ_AHEAD_CHUNKS: u32 = 4;
+/// Chunks being read ahead at most, in all.
+const READ_AHEAD_MAX: usize = 16;
+/// Cached handles remembered at most (past it, unpinned ones are dropped and
+/// found again from the catalog).
+const HANDLES_MAX: usize = 16 * 1024;
+
+/// One content version of a file of a cached origin, as a handle reads it.
+pub(super) struct CachedFile {
+    ino: u64,
+    /// The handle's version (its `fh`).
+    version: u64,
+    origin: u32,
+    path: PathBuf,
+    key: ContentKey,
+    layout: Layout,
+    info: ContentInfo,
+    /// Where the last read ended (sequential reads get read-ahead).
+    next_offset: AtomicU64,
+}
+
+type Held = (Arc<CachedFile>, u32);
+
+/// The cached handles of this engine, with how many opens hold each.
+#[derive(Default)]
+pub(super) struct CachedHandles {
+    /// (inode, version) -> the file and its opens.
+    map: parking_lot::Mutex<HashMap<(u64, u64), Held>>,
+}
+
+impl CachedHandles {
+    fn get(&self, ino: u64, fh: u64) -> Option<Arc<CachedFile>> {
+        self.map.lock().get(&(ino, fh)).map(|(f, _)| f.clone())
+    }
+
+    fn insert(&self, file: Arc<CachedFile>, pin: bool) -> Arc<CachedFile> {
+        let mut map = self.map.lock();
+        if map.len() >= HANDLES_MAX {
+            map.retain(|_, (_, pins)| *pins > 0);
+        }
+        let entry = map
+            .entry((file.ino, file.version))
+            .or_insert_with(|| (file, 0));
+        if pin {
+            entry.1 = entry.1.saturating_add(1);
+        }
+        entry.0.clone()
+    }
+
+    pub(super) fn release(&self, ino: u64, fh: u64) {
+        let mut map = self.map.lock();
+        if let Some((_, pins)) = map.get_mut(&(ino, fh)) {
+            *pins = pins.saturating_sub(1);
+            if *pins == 0 {
+                map.remove(&(ino, fh));
+            }
+        }
+    }
+}
+
+fn cached_file(
+    ino: u64,
+    version: u64,
+    origin: &Origin,
+    size_bytes: u64,
+    mtime_ns: i64,
+) -> CachedFile {
+    let rel = split_file_key(&origin.file_key).map_or(&[][..], |(_, r)| r);
+    CachedFile {
+        ino,
+        version,
+        origin: origin.id,
+        path: origin.path.clone(),
+        key: ContentKey::of(&origin.file_key, size_bytes, mtime_ns),
+        layout: Layout::new(size_bytes),
+        info: ContentInfo {
+            origin: origin.id,
+            rel_path: rel.to_vec(),
+            size_bytes,
+            mtime_ns,
+        },
+        next_offset: AtomicU64::new(0),
+    }
+}
+
+/// The chunk cache, if this file's origin is read through it.
+pub(super) fn cache_for<'a>(shared: &'a Shared, origin: &Origin) -> Option<&'a Arc<ChunkCache>> {
+    if origin.cached {
+        shared.content.get()
+    } else {
+        None
+    }
+}
+
+/// The cached file behind a read's handle: `None` if the handle is not one
+/// of a cached origin. After an engine restart the handle is found again
+/// from the catalog, if the catalog still has its version.
+pub(super) fn handle(shared: &Shared, ino: u64, fh: u64) -> Option<Result<Arc<CachedFile>, i32>> {
+    shared.content.get()?;
+    if let Some(f) = shared.cached_handles.get(ino, fh) {
+        return Some(Ok(f));
+    }
+    if shared
+        .fds
+        .get(ino, fh)
+        .is_some_and(|f| !f.cached_origin(shared))
+    {
+        return None;
+    }
+    let origin = match crate::serve::files::origin_of(shared, ino) {
+        Ok(o) if o.cached => o,
+        Ok(_) => return None,
+        Err(errno) => return Some(Err(errno)),
+    };
+    if origin.version != fh {
+        return Some(Err(libc::ESTALE));
+    }
+    let f = cached_file(ino, fh, &origin, origin.size_bytes, origin.mtime_ns);
+    Some(Ok(shared.cached_handles.insert(Arc::new(f), false)))
+}
+
+trait CachedOrigin {
+    fn cached_origin(&self, shared: &Shared) -> bool;
+}
+
+impl CachedOrigin for OpenFile {
+    fn cached_origin(&self, shared: &Shared) -> bool {
+        shared.origins.snapshot().is_cached(self.origin)
+    }
+}
+
+fn opened_frame(id: u64, fh: u64) -> Vec<u8> {
+    respond(id, 0, |r| {
+        let mut o = r.init_opened();
+        o.set_fh(fh);
+        o.set_keep_cache(true);
+        o.set_fd_attached(false);
+    })
+}
+
+fn read_only(flags: u32) -> bool {
+    flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 == 0
+}
+
+/// The cache step of an open: answered here if every chunk of the
+/// catalog's version is cached (no origin is touched), else `None`.
+pub(super) fn open_from_cache(
+    shared: &Shared,
+    id: u64,
+    ino: u64,
+    flags: u32,
+    origin: &Origin,
+) -> Option<Vec<u8>> {
+    if !read_only(flags) {
+        return Some(error_frame(id, libc::EROFS));
+    }
+    let cache = cache_for(shared, origin)?;
+    let f = cached_file(
+        ino,
+        origin.version,
+        origin,
+        origin.size_bytes,
+        origin.mtime_ns,
+    );
+    if !cache.complete(&f.key, f.layout) {
+        return None;
+    }
+    bump(&shared.counters.opens, 1);
+    shared.cached_handles.insert(Arc::new(f), true);
+    Some(opened_frame(id, origin.version))
+}
+
+/// The origin step of an open: opens the origin file (which learns its
+/// version from the file itself) and answers with that version.
+pub(super) fn open_from_origin(shared: &Shared, id: u64, ino: u64, origin: &Origin) -> Vec<u8> {
+    bump(&shared.counters.opens, 1);
+    let opened = match shared.fds.get(ino, origin.version) {
+        Some(f) => Ok(f),
+        None => shared.fds.open(ino, origin.id, &origin.path, false),
+    };
+    match opened {
+        Ok(f) => {
+            shared.fds.pin(ino, f.version);
+            let file = cached_file(ino, f.version, origin, f.size_bytes, f.mtime_ns);
+            shared.cached_handles.insert(Arc::new(file), true);
+            opened_frame(id, f.version)
+        }
+        Err(e) => {
+            debug!(ino, path = %origin.path.display(), "open failed: {e}");
+            let errno = match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR)
+                    if crate::serve::files::origin_away(&origin.root) =>
+                {
+                    libc::EIO
+                }
+                _ => errno_of(&e),
+            };
+            error_frame(id, errno)
+        }
+    }
+}
+
+/// The bytes a read wants, as (chunk index, offset in it, length) parts.
+fn parts(f: &CachedFile, offset: u64, size: u32) -> Vec<(u32, usize, usize)> {
+    let end = (offset + u64::from(size.min(MAX_READ_BYTES))).min(f.layout.size_bytes);
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let i = f.layout.index_of(at);
+        let (start, len) = f.layout.range(i);
+        let take = (start + len).min(end) - at;
+        out.push((i, (at - start) as usize, take as usize));
+        at += take;
+    }
+    out
+}
+
+/// The cache step of a read: every byte from the cache, or `None`.
+pub(super) fn read_from_cache(
+    shared: &Shared,
+    f: &CachedFile,
+    offset: u64,
+    size: u32,
+) -> Option<Vec<u8>> {
+    let cache = shared.content.get()?;
+    let mut out = Vec::with_capacity(size.min(MAX_READ_BYTES) as usize);
+    for (i, at, len) in parts(f, offset, size) {
+        let chunk = cache.get(&f.key, i, f.layout.range(i).1)?;
+        out.extend_from_slice(&chunk[at..at + len]);
+    }
+    Some(out)
+}
+
+/// The origin file of a cached handle: held, or opened again by path if it
+/// is still the handle's content (size and mtime); else ESTALE.
+fn origin_file(shared: &Shared, f: &CachedFile) -> Result<OpenFile, i32> {
+    if let Some(open) = shared.fds.get(f.ino, f.version) {
+        return Ok(open);
+    }
+    let open = shared
+        .fds
+        .open(f.ino, f.origin, &f.path, false)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => libc::ESTALE,
+            _ => errno_of(&e),
+        })?;
+    if (open.size_bytes, open.mtime_ns) != (f.info.size_bytes, f.info.mtime_ns) {
+        warn!(ino = f.ino, path = %f.path.display(), "a handle's version of the file is gone from the origin and not all of it is cached: ESTALE");
+        return Err(libc::ESTALE);
+    }
+    Ok(open)
+}
+
+/// Fetches chunk `i` of `f` from its origin and offers it to the cache.
+fn fetch_chunk(
+    shared: &Shared,
+    cache: &ChunkCache,
+    f: &CachedFile,
+    i: u32,
+) -> Result<Arc<[u8]>, i32> {
+    let (start, len) = f.layout.range(i);
+    let open = origin_file(shared, f)?;
+    let mut buf = vec![0u8; len as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match open.file.read_at(&mut buf[filled..], start + filled as u64) {
+            Ok(0) => {
+                warn!(ino = f.ino, path = %f.path.display(), "the origin file is shorter than its version: ESTALE");
+                return Err(libc::ESTALE);
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!(ino = f.ino, path = %f.path.display(), "origin read failed: {e}");
+                return Err(errno_of(&e));
+            }
+        }
+    }
+    bump(&cache.counters.misses, 1);
+    if !cache.usable() {
+        bump(&cache.counters.bypassed_reads, 1);
+    }
+    let bytes: Arc<[u8]> = buf.into();
+    cache.put(&f.key, i, &f.info, bytes.clone());
+    Ok(bytes)
+}
+
+/// The origin step of a read: cached chunks from the cache, the rest from
+/// the origin.
+pub(super) fn read_from_origin(
+    shared: &Shared,
+    f: &CachedFile,
+    offset: u64,
+    size: u32,
+) -> Result<Vec<u8>, i32> {
+    let cache = shared.content.get().ok_or(libc::EIO)?;
+    let mut out = Vec::with_capacity(size.min(MAX_READ_BYTES) as usize);
+    for (i, at, len) in parts(f, offset, size) {
+        let chunk_len = f.layout.range(i).1;
+        cache.wait_read_ahead(&f.key, i, Duration::from_secs(5));
+        let chunk = match cache.get(&f.key, i, chunk_len) {
+            Some(c) => c,
+            None => fetch_chunk(shared, cache, f, i)?,
+        };
+        out.extend_from_slice(&chunk[at..at + len]);
+    }
+    Ok(out)
+}
+
+/// After a read of `len` bytes at `offset`: a sequential reader gets the
+/// next chunks fetched ahead on the origin's pool (bounded in all).
+pub(super) fn read_ahead(shared: &Arc<Shared>, f: &Arc<CachedFile>, offset: u64, len: usize) {
+    let end = offset + len as u64;
+    let previous = f.next_offset.swap(end, Ordering::AcqRel);
+    if previous != offset || len == 0 {
+        return;
+    }
+    let Some(cache) = shared.content.get() else {
+        return;
+    };
+    let first = f.layout.index_of(offset);
+    let last = (first + READ_AHEAD_CHUNKS).min(f.layout.count().saturating_sub(1));
+    for i in first + 1..=last {
+        if cache.contains(&f.key, i) || !cache.begin_read_ahead(&f.key, i, READ_AHEAD_MAX) {
+            continue;
+        }
+        let (sh, file) = (shared.clone(), f.clone());
+        shared.pools.submit(
+            f.origin,
+            Box::new(move |turn| {
+                if let Some(cache) = sh.content.get() {
+                    if matches!(turn, Turn::Run)
+                        && !cache.contains(&file.key, i)
+                        && fetch_chunk(&sh, cache, &file, i).is_ok()
+                    {
+                        bump(&cache.counters.read_ahead, 1);
+                    }
+                    cache.end_read_ahead(&file.key, i);
+                }
+            }),
+        );
+    }
+}
+
+/// Runs a read of a cached handle: the cache step on the cache pool, the
+/// rest on the origin's pool under the fetch deadline.
+pub(super) fn dispatch_read(
+    shared: &Arc<Shared>,
+    reply: Arc<Reply>,
+    f: Arc<CachedFile>,
+    offset: u64,
+    size: u32,
+) {
+    let sh = shared.clone();
+    shared.pools.submit(
+        CACHE_POOL,
+        Box::new(move |turn| {
+            let id = reply.id;
+            bump(&sh.counters.reads, 1);
+            if matches!(turn, Turn::Run)
+                && let Some(data) = crate::serve::connection::guarded(
+                    id,
+                    || read_from_cache(&sh, &f, offset, size),
+                    || None,
+                )
+            {
+                bump(&sh.counters.read_bytes, data.len() as u64);
+                reply.send(&respond(id, 0, |mut r| r.set_data(&data)));
+                read_ahead(&sh, &f, offset, data.len());
+                return;
+            }
+            sh.deadlines.watch(&reply, sh.fetch_timeout());
+            let sh2 = sh.clone();
+            sh.pools.submit(
+                f.origin,
+                Box::new(move |turn| {
+                    let result = match turn {
+                        Turn::Run => crate::serve::connection::guarded(
+                            id,
+                            || read_from_origin(&sh2, &f, offset, size),
+                            || Err(libc::EIO),
+                        ),
+                        Turn::Refused => Err(libc::EIO),
+                    };
+                    match result {
+                        Ok(data) => {
+                            bump(&sh2.counters.read_bytes, data.len() as u64);
+                            reply.send(&respond(id, 0, |mut r| r.set_data(&data)));
+                            read_ahead(&sh2, &f, offset, data.len());
+                        }
+                        Err(errno) => {
+                            reply.send(&error_frame(id, errno));
+                        }
+                    }
+                }),
+            );
+        }),
+    );
+}
+
+/// Runs an open of a file of a cached origin: answered from the cache if
+/// it holds the whole file, else by the origin under the fetch deadline.
+pub(super) fn dispatch_open(
+    shared: &Arc<Shared>,
+    reply: Arc<Reply>,
+    ino: u64,
+    flags: u32,
+    origin: Origin,
+) {
+    let sh = shared.clone();
+    shared.pools.submit(
+        CACHE_POOL,
+        Box::new(move |turn| {
+            let id = reply.id;
+            if matches!(turn, Turn::Run)
+                && let Some(frame) = crate::serve::connection::guarded(
+                    id,
+                    || open_from_cache(&sh, id, ino, flags, &origin),
+                    || None,
+                )
+            {
+                reply.send(&frame);
+                return;
+            }
+            sh.deadlines.watch(&reply, sh.fetch_timeout());
+            let sh2 = sh.clone();
+            sh.pools.submit(
+                origin.id,
+                Box::new(move |turn| {
+                    let frame = match turn {
+                        Turn::Run => crate::serve::connection::guarded(
+                            id,
+                            || open_from_origin(&sh2, id, ino, &origin),
+                            || error_frame(id, libc::EIO),
+                        ),
+                        Turn::Refused => error_frame(id, libc::EIO),
+                    };
+                    // Answered EIO by the deadline already, an open that
+                    // succeeded late leaves one handle entry and one held
+                    // origin file behind (both bounded LRUs).
+                    reply.send(&frame);
+                }),
+            );
+        }),
+    );
+}
