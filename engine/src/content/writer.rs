@@ -231,7 +231,15 @@ impl ChunkCache {
                             }
                         }
                     }
-                    Job::Forget(hash) => batch.forget.push(hash),
+                    Job::Forget(hash) => {
+                        // A reader found it bad or gone; another may have
+                        // written it back since (a chunk two files share).
+                        let good = std::fs::read(self.chunk_path(&hash))
+                            .is_ok_and(|b| *blake3::hash(&b).as_bytes() == hash);
+                        if !good {
+                            batch.forget.push(hash);
+                        }
+                    }
                     Job::Flush(ack) => acks.push(ack),
                 }
             }

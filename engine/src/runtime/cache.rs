@@ -16,6 +16,7 @@ use tracing::info;
 use crate::catalog::ROOT_INO;
 use crate::config::Config;
 use crate::content::{ChunkCache, ContentInfo, ContentKey, Layout, Settings, VerifyReport};
+use crate::origins::Origins;
 use crate::runtime::core::Runtime;
 use crate::tasks::supervise;
 
@@ -32,32 +33,15 @@ impl Runtime {
     /// Opens the chunk cache and starts its tasks, if an origin is cached
     /// and no cache is open yet.
     pub(super) fn ensure_cache(&self, config: &Config) -> Result<()> {
-        if self.shared.content().is_some() || !self.syncer.origins.snapshot().any_cached() {
+        if self.shared.content().is_some() {
             return Ok(());
         }
-        let settings = Settings {
-            dir: config.resolved_cache_dir()?,
-            max_bytes: config.cache_max_bytes,
-            min_free_percent: config.cache_min_free_percent,
-            probe_interval: probe_interval(),
-        };
-        let cache = ChunkCache::open(&settings);
-        self.shared.set_content(cache.clone());
-        let (c, stop) = (cache.clone(), self.stop.clone());
-        self.own(supervise("cache-writer", self.stop.clone(), move || {
-            c.run_writer(&stop)
-        }));
-        let (c, stop) = (cache.clone(), self.stop.clone());
-        self.own(supervise("cache-probe", self.stop.clone(), move || {
-            c.run_probe(&stop)
-        }));
-        let per_hour = config.cache_scrub_chunks_per_hour;
-        if per_hour > 0 {
-            let (c, stop) = (cache, self.stop.clone());
-            self.own(supervise("cache-scrub", self.stop.clone(), move || {
-                scrub(&c, per_hour, &stop);
-                Ok(())
-            }));
+        if let Some((cache, tasks)) = open_cache(config, &self.syncer.origins, &self.stop)? {
+            self.shared.set_content(cache.clone());
+            self.syncer.set_content(cache);
+            for t in tasks {
+                self.own(t);
+            }
         }
         Ok(())
     }
@@ -154,6 +138,46 @@ impl Runtime {
         cache.pin(&keys, pinned)?;
         Ok(keys.len() as u64)
     }
+}
+
+/// Threads of the cache's tasks.
+pub(super) type CacheTasks = Vec<Option<std::thread::JoinHandle<()>>>;
+
+/// Opens the chunk cache if an origin is read through it, and starts its
+/// writer, health probe and scrubber.
+pub(super) fn open_cache(
+    config: &Config,
+    origins: &Origins,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<(Arc<ChunkCache>, CacheTasks)>> {
+    if !origins.snapshot().any_cached() {
+        return Ok(None);
+    }
+    let settings = Settings {
+        dir: config.resolved_cache_dir()?,
+        max_bytes: config.cache_max_bytes,
+        min_free_percent: config.cache_min_free_percent,
+        probe_interval: probe_interval(),
+    };
+    let cache = ChunkCache::open(&settings);
+    let mut tasks = Vec::new();
+    let (c, st) = (cache.clone(), stop.clone());
+    tasks.push(supervise("cache-writer", stop.clone(), move || {
+        c.run_writer(&st)
+    }));
+    let (c, st) = (cache.clone(), stop.clone());
+    tasks.push(supervise("cache-probe", stop.clone(), move || {
+        c.run_probe(&st)
+    }));
+    let per_hour = config.cache_scrub_chunks_per_hour;
+    if per_hour > 0 {
+        let (c, st) = (cache.clone(), stop.clone());
+        tasks.push(supervise("cache-scrub", stop.clone(), move || {
+            scrub(&c, per_hour, &st);
+            Ok(())
+        }));
+    }
+    Ok(Some((cache, tasks)))
 }
 
 /// Checks `per_hour` chunks an hour, a sixtieth of them every minute.

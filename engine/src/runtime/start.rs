@@ -155,6 +155,12 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     syncer.set_stale_origins(stale_origins);
     syncer.set_extensions(AudioExtensions::new(&config.audio_extensions));
     syncer.set_stop(stop.clone());
+    // Before the first scan: it caches the head and tail chunks of files
+    // of cached origins as it reads their tags.
+    let cache = crate::runtime::cache::open_cache(config, &origins, &stop)?;
+    if let Some((c, _)) = &cache {
+        syncer.set_content(c.clone());
+    }
     if !complete {
         // First start (or an interrupted first scan): fill the catalog before
         // serving, committing checkpoints as it goes.
@@ -197,8 +203,12 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         state_dir_error: parking_lot::Mutex::new(String::new()),
         stop_tx,
     });
-    // Before serving: a cached origin's first open needs it.
-    runtime.ensure_cache(config)?;
+    if let Some((c, tasks)) = cache {
+        shared.set_content(c);
+        for t in tasks {
+            runtime.own(t);
+        }
+    }
     let control_guard = crate::control::serve(runtime.clone())?;
     let socket_guard = serve(shared.clone(), &socket)?;
     let _ = runtime_cell.set(runtime.clone());

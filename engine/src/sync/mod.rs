@@ -47,6 +47,7 @@ mod delta;
 mod follow;
 mod inotify;
 mod syncer;
+mod warm;
 
 #[cfg(test)]
 mod tests;

@@ -55,6 +55,9 @@ pub struct Syncer {
     /// rescanned once it is back (the watcher retries with backoff).
     /// (origin id -> why, logged when it changes)
     pub(super) offline: parking_lot::Mutex<HashMap<u32, String>>,
+    /// The chunk cache: files of cached origins get their head and tail
+    /// chunks cached as they are probed.
+    content: std::sync::OnceLock<Arc<crate::content::ChunkCache>>,
 }
 
 impl Syncer {
@@ -77,7 +80,13 @@ impl Syncer {
             extensions: parking_lot::RwLock::new(Arc::new(AudioExtensions::default())),
             dirty: parking_lot::Mutex::new(std::collections::HashSet::new()),
             offline: parking_lot::Mutex::new(HashMap::new()),
+            content: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the syncer the chunk cache (once).
+    pub fn set_content(&self, cache: Arc<crate::content::ChunkCache>) {
+        let _ = self.content.set(cache);
     }
 
     /// Whether an origin's root can be scanned: a readable directory, and
@@ -276,6 +285,8 @@ impl Syncer {
         }
         let next = AtomicU64::new(0);
         let jobs = &jobs;
+        let table = self.origins.snapshot();
+        let cache = self.content.get();
         let mut out = Vec::with_capacity(n);
         std::thread::scope(|s| {
             let threads = self.threads.load(Ordering::Relaxed).max(1);
@@ -290,6 +301,9 @@ impl Syncer {
                                 Ok(rec) => {
                                     if let Some(e) = &rec.probe_error {
                                         warn!(path = %abs.display(), "unreadable tags, listed by file name: {e}");
+                                    }
+                                    if let Some(c) = cache.filter(|_| table.is_cached(*origin)) {
+                                        crate::sync::warm::warm_head_and_tail(c, &rec, abs);
                                     }
                                     mine.push(rec);
                                 }
