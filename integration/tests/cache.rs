@@ -584,3 +584,211 @@ impl Drop for TmpFs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The first scan caches the head and tail chunk of every file (where a
+/// media server's probe reads): a probe of every file is then all hits.
+#[test]
+fn the_first_scan_caches_every_head_and_tail() {
+    let s = setup(&library(), "");
+    let m = s.mount();
+    let files = list_files(&m.mnt);
+    for rel in &files {
+        let p = m.mnt.join(rel);
+        let size = std::fs::metadata(&p).unwrap().len();
+        let want = if size <= 256 * 1024 {
+            size
+        } else {
+            256 * 1024 + (size - 256 * 1024).min(128 * 1024)
+        };
+        assert!(
+            eventually(Duration::from_secs(20), || cached_bytes(&p) >= want),
+            "{}: {} of {want} head and tail bytes cached",
+            rel.display(),
+            cached_bytes(&p)
+        );
+    }
+    let misses = figure(&cache_status(&m), "misses");
+    for rel in &files {
+        let p = m.mnt.join(rel);
+        let size = std::fs::metadata(&p).unwrap().len();
+        let f = std::fs::File::open(&p).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        use std::os::unix::fs::FileExt;
+        let n = f.read_at(&mut buf, 0).unwrap();
+        let want = std::fs::read(s.export_file(&p)).unwrap();
+        assert_eq!(&buf[..n], &want[..n]);
+        let tail = size.saturating_sub(64 * 1024);
+        let n = f.read_at(&mut buf, tail).unwrap();
+        assert_eq!(&buf[..n], &want[tail as usize..tail as usize + n]);
+    }
+    let st = cache_status(&m);
+    assert_eq!(
+        figure(&st, "misses"),
+        misses,
+        "a probe of heads and tails missed: {st}"
+    );
+    drop(m);
+}
+
+/// A pinned file stays when room is needed, though it is the least
+/// recently used; unpinned, it is evicted like any other.
+#[test]
+fn pinned_files_are_not_evicted() {
+    let export = tempfile::tempdir().unwrap();
+    for name in ["a", "b", "c"] {
+        let bytes: Vec<u8> = (0..2_100_000u32)
+            .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8 ^ name.as_bytes()[0])
+            .collect();
+        std::fs::write(export.path().join(format!("{name}.flac")), bytes).unwrap();
+    }
+    let s = setup(export.path(), "cache_max_bytes = 5000000\n");
+    let m = s.mount();
+    let mut files = list_files(&m.mnt);
+    files.sort_by_key(|r| s.export_file(&m.mnt.join(r)));
+    let [a, b, c] = [0, 1, 2].map(|i| m.mnt.join(&files[i]));
+    hash_file(&a).unwrap();
+    wait_all_cached(&m, &files[..1]);
+    let out = Command::new(musicfs_bin())
+        .args(["cache", "pin", "--state-dir"])
+        .arg(&m.state)
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pinned 1 files"));
+    for p in [&b, &c] {
+        std::thread::sleep(Duration::from_millis(20));
+        evict(p);
+        assert_eq!(hash_file(p).unwrap(), hash_file(&s.export_file(p)).unwrap());
+    }
+    let size = std::fs::metadata(&a).unwrap().len();
+    assert!(
+        eventually(Duration::from_secs(20), || figure(
+            &cache_status(&m),
+            "evicted"
+        ) > 0),
+        "{}",
+        cache_status(&m)
+    );
+    assert_eq!(
+        cached_bytes(&a),
+        size,
+        "the pinned file was evicted: {}",
+        cache_status(&m)
+    );
+    let out = Command::new(musicfs_bin())
+        .args(["cache", "unpin", "--state-dir"])
+        .arg(&m.state)
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // b is needed again: a, now the oldest and unpinned, makes room.
+    evict(&b);
+    assert_eq!(
+        hash_file(&b).unwrap(),
+        hash_file(&s.export_file(&b)).unwrap()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || cached_bytes(&a) < size),
+        "the unpinned file stayed: {}",
+        cache_status(&m)
+    );
+    drop(m);
+}
+
+/// An engine that runs as another user (uid 65534) and may not write the
+/// cache directory: the cache is bypassed (the status says why), every
+/// byte still reads right from the origin. (A local origin with `cache =
+/// true`; the shim runs as root because /dev/fuse is root's here.)
+#[test]
+fn an_unwritable_cache_dir_is_bypassed_for_a_non_root_engine() {
+    let lib = library();
+    let root = tempfile::Builder::new()
+        .prefix("mfs-nonroot")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let origin = root.path().join("origin");
+    copy_tree(&lib, &origin);
+    let (state, cache, mnt) = (
+        root.path().join("state"),
+        root.path().join("cache"),
+        root.path().join("mnt"),
+    );
+    for d in [&state, &cache, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let config = root.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "origins = [{origin:?}]\ncache_dir = {cache:?}\n[origin.{origin:?}]\ncache = true\n"
+        ),
+    )
+    .unwrap();
+    let log = root.path().join("engine.log");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--reuid=65534".as_ref(),
+        "--regid=65534".as_ref(),
+        "--clear-groups".as_ref(),
+        musicfs_bin().into_os_string().leak(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "engine".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ];
+    let mut engine = EngineProc::start_program("setpriv".as_ref(), &args, &state, &log, &[]);
+    engine.wait_log("engine ready", 1, Duration::from_secs(60));
+    let mut shim = Command::new(bin_dir().join("musicfs-shim"))
+        .arg("--socket")
+        .arg(state.join("engine.sock"))
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(root.path().join("shim.log")).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || is_mountpoint(&mnt)),
+        "not mounted"
+    );
+    let n = assert_files_match(&mnt, &[&origin]);
+    assert!(n >= 12);
+    let st = status_json(&state)["chunk_cache"].clone();
+    assert_eq!(st["bypassed"], true, "{st}");
+    assert!(
+        st["reason"].as_str().unwrap().contains("Permission denied"),
+        "{st}"
+    );
+    assert!(
+        engine.log_text().contains("the chunk cache cannot be used"),
+        "{}",
+        engine.log_text()
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(shim.id() as i32, libc::SIGTERM) };
+    let _ = within(Duration::from_secs(15), move || shim.wait());
+    let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+    assert!(engine.stop().success());
+}

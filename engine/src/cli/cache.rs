@@ -20,7 +20,11 @@ pub fn mount_of(path: &Path) -> Option<(PathBuf, PathBuf)> {
         let Some(sep) = fields.iter().position(|f| *f == "-") else {
             continue;
         };
-        if fields.get(sep + 1) != Some(&"fuse.musicfs") {
+        // Type fuse or fuse.musicfs, source (fsname) musicfs.
+        let fuse = fields
+            .get(sep + 1)
+            .is_some_and(|t| *t == "fuse" || *t == "fuse.musicfs");
+        if !fuse || fields.get(sep + 2) != Some(&"musicfs") {
             continue;
         }
         let Some(point) = fields.get(4) else { continue };
@@ -154,7 +158,7 @@ pub fn run(action: &CacheAction, state_dir: &Path) -> Result<()> {
             };
             print_report(&report, false)?;
         }
-        CacheAction::Pin { path } | CacheAction::Unpin { path } => {
+        CacheAction::Pin { path, .. } | CacheAction::Unpin { path, .. } => {
             let pin = matches!(action, CacheAction::Pin { .. });
             let (_, rel) = mount_of(path)
                 .with_context(|| format!("{} is not in a musicfs mount", path.display()))?;

@@ -174,9 +174,19 @@ pub enum CacheAction {
     },
     /// Keep the files at or under PATH (a file or directory in the mount)
     /// off the eviction list.
-    Pin { path: PathBuf },
+    Pin {
+        path: PathBuf,
+        /// The state directory of the mount (default: derived from the
+        /// mountpoint that holds PATH).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Let the files at or under PATH be evicted again.
-    Unpin { path: PathBuf },
+    Unpin {
+        path: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,9 +265,10 @@ pub fn overrides(cli: &Cli) -> Overrides {
             ..Overrides::default()
         },
         Command::Cache {
-            action: CacheAction::Pin { path } | CacheAction::Unpin { path },
+            action: CacheAction::Pin { path, state_dir } | CacheAction::Unpin { path, state_dir },
         } => Overrides {
             mountpoint: cache::mount_of(path).map(|(m, _)| m),
+            state_dir: state_dir.clone(),
             ..Overrides::default()
         },
         Command::Unmount { .. } => Overrides::default(),

@@ -283,12 +283,14 @@ fn origin_file(shared: &Shared, f: &CachedFile) -> Result<OpenFile, i32> {
     Ok(open)
 }
 
-/// Fetches chunk `i` of `f` from its origin and offers it to the cache.
+/// Fetches chunk `i` of `f` from its origin and offers it to the cache;
+/// `demand`: a reader waits for it (a miss), else it is read ahead.
 fn fetch_chunk(
     shared: &Shared,
     cache: &ChunkCache,
     f: &CachedFile,
     i: u32,
+    demand: bool,
 ) -> Result<Arc<[u8]>, i32> {
     let (start, len) = f.layout.range(i);
     let open = origin_file(shared, f)?;
@@ -308,7 +310,9 @@ fn fetch_chunk(
             }
         }
     }
-    bump(&cache.counters.misses, 1);
+    if demand {
+        bump(&cache.counters.misses, 1);
+    }
     if !cache.usable() {
         bump(&cache.counters.bypassed_reads, 1);
     }
@@ -332,7 +336,7 @@ pub(super) fn read_from_origin(
         cache.wait_read_ahead(&f.key, i, Duration::from_secs(5));
         let chunk = match cache.get(&f.key, i, chunk_len) {
             Some(c) => c,
-            None => fetch_chunk(shared, cache, f, i)?,
+            None => fetch_chunk(shared, cache, f, i, true)?,
         };
         out.extend_from_slice(&chunk[at..at + len]);
     }
@@ -344,7 +348,9 @@ pub(super) fn read_from_origin(
 pub(super) fn read_ahead(shared: &Arc<Shared>, f: &Arc<CachedFile>, offset: u64, len: usize) {
     let end = offset + len as u64;
     let previous = f.next_offset.swap(end, Ordering::AcqRel);
-    if previous != offset || len == 0 {
+    // Sequential: this read starts where the last one ended (a first read
+    // at 0 is not enough: a probe of the head would pull megabytes).
+    if previous != offset || offset == 0 || len == 0 {
         return;
     }
     let Some(cache) = shared.content.get() else {
@@ -363,7 +369,7 @@ pub(super) fn read_ahead(shared: &Arc<Shared>, f: &Arc<CachedFile>, offset: u64,
                 if let Some(cache) = sh.content.get() {
                     if matches!(turn, Turn::Run)
                         && !cache.contains(&file.key, i)
-                        && fetch_chunk(&sh, cache, &file, i).is_ok()
+                        && fetch_chunk(&sh, cache, &file, i, false).is_ok()
                     {
                         bump(&cache.counters.read_ahead, 1);
                     }
