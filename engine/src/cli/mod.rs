@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::reload::ConfigSource;
 use crate::config::{Config, Overrides};
 
-mod cache;
+pub mod cache;
 pub mod events;
 pub mod render;
 mod run;

@@ -106,6 +106,12 @@ pub fn render_table(s: &Status) -> String {
     for (n, v) in &s.cache {
         out.push_str(&format!("  {n:<22} {v}\n"));
     }
+    if let Some(c) = &s.chunk_cache {
+        out.push_str("chunk cache\n");
+        for line in crate::cli::cache::render_view(c).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out.push_str("counters\n");
     for (n, v) in &s.counters {
         out.push_str(&format!("  {n:<12} {v}\n"));
@@ -207,10 +213,49 @@ pub fn render_metrics(s: &Status) -> String {
         "Data-plane requests being served.",
         vec![(String::new(), u64::from(s.in_flight))],
     );
+    if let Some(c) = &s.chunk_cache {
+        gauge(
+            "chunk_cache_bypassed",
+            "1 while the chunk cache is bypassed (its disk unhealthy).",
+            vec![(String::new(), u64::from(c.bypassed))],
+        );
+        for n in [
+            "used_bytes",
+            "max_bytes",
+            "chunks",
+            "pinned_files",
+            "free_percent",
+        ] {
+            gauge(
+                &format!("chunk_cache_{n}"),
+                "Chunk cache figure (see musicfs cache status).",
+                vec![(String::new(), c.figure(n))],
+            );
+        }
+    }
     for (n, v) in &s.counters {
         out.push_str(&format!(
             "# TYPE musicfs_{n}_total counter\nmusicfs_{n}_total {v}\n"
         ));
+    }
+    if let Some(c) = &s.chunk_cache {
+        for n in [
+            "hits",
+            "misses",
+            "corrupt",
+            "missing",
+            "written",
+            "skipped",
+            "evicted",
+            "disk_errors",
+            "bypassed_reads",
+            "read_ahead",
+        ] {
+            out.push_str(&format!(
+                "# TYPE musicfs_chunk_cache_{n}_total counter\nmusicfs_chunk_cache_{n}_total {}\n",
+                c.figure(n)
+            ));
+        }
     }
     out
 }

@@ -59,6 +59,7 @@ const COLD_FIELDS: &[&str] = &[
     "engine_wait_timeout_ms",
     "drain_timeout_ms",
     "cache_dir",
+    "cache_scrub_chunks_per_hour",
 ];
 
 /// The cold fields that differ between two configurations.

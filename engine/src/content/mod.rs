@@ -24,6 +24,9 @@ mod probe;
 mod repair;
 mod writer;
 
+#[cfg(test)]
+mod tests;
+
 pub use cache::{CacheStatus, ChunkCache, Counters, Refetch, Settings, VerifyReport};
 pub use health::State;
 pub use index::{ContentInfo, Hash};
