@@ -6,8 +6,9 @@
 //! boundaries test in `integration/tests/boundaries.rs` enforces this):
 //!
 //! ```text
-//! cli → supervisor | runtime → control | serve | sync → scan → origins
-//!     → catalog → config → model, with tasks, events, logging, sys beside
+//! cli → supervisor | runtime → control | serve | sync → scan | content
+//!     → origins → catalog → config → model, with tasks, events, logging,
+//!     sys beside
 //! ```
 //!
 //! See ARCHITECTURE.md for the map.
