@@ -28,3 +28,18 @@ pub(super) const READ_BUF: usize = 128 * 1024;
 /// The file the results are recorded in, at the workspace root.
 pub(super) const RECORD_FILE: &str = "BENCHMARKS.md";
 pub(super) const SECTION_END: &str = "<!-- /bench -->";
+/// Buffer of the whole-file reads of the cache rows.
+pub(super) const CACHE_READ_BUF: usize = 1024 * 1024;
+/// What the media-server-like probe reads at the start and at the end of every file.
+pub(super) const PROBE_BYTES: usize = 64 * 1024;
+/// How long sshd may take to listen, and sshfs to mount and list the export.
+pub(super) const SHARE_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one ffmpeg encode of a cache-library track may take.
+pub(super) const FFMPEG_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long one `musicfs cache status|clear` may take.
+pub(super) const CACHE_CMD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The chunk cache counts as settled (writer and read-ahead done) once its figures stay the same
+/// for this long ...
+pub(super) const CACHE_QUIET: Duration = Duration::from_millis(500);
+/// ... waiting at most this long.
+pub(super) const CACHE_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -18,7 +18,15 @@
 //!    state dir, the time to apply one changed track (an mp3 retagged with lofty into a temporary
 //!    file renamed over the original, as a tagger does; the engine's apply time comes from its
 //!    `checkpoint committed` log line) and the idle RSS of the engine and the shim.
-//! 5. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
+//! 5. Chunk cache rows, on a third library of `--cache-tracks` noise-encoded 4-minute tracks
+//!    (default 8, half flac and half 320k mp3; `0` skips them; encoded once with ffmpeg into
+//!    `<work-dir>/cache-lib-<N>`): the library is shared by an sshd on 127.0.0.1 and mounted with
+//!    sshfs, and a musicfs mount with that mount as its origin reads it through its chunk cache
+//!    (in `<work-dir>/cache-<N>`). Cold reads through the cache beside reads of the share, warm
+//!    cached reads beside native reads, opens of cached files beside opens on the share, and the
+//!    hit ratio of a media-server-like probe scan; they get their own table, each row beside its
+//!    own baseline.
+//! 6. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
 //!    `--tracks` value, newest first).
 //!
 //! Nothing here asserts on a time: targets are shown as met or missed, never enforced.
@@ -26,6 +34,9 @@
 //!
 //! Every wait has a deadline, and every mount is taken down on drop (also on error).
 
+mod cache;
+mod cachelib;
+mod cachetable;
 mod consts;
 mod logs;
 mod mounts;
@@ -37,6 +48,7 @@ mod runner;
 mod scale;
 mod scan;
 mod setup;
+mod share;
 mod stalls;
 mod table;
 #[cfg(test)]
@@ -50,12 +62,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 
 use crate::harness::{ensure_library, on_path, utc_now, workspace_root};
+use cachelib::{TRACK_SECS, ensure_cache_library};
 use consts::RECORD_FILE;
 use mounts::clear_stale_mount;
 use record::record;
 use report::{Report, command_line, git_commit, machine_info};
 use runner::Bench;
 use setup::{build, drop_caches, target_dir};
+use share::SSHD;
 use table::{fmt_bytes, fmt_thousands};
 use trees::tree_size;
 
@@ -72,6 +86,10 @@ pub struct Args {
     /// state dir, one changed track, idle RSS); 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     pub big_tracks: usize,
+    /// Tracks in the library of the chunk cache rows (noise-encoded 4-minute tracks, half flac,
+    /// half 320k mp3, read through an sshfs share on 127.0.0.1); 0 skips them.
+    #[arg(long, default_value_t = 8)]
+    pub cache_tracks: usize,
     /// Timed runs per measurement (the table shows the median and min..max).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
@@ -92,6 +110,20 @@ pub fn run(args: &Args) -> Result<()> {
         Path::new("/dev/fuse").exists(),
         "/dev/fuse does not exist; the bench needs FUSE"
     );
+    if args.cache_tracks > 0 {
+        for tool in ["ffmpeg", "sshfs", "ssh-keygen"] {
+            ensure!(
+                on_path(tool),
+                "`{tool}` is not installed (the chunk cache rows need ffmpeg, sshfs and \
+                 openssh; --cache-tracks 0 skips them)"
+            );
+        }
+        ensure!(
+            Path::new(SSHD).is_file(),
+            "{SSHD} is missing (the chunk cache rows need openssh-server; --cache-tracks 0 \
+             skips them)"
+        );
+    }
 
     let target = target_dir();
     let work = args
@@ -107,6 +139,11 @@ pub fn run(args: &Args) -> Result<()> {
     let lib = ensure_library(&work, args.tracks)?;
     let big_lib = if args.big_tracks > 0 {
         Some(ensure_library(&work, args.big_tracks)?)
+    } else {
+        None
+    };
+    let cache_lib = if args.cache_tracks > 0 {
+        Some(ensure_cache_library(&work, args.cache_tracks)?)
     } else {
         None
     };
@@ -142,6 +179,7 @@ pub fn run(args: &Args) -> Result<()> {
         io_timeout: Duration::from_secs(600 + args.tracks as u64 / 50),
         notes: Vec::new(),
         rows: Vec::new(),
+        cache_rows: Vec::new(),
     };
     let lib_size = tree_size(&bench.lib)?;
     bench.check_memory(lib_size.bytes);
@@ -151,10 +189,30 @@ pub fn run(args: &Args) -> Result<()> {
     bench.measure_trees(scan_tracks)?;
     bench.measure_stalls()?;
 
-    // The scale rows come last; if they fail, the table so far is still recorded (with a note)
-    // and the bench then fails.
-    let mut big_library = None;
+    // The cache rows and the scale rows come last; if they fail, the table so far is still
+    // recorded (with a note) and the bench then fails.
     let mut failure = None;
+    let mut cache_library = None;
+    if let Some(cache_lib) = &cache_lib {
+        let size = tree_size(cache_lib)?;
+        cache_library = Some(format!(
+            "{} noise-encoded tracks of {} s ({} flac, {} mp3 at 320k); {} files, {} ({} bytes) \
+             in `{}`",
+            args.cache_tracks,
+            TRACK_SECS,
+            args.cache_tracks.div_ceil(2),
+            args.cache_tracks / 2,
+            size.files,
+            fmt_bytes(size.bytes),
+            size.bytes,
+            cache_lib.display()
+        ));
+        if let Err(e) = bench.measure_cache(cache_lib, args.cache_tracks) {
+            bench.note(format!("the chunk cache rows stopped early: {e:#}"));
+            failure = Some(e.context("the chunk cache rows failed (the rows so far were kept)"));
+        }
+    }
+    let mut big_library = None;
     if let Some(big_lib) = &big_lib {
         let size = tree_size(big_lib)?;
         big_library = Some(format!(
@@ -170,13 +228,15 @@ pub fn run(args: &Args) -> Result<()> {
                 "{} tracks: the scale measurements stopped early: {e:#}",
                 fmt_thousands(args.big_tracks as f64)
             ));
-            failure = Some(e);
+            failure.get_or_insert(
+                e.context("the scale measurements failed (the rows so far were kept)"),
+            );
         }
     }
 
     let report = Report {
         tracks: args.tracks,
-        command: command_line(args.big_tracks),
+        command: command_line(args.big_tracks, args.cache_tracks),
         date: utc_now(),
         machine: machine_info(&bench.work),
         commit: git_commit(),
@@ -190,7 +250,9 @@ pub fn run(args: &Args) -> Result<()> {
             bench.lib.display()
         ),
         big_library,
+        cache_library,
         rows: std::mem::take(&mut bench.rows),
+        cache_rows: std::mem::take(&mut bench.cache_rows),
         notes: std::mem::take(&mut bench.notes),
     };
     let section = report.section();
@@ -204,7 +266,7 @@ pub fn run(args: &Args) -> Result<()> {
         println!("bench: recorded in {}", path.display());
     }
     match failure {
-        Some(e) => Err(e.context("the scale measurements failed (the rows so far were kept)")),
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

@@ -369,7 +369,7 @@ impl Drop for BindfsMount {
 }
 
 /// `fusermount3 -u -z`, best effort.
-fn lazy_unmount(mnt: &Path) {
+pub(super) fn lazy_unmount(mnt: &Path) {
     let mut cmd = Command::new("fusermount3");
     cmd.arg("-u").arg("-z").arg(mnt);
     match run_captured(&mut cmd, "fusermount3 -u -z", STOP_TIMEOUT) {
@@ -401,7 +401,7 @@ pub(super) fn clear_stale_mount(mnt: &Path) -> Result<()> {
 }
 
 /// Whether `path` (absolute, canonical) is a mountpoint, from /proc/self/mountinfo.
-fn is_mounted(path: &Path) -> bool {
+pub(super) fn is_mounted(path: &Path) -> bool {
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };

@@ -14,9 +14,10 @@ pub(super) fn section_start(tracks: usize) -> String {
 pub(super) const HEADER: &str = "\
 # MusicFS benchmarks
 
-Written by `cargo xtask bench [--tracks N] [--big-tracks M]` (also `--runs R`, default 3;
-`--work-dir DIR`, default `target/bench`; `--no-record` to only print). It needs root (to drop the
-page cache), `/dev/fuse`, `bindfs` and `fuse3`. It builds the release binaries, generates a
+Written by `cargo xtask bench [--tracks N] [--big-tracks M] [--cache-tracks K]` (also `--runs R`,
+default 3; `--work-dir DIR`, default `target/bench`; `--no-record` to only print). It needs root (to
+drop the page cache), `/dev/fuse`, `bindfs` and `fuse3`; the chunk cache rows also need `ffmpeg`,
+`sshfs` and `openssh-server`. It builds the release binaries, generates a
 synthetic library once (`cargo xtask gen-library`, default 20000 tracks) and measures musicfs
 beside a `bindfs -r` mount of the same origin and the origin itself (native), in the same run.
 
@@ -42,6 +43,10 @@ engine's `checkpoint committed` log line for that change, the end-to-end time ru
 until the new path answers a lookup in the mount and includes the watcher's debounce
 (`debounce_ms`). Idle RSS is `VmRSS` of the engine and the shim 2 s after the reconcile finished;
 memory in MB (10^6 bytes).
+
+The second table, the chunk cache rows, ran on a third library of `--cache-tracks` noise-encoded
+4-minute tracks (default 8, half flac, half 320k mp3; `0` skips them) shared over sshfs (sshd on
+127.0.0.1); each row is beside its own baseline, and the note under it says what each row measures.
 
 This file keeps the latest run per library size, newest first.
 ";

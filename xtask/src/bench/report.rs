@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use super::cachetable::{CACHE_NOTE, CacheRow, render_cache_table};
 use super::consts::SECTION_END;
 use super::procfs::meminfo_kb;
 use super::record::section_start;
@@ -21,7 +22,10 @@ pub(super) struct Report {
     pub(super) library: String,
     /// The library of the scale rows (`--big-tracks`), if they ran.
     pub(super) big_library: Option<String>,
+    /// The library of the chunk cache rows (`--cache-tracks`), if they ran.
+    pub(super) cache_library: Option<String>,
     pub(super) rows: Vec<Row>,
+    pub(super) cache_rows: Vec<CacheRow>,
     pub(super) notes: Vec<String>,
 }
 
@@ -38,8 +42,17 @@ impl Report {
         if let Some(big) = &self.big_library {
             let _ = writeln!(s, "- scale library: {big}");
         }
+        if let Some(cache) = &self.cache_library {
+            let _ = writeln!(s, "- cache library: {cache}");
+        }
         let _ = writeln!(s);
         s.push_str(&render_table(&self.rows));
+        if !self.cache_rows.is_empty() {
+            let _ = writeln!(s);
+            s.push_str(&render_cache_table(&self.cache_rows));
+            let _ = writeln!(s);
+            s.push_str(CACHE_NOTE);
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(s);
             let _ = writeln!(s, "Notes:");
@@ -53,14 +66,20 @@ impl Report {
     }
 }
 
-/// The command line of this run, with `--big-tracks` spelled out even when it was defaulted.
-pub(super) fn command_line(big_tracks: usize) -> String {
+/// The command line of this run, with `--big-tracks` and `--cache-tracks` spelled out even when
+/// they were defaulted.
+pub(super) fn command_line(big_tracks: usize, cache_tracks: usize) -> String {
     let mut args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
-    if !args
-        .iter()
-        .any(|a| a == "--big-tracks" || a.starts_with("--big-tracks="))
-    {
-        args.push(format!("--big-tracks {big_tracks}"));
+    for (flag, value) in [
+        ("--big-tracks", big_tracks),
+        ("--cache-tracks", cache_tracks),
+    ] {
+        if !args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        {
+            args.push(format!("{flag} {value}"));
+        }
     }
     format!("cargo xtask {}", args.join(" "))
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::cachetable::CacheRow;
 use super::consts::{BIG_WAIT, MOUNT_READY_TIMEOUT};
 use super::mounts::MusicfsMount;
 use super::procfs::meminfo_kb;
@@ -26,6 +27,8 @@ pub(super) struct Bench {
     pub(super) io_timeout: Duration,
     pub(super) notes: Vec<String>,
     pub(super) rows: Vec<Row>,
+    /// The chunk cache rows (their own table: each has its own baseline).
+    pub(super) cache_rows: Vec<CacheRow>,
 }
 
 impl Bench {

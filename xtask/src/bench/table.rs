@@ -40,29 +40,36 @@ impl Row {
 
 /// A markdown table, padded so it also reads well in a terminal.
 pub(super) fn render_table(rows: &[Row]) -> String {
-    let mut widths = HEADERS.map(|h| h.chars().count());
+    let cells: Vec<Vec<&str>> = rows.iter().map(|r| r.cells().to_vec()).collect();
+    render_grid(&HEADERS, &cells)
+}
+
+/// A markdown table of any width (short rows are padded with empty cells).
+pub(super) fn render_grid(headers: &[&str], rows: &[Vec<&str>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
-        for (w, c) in widths.iter_mut().zip(row.cells()) {
+        for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 7]| {
+    let line = |cells: &[&str]| {
         let mut s = String::from("|");
-        for (c, w) in cells.iter().zip(widths) {
-            let pad = w - c.chars().count();
+        for (i, w) in widths.iter().enumerate() {
+            let c = cells.get(i).copied().unwrap_or("");
+            let pad = w - c.chars().count().min(*w);
             let _ = write!(s, " {c}{} |", " ".repeat(pad));
         }
         s.push('\n');
         s
     };
-    let mut out = line(HEADERS);
+    let mut out = line(headers);
     out.push('|');
-    for w in widths {
+    for w in &widths {
         let _ = write!(out, "{}|", "-".repeat(w + 2));
     }
     out.push('\n');
     for row in rows {
-        out.push_str(&line(row.cells()));
+        out.push_str(&line(row));
     }
     out
 }

@@ -1,7 +1,11 @@
+use super::cachelib::{Kind, track_plan};
+use super::cachetable::{
+    CacheFigures, ProbeSample, fmt_percent, hit_ratio, percentile, probe_row, toml_string,
+};
 use super::logs::log_field;
 use super::mounts::unescape_mountinfo;
 use super::record::{HEADER, sections};
-use super::table::{Stats, fmt_thousands};
+use super::table::{Stats, fmt_thousands, render_grid};
 
 #[test]
 fn stats() {
@@ -44,4 +48,101 @@ fn log_fields() {
 fn thousands() {
     assert_eq!(fmt_thousands(1234567.4), "1,234,567");
     assert_eq!(fmt_thousands(999.0), "999");
+}
+
+#[test]
+fn percentiles() {
+    let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+    assert_eq!(percentile(&v, 50.0), Some(50.0));
+    assert_eq!(percentile(&v, 99.0), Some(99.0));
+    assert_eq!(percentile(&v, 100.0), Some(100.0));
+    assert_eq!(percentile(&[3.0, 1.0, 2.0], 99.0), Some(3.0));
+    assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
+    assert_eq!(percentile(&[7.0], 50.0), Some(7.0));
+    assert_eq!(percentile(&[], 50.0), None);
+}
+
+#[test]
+fn hit_ratios() {
+    assert_eq!(hit_ratio(0, 0), None);
+    assert_eq!(hit_ratio(1, 3), Some(0.25));
+    assert_eq!(fmt_percent(0.125), "12.5%");
+    assert_eq!(fmt_percent(1.0), "100.0%");
+    let s = ProbeSample {
+        hits: 3,
+        misses: 1,
+        grew_bytes: 2_000_000,
+        read_bytes: 1_000_000,
+        files: 4,
+        secs: 0.02,
+        ..ProbeSample::default()
+    };
+    let row = probe_row("probe", &[s]);
+    assert_eq!(row.what, "probe: hit ratio");
+    assert_eq!(
+        row.musicfs,
+        "75.0% hits; last run: 3 hits, 1 misses, 2.0 MB into the cache for 1.0 MB read, 5.00 \
+         ms/file"
+    );
+    assert_eq!(
+        probe_row("none", &[ProbeSample::default()])
+            .musicfs
+            .split(';')
+            .next(),
+        Some("no lookups")
+    );
+}
+
+#[test]
+fn cache_status_json() {
+    let flat = r#"{"dir":"/c","state":"normal","bypassed":false,"reason":"","since_ms":0,
+        "writes_stopped":"","hits":10,"misses":4,"read_ahead":2,"chunks":6,"used_bytes":1000}"#;
+    let f = CacheFigures::parse(flat).unwrap();
+    assert_eq!((f.hits, f.misses, f.read_ahead, f.chunks), (10, 4, 2, 6));
+    assert_eq!(
+        (f.used_bytes, f.written, f.state.as_str()),
+        (1000, 0, "normal")
+    );
+    let nested = r#"{"catalog":{},"chunk_cache":{"state":"down","bypassed":true,"hits":1}}"#;
+    let g = CacheFigures::parse(nested).unwrap();
+    assert_eq!((g.state.as_str(), g.bypassed, g.hits), ("down", true, 1));
+    let before = CacheFigures {
+        hits: 5,
+        misses: 1,
+        used_bytes: 10,
+        ..f.clone()
+    };
+    let d = ProbeSample::between(&before, &f);
+    assert_eq!((d.hits, d.misses, d.grew_bytes), (5, 3, 990));
+    assert!(CacheFigures::parse("not json").is_err());
+}
+
+#[test]
+fn cache_library_plan() {
+    let plan = track_plan(5);
+    assert_eq!(plan.len(), 5);
+    assert_eq!(plan.iter().filter(|t| t.kind == Kind::Flac).count(), 3);
+    assert_eq!((plan[0].number, plan[0].of), (1, 3));
+    assert_eq!(
+        (plan[3].kind, plan[3].number, plan[3].of),
+        (Kind::Mp3, 1, 2)
+    );
+    assert!(plan[4].rel.to_string_lossy().ends_with("02 Noise 2.mp3"));
+    assert_eq!(track_plan(1).len(), 1);
+    assert!(track_plan(0).is_empty());
+}
+
+#[test]
+fn toml_strings() {
+    assert_eq!(toml_string("/a b/c"), r#""/a b/c""#);
+    assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
+}
+
+#[test]
+fn grids_pad_cells() {
+    let out = render_grid(&["a", "bb"], &[vec!["xyz"], vec!["1", "2"]]);
+    assert_eq!(
+        out,
+        "| a   | bb |\n|-----|----|\n| xyz |    |\n| 1   | 2  |\n"
+    );
 }

@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -17,16 +17,16 @@ use crate::harness::{run_captured, with_deadline};
 
 /// What one pass (walk or read) over a tree saw.
 #[derive(Clone, Debug, Default)]
-struct Pass {
-    secs: f64,
-    files: u64,
-    bytes: u64,
-    errors: u64,
-    first_errors: Vec<String>,
+pub(super) struct Pass {
+    pub(super) secs: f64,
+    pub(super) files: u64,
+    pub(super) bytes: u64,
+    pub(super) errors: u64,
+    pub(super) first_errors: Vec<String>,
 }
 
 impl Pass {
-    fn error(&mut self, e: String) {
+    pub(super) fn error(&mut self, e: String) {
         self.errors += 1;
         if self.first_errors.len() < 5 {
             self.first_errors.push(e);
@@ -111,7 +111,7 @@ impl Bench {
         with_deadline(
             &format!("reading every file under {}", path.display()),
             self.io_timeout,
-            move || read_tree(&path),
+            move || read_tree(&path, READ_BUF),
         )
     }
 
@@ -416,9 +416,20 @@ fn read_file(path: &Path, buf: &mut [u8]) -> std::io::Result<u64> {
     }
 }
 
-/// Reads every regular file under `root` in walkdir order, single-threaded.
-fn read_tree(root: &Path) -> Pass {
-    let mut buf = vec![0u8; READ_BUF];
+/// [`read_tree`] with a deadline.
+pub(super) fn read_tree_within(root: &Path, buf_len: usize, timeout: Duration) -> Result<Pass> {
+    let path = root.to_path_buf();
+    with_deadline(
+        &format!("reading every file under {}", path.display()),
+        timeout,
+        move || read_tree(&path, buf_len),
+    )
+}
+
+/// Reads every regular file under `root` in walkdir order, single-threaded, with a buffer of
+/// `buf_len` bytes.
+fn read_tree(root: &Path, buf_len: usize) -> Pass {
+    let mut buf = vec![0u8; buf_len];
     let mut pass = Pass::default();
     let start = Instant::now();
     for entry in walkdir::WalkDir::new(root) {
