@@ -203,40 +203,72 @@ struct Event {
   message @3 :Text;
 }
 
-struct ControlRequest {
-  id @0 :UInt64;
-  union {
-    status @1 :Void;
-    shutdown @2 :UInt32;   # drain deadline, ms
-    # Reload the configuration: `config` is the whole configuration as JSON
-    # (from `musicfs mount`, which owns it), or empty: the engine reloads
-    # from the files and environment it was started with.
-    reload :group { config @3 :Text; }
-    # Events after sequence number `after` (0: all kept). With `follow`, the
-    # connection stays open and new events keep coming; else the last frame
-    # is `none`.
-    events :group { after @4 :UInt64; follow @5 :Bool; }
-    # The chunk cache: action "status", "verify" (with `repair`), "clear",
-    # "pin" or "unpin" (`path`: relative to the mount). A verify sends
-    # `progress` frames, then `cacheReport`.
-    cache :group { action @6 :Text; path @7 :Data; repair @8 :Bool; }
-  }
+# The control plane: `control.sock` (the engine) and `supervisor.sock`
+# (`musicfs mount`), Cap'n Proto RPC (capnp-rpc, two-party). The bootstrap
+# capability is a gate: `hello` checks the control protocol versions (the
+# ranges must overlap, else it fails naming both) and only then hands out
+# the service. Long work returns a `Job`, with progress through a listener
+# the client passes; dropping the job (or calling `cancel`) cancels it.
+# Events reach a subscriber's `EventListener` one call at a time: the next
+# is sent when the last one returned, so a slow follower holds back only
+# its own events (flow control by the RPC itself; no stream.capnp needed).
+
+const controlProtocolVersion :UInt32 = 1;
+const minControlProtocolVersion :UInt32 = 1;
+
+struct Peer {
+  minProtocol @0 :UInt32;
+  maxProtocol @1 :UInt32;
+  name @2 :Text;
 }
 
-struct ControlResponse {
-  id @0 :UInt64;
-  errno @1 :Int32;
-  message @2 :Text;
-  union {
-    none @3 :Void;
-    status @4 :EngineStatus;
-    reloaded :group {
-      applied @5 :List(Text);        # changed fields now in force
-      restartNeeded @6 :List(Text);  # changed fields that need a restart
-    }
-    event @7 :Event;
-    progress :group { done @8 :UInt64; total @9 :UInt64; }
-    cacheReport @10 :List(Counter);   # what a verify, clear or pin did
-    cacheStatus @11 :ChunkCacheStatus;
-  }
+interface EngineGate {
+  hello @0 (client :Peer) -> (engine :Engine, server :Peer);
+}
+
+interface Engine {
+  status @0 () -> (status :EngineStatus);
+  # `config`: the whole configuration as JSON (from `musicfs mount`, which
+  # owns it), or empty: reload from the files and environment of the start.
+  reload @1 (config :Text) -> (applied :List(Text), restartNeeded :List(Text));
+  shutdown @2 (drainMs :UInt32) -> ();
+  # The Prometheus text exposition.
+  metrics @3 () -> (text :Text);
+  # The events kept, after sequence number `after` (0: all).
+  events @4 (after :UInt64) -> (events :List(Event));
+  # Every event after `after`, then each new one, until `subscription` is
+  # dropped or the listener fails.
+  subscribe @5 (after :UInt64, listener :EventListener) -> (subscription :Subscription);
+  cacheStatus @6 () -> (status :ChunkCacheStatus);
+  cacheVerify @7 (repair :Bool, progress :ProgressListener) -> (job :Job);
+  cacheClear @8 () -> (freedBytes :UInt64);
+  # `path` relative to the mount; returns how many files.
+  cachePin @9 (path :Data, pinned :Bool) -> (files :UInt64);
+}
+
+interface EventListener {
+  event @0 (event :Event) -> ();
+}
+
+interface Subscription {}
+
+interface ProgressListener {
+  progress @0 (done :UInt64, total :UInt64) -> ();
+}
+
+interface Job {
+  # Waits for the end (progress has been delivered in order before).
+  result @0 () -> (report :List(Counter), cancelled :Bool);
+  cancel @1 () -> ();
+}
+
+interface SupervisorGate {
+  hello @0 (client :Peer) -> (supervisor :Supervisor, server :Peer);
+}
+
+interface Supervisor {
+  # `binary` empty: the engine binary running now. Progress: steps of 4.
+  swap @0 (binary :Text, progress :ProgressListener) -> (message :Text);
+  reload @1 () -> (summary :Text);
+  shutdown @2 (drainMs :UInt32) -> ();
 }

@@ -1,17 +1,22 @@
-//! Clients of the control socket: status, shutdown, reload, events.
+//! Clients of the control socket (capnp-rpc): each call connects, checks
+//! the protocol at the gate, calls, and disconnects; on its own
+//! current-thread runtime, so the command line stays synchronous.
 
-use std::io::{BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use musicfs_schema::{control_request, control_response};
+use anyhow::{Context, Result, anyhow, bail};
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use futures::AsyncReadExt;
+use musicfs_schema::{engine, engine_gate, event_listener, progress_listener};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::config::Config;
 use crate::config::reload::ReloadReport;
 use crate::config::state::control_socket;
-use crate::control::{OriginState, Status, TaskInfo};
+use crate::control::Status;
+use crate::control::cache::{ChunkCacheView, read_view};
+use crate::control::convert::{read_event, read_status, text};
 use crate::events::Event;
 
 /// Nothing answers on the control socket.
@@ -24,124 +29,159 @@ impl std::fmt::Display for NotRunning {
     }
 }
 
-fn connect(state_dir: &Path) -> Result<UnixStream> {
-    let path = control_socket(state_dir);
-    UnixStream::connect(&path).map_err(|e| {
-        anyhow::Error::new(e).context(NotRunning(format!(
-            "no engine is running for {} ({} does not answer)",
-            state_dir.display(),
-            path.display()
-        )))
-    })
+/// An error the engine answered (as opposed to a lost connection).
+#[derive(Debug)]
+pub struct EngineRefused(pub i32, pub String);
+
+impl std::fmt::Display for EngineRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "engine: {}", self.1)
+    }
 }
 
-/// Sends one request; returns the connection for the answers.
-pub(super) fn send_request(
+impl std::error::Error for EngineRefused {}
+
+/// This client's control protocol range (`MUSICFS_FAKE_CONTROL_PROTOCOL`
+/// claims one version, for tests).
+fn our_range() -> (u32, u32) {
+    crate::control::server::control_protocol_range()
+}
+
+/// A capnp error as the engine meant it: its own message, or a lost link.
+fn remote(e: capnp::Error) -> anyhow::Error {
+    match e.kind {
+        capnp::ErrorKind::Disconnected => anyhow!("the engine closed the control connection"),
+        _ => {
+            let msg = e.extra.trim_start_matches("remote exception: ").to_string();
+            let errno = if msg.contains("engine stopping") {
+                libc::ESHUTDOWN
+            } else {
+                libc::EIO
+            };
+            EngineRefused(errno, msg).into()
+        }
+    }
+}
+
+/// Connects to the engine of `state_dir` and runs `f` on its `Engine`
+/// capability, within `timeout` (None: no limit, for followers).
+fn with_engine<T, Fut>(
     state_dir: &Path,
     timeout: Option<Duration>,
-    fill: impl FnOnce(control_request::Builder<'_>),
-) -> Result<BufReader<UnixStream>> {
-    let mut stream = connect(state_dir)?;
-    stream.set_read_timeout(timeout)?;
-    let mut msg = capnp::message::Builder::new_default();
-    {
-        let mut r = msg.init_root::<control_request::Builder<'_>>();
-        r.set_id(1);
-        fill(r);
-    }
-    stream.write_all(&musicfs_schema::to_frame(&msg))?;
-    Ok(BufReader::new(stream))
-}
-
-fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> String {
-    t.ok()
-        .and_then(|t| t.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+    f: impl FnOnce(engine::Client) -> Fut,
+) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let path = control_socket(state_dir);
+    local.block_on(&runtime, async move {
+        let connect = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::UnixStream::connect(&path),
+        );
+        let stream = match connect.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(anyhow::Error::new(e).context(NotRunning(format!(
+                    "no engine is running for {} ({} does not answer)",
+                    state_dir.display(),
+                    path.display()
+                ))));
+            }
+            Err(_) => bail!("the engine did not accept the control connection within 5 s"),
+        };
+        let (reader, writer) = stream.compat().split();
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(reader),
+            futures::io::BufWriter::new(writer),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut system = RpcSystem::new(Box::new(network), None);
+        let gate: engine_gate::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let disconnector = system.get_disconnector();
+        tokio::task::spawn_local(system);
+        let work = async {
+            let mut hello = gate.hello_request();
+            {
+                let mut c = hello.get().init_client();
+                let (min, max) = our_range();
+                c.set_min_protocol(min);
+                c.set_max_protocol(max);
+                c.set_name(concat!("musicfs ", env!("CARGO_PKG_VERSION")));
+            }
+            let answer = hello.send().promise.await.map_err(remote)?;
+            let engine = answer.get()?.get_engine()?;
+            f(engine).await
+        };
+        let out = match timeout {
+            Some(t) => tokio::time::timeout(t, work)
+                .await
+                .map_err(|_| anyhow!("the engine did not answer within {} s", t.as_secs()))?,
+            None => work.await,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
+        out
+    })
 }
 
 /// Client: the status of the engine of `state_dir`.
 pub fn fetch_status(state_dir: &Path) -> Result<Status> {
-    let mut reader = send_request(state_dir, Some(Duration::from_secs(10)), |mut r| {
-        r.set_status(())
-    })?;
-    let answer = musicfs_schema::read_frame(&mut reader)?
-        .context("the engine closed the control connection")?;
-    let r = answer.get_root::<control_response::Reader<'_>>()?;
-    if r.get_errno() != 0 {
-        bail!("engine: {}", text(r.get_message()));
-    }
-    let control_response::Status(s) = r.which()? else {
-        bail!("the engine answered something else than a status");
-    };
-    let s = s?;
-    Ok(Status {
-        engine_version: text(s.get_engine_version()),
-        pid: s.get_pid(),
-        uptime_ms: s.get_uptime_ms(),
-        state_dir: text(s.get_state_dir()),
-        files: s.get_files(),
-        nodes: s.get_nodes(),
-        bytes: s.get_bytes(),
-        scan_complete: s.get_scan_complete(),
-        connected_shims: s.get_connected_shims(),
-        catalog_previous_close: text(s.get_catalog_previous_close()),
-        in_flight: s.get_in_flight(),
-        template: text(s.get_template()),
-        catalog_write_error: text(s.get_catalog_write_error()),
-        catalog_write_since_ms: s.get_catalog_write_since_ms(),
-        state_dir_error: text(s.get_state_dir_error()),
-        chunk_cache: crate::control::cache::read_view(s.get_chunk_cache()?)?,
-        cache: s
-            .get_cache()?
-            .iter()
-            .map(|c| (text(c.get_name()), c.get_value()))
-            .collect(),
-        origins: s
-            .get_origins()?
-            .iter()
-            .map(|o| OriginState {
-                id: o.get_id(),
-                path: text(o.get_path()),
-                reachable: o.get_reachable(),
-                local: o.get_local(),
-            })
-            .collect(),
-        tasks: s
-            .get_tasks()?
-            .iter()
-            .map(|t| TaskInfo {
-                name: text(t.get_name()),
-                running: t.get_running(),
-                restarts: t.get_restarts(),
-                last_error: text(t.get_last_error()),
-            })
-            .collect(),
-        counters: s
-            .get_counters()?
-            .iter()
-            .map(|c| (text(c.get_name()), c.get_value()))
-            .collect(),
-    })
+    with_engine(
+        state_dir,
+        Some(Duration::from_secs(10)),
+        |engine| async move {
+            let answer = engine
+                .status_request()
+                .send()
+                .promise
+                .await
+                .map_err(remote)?;
+            read_status(answer.get()?.get_status()?)
+        },
+    )
 }
 
-/// Sends the `shutdown` request only (the caller decides how to wait);
-/// returns the connection for the answer.
-pub fn send_shutdown(state_dir: &Path, drain: Duration) -> Result<BufReader<UnixStream>> {
-    send_request(state_dir, Some(Duration::from_secs(10)), |mut r| {
-        r.set_shutdown(u32::try_from(drain.as_millis()).unwrap_or(u32::MAX))
-    })
+/// Client: the engine's metrics in the Prometheus text format.
+pub fn fetch_metrics(state_dir: &Path) -> Result<String> {
+    with_engine(
+        state_dir,
+        Some(Duration::from_secs(10)),
+        |engine| async move {
+            let answer = engine
+                .metrics_request()
+                .send()
+                .promise
+                .await
+                .map_err(remote)?;
+            Ok(text(answer.get()?.get_text()))
+        },
+    )
+}
+
+/// Sends `shutdown` (the caller decides how to wait for the stop).
+pub fn send_shutdown(state_dir: &Path, drain: Duration) -> Result<()> {
+    with_engine(
+        state_dir,
+        Some(Duration::from_secs(10)),
+        |engine| async move {
+            let mut req = engine.shutdown_request();
+            req.get()
+                .set_drain_ms(u32::try_from(drain.as_millis()).unwrap_or(u32::MAX));
+            req.send().promise.await.map_err(remote)?;
+            Ok(())
+        },
+    )
 }
 
 /// Client: asks the engine of `state_dir` to stop, draining for `timeout`,
 /// and waits (bounded) until it is gone.
 pub fn request_shutdown(state_dir: &Path, timeout: Duration) -> Result<()> {
-    let mut reader = send_shutdown(state_dir, timeout)?;
-    let answer = musicfs_schema::read_frame(&mut reader)?.context("no answer")?;
-    let r = answer.get_root::<control_response::Reader<'_>>()?;
-    if r.get_errno() != 0 {
-        bail!("engine: {}", text(r.get_message()));
-    }
+    send_shutdown(state_dir, timeout)?;
     // The engine removes its control socket last.
     let path = control_socket(state_dir);
     let limit = timeout + Duration::from_secs(15);
@@ -162,24 +202,39 @@ pub fn request_reload(state_dir: &Path, config: Option<&Config>) -> Result<Reloa
         Some(c) => serde_json::to_string(c)?,
         None => String::new(),
     };
-    let mut reader = send_request(state_dir, Some(Duration::from_secs(60)), |r| {
-        r.init_reload().set_config(json.as_str())
-    })?;
-    let answer = musicfs_schema::read_frame(&mut reader)?.context("no answer")?;
-    let r = answer.get_root::<control_response::Reader<'_>>()?;
-    if r.get_errno() != 0 {
-        bail!("{}", text(r.get_message()));
+    with_engine(
+        state_dir,
+        Some(Duration::from_secs(60)),
+        |engine| async move {
+            let mut req = engine.reload_request();
+            req.get().set_config(json.as_str());
+            let answer = req.send().promise.await.map_err(|e| {
+                // The engine's own words (it says what stays in force).
+                anyhow!("{}", e.extra.trim_start_matches("remote exception: "))
+            })?;
+            let r = answer.get()?;
+            Ok(ReloadReport {
+                applied: r.get_applied()?.iter().map(text).collect(),
+                restart_needed: r.get_restart_needed()?.iter().map(text).collect(),
+            })
+        },
+    )
+}
+
+/// Forwards events from the engine to the follower's loop.
+struct Listener(tokio::sync::mpsc::UnboundedSender<Event>);
+
+impl event_listener::Server for Listener {
+    async fn event(
+        self: capnp::capability::Rc<Self>,
+        params: event_listener::EventParams,
+        _: event_listener::EventResults,
+    ) -> Result<(), capnp::Error> {
+        let e = read_event(params.get()?.get_event()?);
+        self.0
+            .send(e)
+            .map_err(|_| capnp::Error::failed("the follower stopped".into()))
     }
-    let control_response::Reloaded(g) = r.which()? else {
-        bail!("the engine answered something else than a reload report");
-    };
-    let list = |l: capnp::Result<capnp::text_list::Reader<'_>>| -> Result<Vec<String>> {
-        Ok(l?.iter().map(text).collect())
-    };
-    Ok(ReloadReport {
-        applied: list(g.get_applied())?,
-        restart_needed: list(g.get_restart_needed())?,
-    })
 }
 
 /// Client: the events after `after`; with `follow`, calls `each` for every
@@ -190,46 +245,142 @@ pub fn stream_events(
     follow: bool,
     mut each: impl FnMut(Event) -> Result<()>,
 ) -> Result<()> {
-    let mut reader = send_request(
-        state_dir,
-        (!follow).then_some(Duration::from_secs(10)),
-        |r| {
-            let mut e = r.init_events();
-            e.set_after(after);
-            e.set_follow(follow);
-        },
-    )?;
-    loop {
-        let Some(answer) = musicfs_schema::read_frame(&mut reader)? else {
-            bail!("the engine closed the connection");
-        };
-        let r = answer.get_root::<control_response::Reader<'_>>()?;
-        if r.get_errno() != 0 {
-            return Err(EngineRefused(r.get_errno(), text(r.get_message())).into());
-        }
-        match r.which()? {
-            control_response::Event(e) => {
-                let e = e?;
-                each(Event {
-                    seq: e.get_seq(),
-                    time_ms: e.get_time_ms(),
-                    kind: text(e.get_kind()),
-                    message: text(e.get_message()),
-                })?;
-            }
-            _ => return Ok(()),
-        }
+    if !follow {
+        let events = with_engine(
+            state_dir,
+            Some(Duration::from_secs(10)),
+            |engine| async move {
+                let mut req = engine.events_request();
+                req.get().set_after(after);
+                let answer = req.send().promise.await.map_err(remote)?;
+                Ok(answer
+                    .get()?
+                    .get_events()?
+                    .iter()
+                    .map(read_event)
+                    .collect::<Vec<_>>())
+            },
+        )?;
+        return events.into_iter().try_for_each(each);
     }
+    with_engine(state_dir, None, |engine| async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut req = engine.subscribe_request();
+        req.get().set_after(after);
+        req.get().set_listener(capnp_rpc::new_client(Listener(tx)));
+        let answer = req.send().promise.await.map_err(remote)?;
+        // Held while following: dropping it ends the subscription.
+        let _subscription = answer.get()?.get_subscription()?;
+        drop(engine);
+        // The listener is dropped with the connection: then `rx` ends.
+        while let Some(e) = rx.recv().await {
+            each(e)?;
+        }
+        bail!("the engine closed the connection")
+    })
 }
 
-/// An error the engine answered (as opposed to a lost connection).
+/// What the engine answered to a cache request.
 #[derive(Debug)]
-pub struct EngineRefused(pub i32, pub String);
+pub enum CacheAnswer {
+    Status(ChunkCacheView),
+    Report(Vec<(String, u64)>),
+}
 
-impl std::fmt::Display for EngineRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "engine: {}", self.1)
+/// Forwards a job's progress to the caller.
+struct Progress(tokio::sync::mpsc::UnboundedSender<(u64, u64)>);
+
+impl progress_listener::Server for Progress {
+    async fn progress(
+        self: capnp::capability::Rc<Self>,
+        params: progress_listener::ProgressParams,
+        _: progress_listener::ProgressResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let _ = self.0.send((p.get_done(), p.get_total()));
+        Ok(())
     }
 }
 
-impl std::error::Error for EngineRefused {}
+/// Client: one cache request (`status`, `verify`, `clear`, `pin`, `unpin`);
+/// `progress(done, total)` for a verify's progress, in order, before the
+/// answer.
+pub fn cache_request(
+    state_dir: &Path,
+    (action, path, repair): (&str, &[u8], bool),
+    mut progress: impl FnMut(u64, u64),
+) -> Result<CacheAnswer> {
+    let action = action.to_string();
+    let path = path.to_vec();
+    let timeout = Some(Duration::from_secs(if action == "verify" {
+        24 * 3600
+    } else {
+        60
+    }));
+    with_engine(state_dir, timeout, |engine| async move {
+        let report = |list: capnp::struct_list::Reader<'_, musicfs_schema::counter::Owned>| {
+            list.iter()
+                .map(|c| (text(c.get_name()), c.get_value()))
+                .collect::<Vec<_>>()
+        };
+        match action.as_str() {
+            "status" => {
+                let a = engine
+                    .cache_status_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(remote)?;
+                let v = read_view(a.get()?.get_status()?)?.context("no chunk cache")?;
+                Ok(CacheAnswer::Status(v))
+            }
+            "verify" => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut req = engine.cache_verify_request();
+                req.get().set_repair(repair);
+                req.get().set_progress(capnp_rpc::new_client(Progress(tx)));
+                let a = req.send().promise.await.map_err(remote)?;
+                let job = a.get()?.get_job()?;
+                let result = job.result_request().send().promise;
+                tokio::pin!(result);
+                // Progress as it comes; the result after the last of it.
+                let answer = loop {
+                    tokio::select! {
+                        Some((done, total)) = rx.recv() => progress(done, total),
+                        r = &mut result => break r.map_err(remote)?,
+                    }
+                };
+                while let Ok((done, total)) = rx.try_recv() {
+                    progress(done, total);
+                }
+                let r = answer.get()?;
+                let mut figures = report(r.get_report()?);
+                figures.push(("cancelled".into(), u64::from(r.get_cancelled())));
+                Ok(CacheAnswer::Report(figures))
+            }
+            "clear" => {
+                let a = engine
+                    .cache_clear_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(remote)?;
+                Ok(CacheAnswer::Report(vec![(
+                    "freed_bytes".into(),
+                    a.get()?.get_freed_bytes(),
+                )]))
+            }
+            "pin" | "unpin" => {
+                let mut req = engine.cache_pin_request();
+                req.get().set_path(&path);
+                req.get().set_pinned(action == "pin");
+                let a = req.send().promise.await.map_err(remote)?;
+                Ok(CacheAnswer::Report(vec![(
+                    "files".into(),
+                    a.get()?.get_files(),
+                )]))
+            }
+            other => bail!("unknown cache action {other:?}"),
+        }
+    })
+}

@@ -1,34 +1,25 @@
-//! The control plane: `STATE/control.sock` (owner-only), Cap'n Proto
-//! frames (`ControlRequest` / `ControlResponse` in `schema/musicfs.capnp`).
+//! The control plane: `STATE/control.sock` (owner-only), Cap'n Proto RPC
+//! (`EngineGate` and `Engine` in `schema/musicfs.capnp`).
+//! - the gate's `hello` checks the control protocol versions and hands out
+//!   the `Engine` capability;
 //! - `status`: the catalog, origins (with a bounded reachability check),
-//!   supervised tasks, counters;
-//! - `shutdown`: the ordered stop, with a drain deadline;
+//!   supervised tasks, counters, the chunk cache;
+//! - `shutdown`: the ordered stop, with a drain deadline (refused under
+//!   systemd, naming the `systemctl stop` to use);
 //! - `reload`: a new configuration (validated; hot fields applied);
-//! - `events`: the event log, optionally followed.
+//! - `events` and `subscribe` (the client's listener is called for each
+//!   event, one call at a time: flow control by the RPC);
+//! - `cacheVerify` returns a `Job`: progress to the client's listener, then
+//!   the result; dropped or cancelled, it stops.
 //!
-//! One thread per connection (at most `MAX_CONNECTIONS`), so a follower
-//! never holds up a status. `musicfs status|metrics|shutdown|reload|events`
-//! are its clients (`client`).
+//! One thread runs it all (`server`: a current-thread tokio runtime with a
+//! `LocalSet`; a connection is a task, at most `MAX_CONNECTIONS`); calls
+//! that may wait run on the blocking pool. `client` holds the synchronous
+//! clients the command line uses; `convert` the status and events in and
+//! out of their structs; `cache` the chunk cache's view.
 //!
 //! The server talks to a `Handle` that the runtime gives it, never to the
-//! runtime itself. May use: config, events, tasks, sys.
-//!
-//! In detail: the control plane: `STATE/control.sock` (mode 0600, Cap'n Proto
-//! `ControlRequest`/`ControlResponse` frames, one thread per connection, at
-//! most 32). `status` gathers the catalog totals, how the previous engine
-//! closed the catalog, origins (reachability from `origins::probe_dirs`:
-//! parallel, 1 s deadline, at most one probe per origin, so a dead NFS server
-//! neither hangs it nor piles up threads), supervised tasks
-//! (`tasks::task_states`), cache figures and counters; `shutdown` is the
-//! ordered stop with a drain deadline; `reload` takes a whole configuration
-//! (JSON) or re-reads the engine's own; `events` streams the event log (and
-//! follows it). The CLI renders the status as a table, stable JSON, or
-//! Prometheus text (`musicfs metrics`). Under `musicfs mount`, `musicfs
-//! shutdown` and `musicfs reload` go to the supervisor (`supervisor.sock`),
-//! which owns the configuration and the order of the stop. An engine that
-//! systemd runs directly (`SYSTEMD_EXEC_PID` is its own pid, no supervisor)
-//! refuses `shutdown` and names the `systemctl stop` to use instead (its unit
-//! would restart it and leave the shim mounted).
+//! runtime itself. May use: config, content, events, tasks, sys.
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,15 +32,17 @@ use crate::config::reload::ReloadReport;
 
 mod cache;
 mod client;
+mod convert;
 mod server;
 
-pub use cache::{CacheAnswer, ChunkCacheView, cache_request};
+pub use cache::ChunkCacheView;
+pub use client::{CacheAnswer, cache_request, fetch_metrics};
 
 pub use client::{
     EngineRefused, NotRunning, fetch_status, request_reload, request_shutdown, send_shutdown,
     stream_events,
 };
-pub use server::serve;
+pub use server::{MAX_CONNECTIONS, serve};
 
 /// What the control plane asks of the running engine (the runtime
 /// implements it).
@@ -65,6 +58,8 @@ pub trait Handle: Send + Sync {
     fn shutdown(&self, drain: Duration) -> Result<(), String>;
     /// Whether the engine is stopping.
     fn stopping(&self) -> bool;
+    /// The Prometheus text exposition of the engine's metrics.
+    fn metrics(&self) -> Result<String>;
     /// The chunk cache's status, if one is open.
     fn cache_status(&self) -> Option<crate::content::CacheStatus>;
     /// Checks every cached chunk (`repair`: fetches bad ones again).

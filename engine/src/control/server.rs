@@ -1,275 +1,543 @@
-//! The control socket's server: one thread per connection (bounded), each
-//! request answered from the `Handle`.
+//! The control socket's server: capnp-rpc on one thread (a current-thread
+//! tokio runtime with a `LocalSet`; capnp-rpc is `!Send`). Connections cost
+//! a task each, not a thread, up to `MAX_CONNECTIONS`. Calls into the
+//! engine that may wait (status probes origins, reload writes the catalog)
+//! run on tokio's blocking pool, so one slow call never holds the others.
 
-use std::io::{BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use musicfs_schema::{control_request, control_response};
-use tracing::warn;
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use futures::AsyncReadExt;
+use musicfs_schema::{engine, engine_gate, event_listener, job, progress_listener, subscription};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::config::reload::ReloadReport;
 use crate::config::state::control_socket;
-use crate::control::{Handle, Status};
+use crate::content::VerifyReport;
+use crate::control::Handle;
+use crate::control::cache::{ChunkCacheView, write_view};
+use crate::control::convert::{len32, write_event, write_status};
 use crate::events::Event;
 use crate::sys::socket::{SocketGuard, bind_owner_only};
 
 /// Control connections served at once (followers included).
-const MAX_CONNECTIONS: usize = 32;
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Events a follower may fall behind by before it misses some.
+const FOLLOW_BACKLOG: usize = 4096;
 
-fn len32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+/// This engine's control protocol range. Fault injection:
+/// `MUSICFS_FAKE_CONTROL_PROTOCOL=N` claims version N only (tests of how
+/// old and new peers refuse each other).
+pub fn control_protocol_range() -> (u32, u32) {
+    match std::env::var("MUSICFS_FAKE_CONTROL_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(v) => (v, v),
+        None => (
+            musicfs_schema::MIN_CONTROL_PROTOCOL_VERSION,
+            musicfs_schema::CONTROL_PROTOCOL_VERSION,
+        ),
+    }
 }
 
-fn status_frame(id: u64, st: &Status) -> Vec<u8> {
-    let mut msg = capnp::message::Builder::new_default();
-    let mut r = msg.init_root::<control_response::Builder<'_>>();
-    r.set_id(id);
-    let mut s = r.init_status();
-    s.set_engine_version(&st.engine_version);
-    s.set_pid(st.pid);
-    s.set_uptime_ms(st.uptime_ms);
-    s.set_state_dir(&st.state_dir);
-    s.set_files(st.files);
-    s.set_nodes(st.nodes);
-    s.set_bytes(st.bytes);
-    s.set_scan_complete(st.scan_complete);
-    s.set_connected_shims(st.connected_shims);
-    s.set_catalog_previous_close(&st.catalog_previous_close);
-    s.set_in_flight(st.in_flight);
-    s.set_template(&st.template);
-    s.set_catalog_write_error(&st.catalog_write_error);
-    s.set_catalog_write_since_ms(st.catalog_write_since_ms);
-    s.set_state_dir_error(&st.state_dir_error);
-    if let Some(v) = &st.chunk_cache {
-        crate::control::cache::write_view(s.reborrow().init_chunk_cache(), v);
-    }
-    let mut list = s.reborrow().init_origins(len32(st.origins.len()));
-    for (i, o) in st.origins.iter().enumerate() {
-        let mut e = list.reborrow().get(len32(i));
-        e.set_id(o.id);
-        e.set_path(&o.path);
-        e.set_reachable(o.reachable);
-        e.set_local(o.local);
-    }
-    let mut list = s.reborrow().init_tasks(len32(st.tasks.len()));
-    for (i, t) in st.tasks.iter().enumerate() {
-        let mut e = list.reborrow().get(len32(i));
-        e.set_name(&t.name);
-        e.set_running(t.running);
-        e.set_restarts(t.restarts);
-        e.set_last_error(&t.last_error);
-    }
-    let mut list = s.reborrow().init_counters(len32(st.counters.len()));
-    for (i, (n, v)) in st.counters.iter().enumerate() {
-        let mut e = list.reborrow().get(len32(i));
-        e.set_name(n);
-        e.set_value(*v);
-    }
-    let mut list = s.init_cache(len32(st.cache.len()));
-    for (i, (n, v)) in st.cache.iter().enumerate() {
-        let mut e = list.reborrow().get(len32(i));
-        e.set_name(n);
-        e.set_value(*v);
-    }
-    musicfs_schema::to_frame(&msg)
+fn failed(e: impl std::fmt::Display) -> capnp::Error {
+    capnp::Error::failed(e.to_string())
 }
 
-fn simple_frame(id: u64, errno: i32, message: &str) -> Vec<u8> {
-    let mut msg = capnp::message::Builder::new_default();
-    let mut r = msg.init_root::<control_response::Builder<'_>>();
-    r.set_id(id);
-    r.set_errno(errno);
-    r.set_message(message);
-    r.set_none(());
-    musicfs_schema::to_frame(&msg)
-}
-
-fn reloaded_frame(id: u64, report: &ReloadReport) -> Vec<u8> {
-    let mut msg = capnp::message::Builder::new_default();
-    let mut r = msg.init_root::<control_response::Builder<'_>>();
-    r.set_id(id);
-    let mut g = r.init_reloaded();
-    let mut list = g.reborrow().init_applied(len32(report.applied.len()));
-    for (i, f) in report.applied.iter().enumerate() {
-        list.set(len32(i), f);
-    }
-    let mut list = g.init_restart_needed(len32(report.restart_needed.len()));
-    for (i, f) in report.restart_needed.iter().enumerate() {
-        list.set(len32(i), f);
-    }
-    musicfs_schema::to_frame(&msg)
-}
-
-fn event_frame(id: u64, e: &Event) -> Vec<u8> {
-    let mut msg = capnp::message::Builder::new_default();
-    let mut r = msg.init_root::<control_response::Builder<'_>>();
-    r.set_id(id);
-    let mut ev = r.init_event();
-    ev.set_seq(e.seq);
-    ev.set_time_ms(e.time_ms);
-    ev.set_kind(&e.kind);
-    ev.set_message(&e.message);
-    musicfs_schema::to_frame(&msg)
-}
-
-/// Serves the control socket: an accept thread, one thread per connection.
+/// Serves the control socket from its own thread; the guard removes the
+/// socket file when dropped.
 pub fn serve(rt: Arc<dyn Handle>) -> Result<SocketGuard> {
     let path = control_socket(rt.state_dir());
     let _ = std::fs::remove_file(&path);
     let listener =
         bind_owner_only(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    let active = Arc::new(AtomicUsize::new(0));
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control plane's runtime")?;
+    let hub = EventHub::start()?;
     std::thread::Builder::new()
         .name("musicfs-control".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-                    let mut s = stream;
-                    let _ = s.write_all(&simple_frame(
-                        0,
-                        libc::EBUSY,
-                        "too many control connections",
-                    ));
-                    continue;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                if let Err(e) = accept(listener, rt, hub).await {
+                    warn!("the control socket stopped: {e:#}");
                 }
-                active.fetch_add(1, Ordering::AcqRel);
-                let (rt, active2) = (rt.clone(), active.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("musicfs-control-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = handle(stream, rt.as_ref()) {
-                            warn!("control request failed: {e:#}");
-                        }
-                        active2.fetch_sub(1, Ordering::AcqRel);
-                    });
-                if let Err(e) = spawned {
-                    active.fetch_sub(1, Ordering::AcqRel);
-                    warn!("cannot start a control thread: {e}");
-                }
-            }
-        })?;
+            });
+        })
+        .context("cannot start the control thread")?;
     Ok(SocketGuard::new(path))
 }
 
-fn handle(stream: UnixStream, rt: &dyn Handle) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    // A client that stops reading must not hold this thread for ever.
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let Some(msg) = musicfs_schema::read_frame(&mut reader)? else {
-        return Ok(());
-    };
-    let req = msg.get_root::<control_request::Reader<'_>>()?;
-    let id = req.get_id();
-    let frame = match req.which()? {
-        control_request::Status(()) => match rt.status() {
-            Ok(st) => status_frame(id, &st),
-            Err(e) => simple_frame(id, libc::EIO, &format!("{e:#}")),
-        },
-        control_request::Shutdown(timeout_ms) => {
-            if let Err(why) = rt.shutdown(Duration::from_millis(u64::from(timeout_ms))) {
-                warn!("shutdown refused: {why}");
-                let _ = writer.write_all(&simple_frame(id, libc::EPERM, &why));
-                return Ok(());
+async fn accept(
+    listener: std::os::unix::net::UnixListener,
+    rt: Arc<dyn Handle>,
+    hub: EventHub,
+) -> Result<()> {
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let live = Rc::new(Cell::new(0usize));
+    let mut refused_logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("control accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-            // The client may not wait for the answer.
-            let _ = writer.write_all(&simple_frame(id, 0, "engine stopping"));
-            return Ok(());
-        }
-        control_request::Reload(r) => {
-            let text = r.get_config()?.to_str()?;
-            let new = if text.is_empty() {
-                None
-            } else {
-                match serde_json::from_str::<Config>(text) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        let frame =
-                            simple_frame(id, libc::EINVAL, &format!("bad configuration: {e}"));
-                        writer.write_all(&frame)?;
-                        return Ok(());
-                    }
-                }
-            };
-            match rt.reload(new) {
-                Ok(report) => reloaded_frame(id, &report),
-                Err(e) => simple_frame(
-                    id,
-                    libc::EINVAL,
-                    &format!("{e:#}; the running configuration stays"),
-                ),
+        };
+        if live.get() >= MAX_CONNECTIONS {
+            if refused_logged.elapsed() > Duration::from_secs(10) {
+                warn!("{MAX_CONNECTIONS} control connections are open; refusing more");
+                refused_logged = Instant::now();
             }
+            drop(stream);
+            continue;
         }
-        control_request::Cache(c) => {
-            let action = c.get_action()?.to_str()?.to_string();
-            let path = c.get_path()?.to_vec();
-            let gone = || client_gone(reader.get_ref());
-            crate::control::cache::serve_cache(
-                id,
-                (&action, &path, c.get_repair()),
-                rt,
-                &mut writer,
-                &gone,
-            )?
-        }
-        control_request::Events(e) => {
-            let (mut after, follow) = (e.get_after(), e.get_follow());
-            if follow && rt.stopping() {
-                // Followers wait for the next engine instead.
-                let frame = simple_frame(id, libc::ESHUTDOWN, "engine stopping");
-                writer.write_all(&frame)?;
-                return Ok(());
-            }
-            loop {
-                let batch = if follow {
-                    crate::events::wait_since(after, Duration::from_secs(1))
-                } else {
-                    crate::events::since(after)
-                };
-                for ev in &batch {
-                    writer.write_all(&event_frame(id, ev))?;
-                    after = ev.seq;
-                }
-                if !follow {
-                    break;
-                }
-                if client_gone(reader.get_ref()) {
-                    return Ok(());
-                }
-                if rt.stopping() {
-                    writer.write_all(&simple_frame(id, 0, "engine stopping"))?;
-                    return Ok(());
-                }
-            }
-            simple_frame(id, 0, "end")
-        }
-    };
-    writer.write_all(&frame)?;
-    Ok(())
+        let gate: engine_gate::Client = capnp_rpc::new_client(Gate {
+            rt: rt.clone(),
+            hub: hub.clone(),
+            live: live.clone(),
+        });
+        let (reader, writer) = stream.compat().split();
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(reader),
+            futures::io::BufWriter::new(writer),
+            rpc_twoparty_capnp::Side::Server,
+            Default::default(),
+        );
+        let system = RpcSystem::new(Box::new(network), Some(gate.client));
+        live.set(live.get() + 1);
+        let live = live.clone();
+        tokio::task::spawn_local(async move {
+            let _ = system.await;
+            live.set(live.get() - 1);
+        });
+    }
 }
 
-/// Whether the client closed its end (it sends nothing after its request,
-/// so readable means end of file). Checked without blocking, so an idle
-/// follower that went away frees its thread within a second.
-fn client_gone(stream: &UnixStream) -> bool {
-    use nix::sys::socket::{MsgFlags, recv};
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    match recv(
-        stream.as_raw_fd(),
-        &mut byte,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK,
-    ) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(nix::errno::Errno::EAGAIN) => false,
-        Err(_) => true,
+/// New events for every follower: one thread waits on the event ring and
+/// broadcasts; each follower has its own receiver.
+#[derive(Clone)]
+struct EventHub(tokio::sync::broadcast::Sender<Event>);
+
+impl EventHub {
+    fn start() -> Result<EventHub> {
+        let (tx, _) = tokio::sync::broadcast::channel(FOLLOW_BACKLOG);
+        let sender = tx.clone();
+        std::thread::Builder::new()
+            .name("musicfs-events".into())
+            .spawn(move || {
+                let mut last = crate::events::since(0).last().map_or(0, |e| e.seq);
+                loop {
+                    for e in crate::events::wait_since(last, Duration::from_secs(1)) {
+                        last = e.seq;
+                        // No follower: nothing to do.
+                        let _ = sender.send(e);
+                    }
+                }
+            })
+            .context("cannot start the events thread")?;
+        Ok(EventHub(tx))
+    }
+}
+
+struct Gate {
+    rt: Arc<dyn Handle>,
+    hub: EventHub,
+    /// Connections open now.
+    live: Rc<Cell<usize>>,
+}
+
+impl engine_gate::Server for Gate {
+    async fn hello(
+        self: capnp::capability::Rc<Self>,
+        params: engine_gate::HelloParams,
+        mut results: engine_gate::HelloResults,
+    ) -> Result<(), capnp::Error> {
+        let client = params.get()?.get_client()?;
+        let theirs = (client.get_min_protocol(), client.get_max_protocol());
+        let name = client.get_name()?.to_str().unwrap_or("?").to_string();
+        let ours = control_protocol_range();
+        if !musicfs_schema::compatible(ours, theirs) {
+            let why = format!(
+                "{name} speaks control protocol {}..={}, this engine ({}) {}..={}: no common version; use the musicfs binary of the same release as the running engine",
+                theirs.0,
+                theirs.1,
+                env!("CARGO_PKG_VERSION"),
+                ours.0,
+                ours.1
+            );
+            warn!("{why}");
+            return Err(failed(why));
+        }
+        let mut r = results.get();
+        let mut server = r.reborrow().init_server();
+        server.set_min_protocol(ours.0);
+        server.set_max_protocol(ours.1);
+        server.set_name(concat!("musicfs engine ", env!("CARGO_PKG_VERSION")));
+        r.set_engine(capnp_rpc::new_client(EngineImpl {
+            rt: self.rt.clone(),
+            hub: self.hub.clone(),
+            live: self.live.clone(),
+        }));
+        Ok(())
+    }
+}
+
+struct EngineImpl {
+    rt: Arc<dyn Handle>,
+    hub: EventHub,
+    live: Rc<Cell<usize>>,
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, capnp::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(failed)?
+        .map_err(|e| failed(format!("{e:#}")))
+}
+
+fn counters(
+    mut list: capnp::struct_list::Builder<'_, musicfs_schema::counter::Owned>,
+    figures: &[(&str, u64)],
+) {
+    for (i, (n, v)) in figures.iter().enumerate() {
+        let mut e = list.reborrow().get(len32(i));
+        e.set_name(n);
+        e.set_value(*v);
+    }
+}
+
+impl engine::Server for EngineImpl {
+    async fn status(
+        self: capnp::capability::Rc<Self>,
+        _: engine::StatusParams,
+        mut results: engine::StatusResults,
+    ) -> Result<(), capnp::Error> {
+        let rt = self.rt.clone();
+        let mut st = blocking(move || rt.status()).await?;
+        st.cache
+            .push(("control_connections".into(), self.live.get() as u64));
+        write_status(results.get().init_status(), &st);
+        Ok(())
+    }
+
+    async fn reload(
+        self: capnp::capability::Rc<Self>,
+        params: engine::ReloadParams,
+        mut results: engine::ReloadResults,
+    ) -> Result<(), capnp::Error> {
+        let text = params
+            .get()?
+            .get_config()?
+            .to_str()
+            .map_err(failed)?
+            .to_string();
+        let new = if text.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str::<Config>(&text)
+                    .map_err(|e| failed(format!("bad configuration: {e}")))?,
+            )
+        };
+        let rt = self.rt.clone();
+        let report = tokio::task::spawn_blocking(move || rt.reload(new))
+            .await
+            .map_err(failed)?
+            .map_err(|e| failed(format!("{e:#}; the running configuration stays")))?;
+        let mut r = results.get();
+        let mut list = r.reborrow().init_applied(len32(report.applied.len()));
+        for (i, f) in report.applied.iter().enumerate() {
+            list.set(len32(i), f);
+        }
+        let mut list = r.init_restart_needed(len32(report.restart_needed.len()));
+        for (i, f) in report.restart_needed.iter().enumerate() {
+            list.set(len32(i), f);
+        }
+        Ok(())
+    }
+
+    async fn shutdown(
+        self: capnp::capability::Rc<Self>,
+        params: engine::ShutdownParams,
+        _: engine::ShutdownResults,
+    ) -> Result<(), capnp::Error> {
+        let drain = Duration::from_millis(u64::from(params.get()?.get_drain_ms()));
+        self.rt.shutdown(drain).map_err(|why| {
+            warn!("shutdown refused: {why}");
+            failed(why)
+        })
+    }
+
+    async fn metrics(
+        self: capnp::capability::Rc<Self>,
+        _: engine::MetricsParams,
+        mut results: engine::MetricsResults,
+    ) -> Result<(), capnp::Error> {
+        let rt = self.rt.clone();
+        let text = blocking(move || rt.metrics()).await?;
+        results.get().set_text(&text);
+        Ok(())
+    }
+
+    async fn events(
+        self: capnp::capability::Rc<Self>,
+        params: engine::EventsParams,
+        mut results: engine::EventsResults,
+    ) -> Result<(), capnp::Error> {
+        let events = crate::events::since(params.get()?.get_after());
+        let mut list = results.get().init_events(len32(events.len()));
+        for (i, e) in events.iter().enumerate() {
+            write_event(list.reborrow().get(len32(i)), e);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        self: capnp::capability::Rc<Self>,
+        params: engine::SubscribeParams,
+        mut results: engine::SubscribeResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let after = p.get_after();
+        let listener = p.get_listener()?;
+        if self.rt.stopping() {
+            return Err(failed("engine stopping"));
+        }
+        // Subscribed before the backlog is read: nothing falls between.
+        let mut rx = self.hub.0.subscribe();
+        let ended = Rc::new(tokio::sync::Notify::new());
+        results
+            .get()
+            .set_subscription(capnp_rpc::new_client(SubscriptionImpl(ended.clone())));
+        tokio::task::spawn_local(async move {
+            let mut last = after;
+            for e in crate::events::since(after) {
+                last = e.seq;
+                if deliver(&listener, &e).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let e = tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(e) => e,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            warn!(missed = n, "an event follower fell behind; it missed some events");
+                            continue;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = ended.notified() => return,
+                };
+                if e.seq <= last {
+                    continue;
+                }
+                last = e.seq;
+                if deliver(&listener, &e).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn cache_status(
+        self: capnp::capability::Rc<Self>,
+        _: engine::CacheStatusParams,
+        mut results: engine::CacheStatusResults,
+    ) -> Result<(), capnp::Error> {
+        let rt = self.rt.clone();
+        let status = blocking(move || {
+            rt.cache_status().context(
+                "no chunk cache: every origin is a local disk (set `cache = true` on an origin to cache it)",
+            )
+        })
+        .await?;
+        write_view(results.get().init_status(), &ChunkCacheView::from(&status));
+        Ok(())
+    }
+
+    async fn cache_verify(
+        self: capnp::capability::Rc<Self>,
+        params: engine::CacheVerifyParams,
+        mut results: engine::CacheVerifyResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let repair = p.get_repair();
+        let progress = p.get_progress()?;
+        let rt = self.rt.clone();
+        let job = Job::start(progress, move |report, cancel| {
+            rt.cache_verify(repair, report, cancel)
+                .map(|r| verify_figures(&r))
+        });
+        results.get().set_job(capnp_rpc::new_client(job));
+        Ok(())
+    }
+
+    async fn cache_clear(
+        self: capnp::capability::Rc<Self>,
+        _: engine::CacheClearParams,
+        mut results: engine::CacheClearResults,
+    ) -> Result<(), capnp::Error> {
+        let rt = self.rt.clone();
+        let freed = blocking(move || rt.cache_clear()).await?;
+        results.get().set_freed_bytes(freed);
+        Ok(())
+    }
+
+    async fn cache_pin(
+        self: capnp::capability::Rc<Self>,
+        params: engine::CachePinParams,
+        mut results: engine::CachePinResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let (path, pinned) = (p.get_path()?.to_vec(), p.get_pinned());
+        let rt = self.rt.clone();
+        let files = blocking(move || rt.cache_pin(&path, pinned)).await?;
+        results.get().set_files(files);
+        Ok(())
+    }
+}
+
+fn verify_figures(r: &VerifyReport) -> (Vec<(&'static str, u64)>, bool) {
+    (
+        vec![
+            ("checked", r.checked),
+            ("bad", r.bad),
+            ("missing", r.missing),
+            ("repaired", r.repaired),
+            ("unrepaired", r.unrepaired),
+        ],
+        r.cancelled,
+    )
+}
+
+async fn deliver(listener: &event_listener::Client, e: &Event) -> Result<(), capnp::Error> {
+    let mut req = listener.event_request();
+    write_event(req.get().init_event(), e);
+    req.send().promise.await.map(drop)
+}
+
+/// A follower's subscription: dropping it ends the follow.
+struct SubscriptionImpl(Rc<tokio::sync::Notify>);
+
+impl subscription::Server for SubscriptionImpl {}
+
+impl Drop for SubscriptionImpl {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+type JobOutcome = Result<(Vec<(&'static str, u64)>, bool), String>;
+
+/// A long job on the blocking pool: progress goes to the client's listener
+/// in order (at most every 50 ms, and the last one always), then the
+/// result; dropping the job's capability, or `cancel`, cancels it.
+struct Job {
+    cancel: Arc<AtomicBool>,
+    outcome: Rc<std::cell::RefCell<Option<JobOutcome>>>,
+    done: Rc<tokio::sync::Notify>,
+}
+
+impl Job {
+    fn start(
+        progress: progress_listener::Client,
+        work: impl FnOnce(
+            &mut dyn FnMut(u64, u64),
+            &AtomicBool,
+        ) -> Result<(Vec<(&'static str, u64)>, bool)>
+        + Send
+        + 'static,
+    ) -> Job {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let outcome = Rc::new(std::cell::RefCell::new(None));
+        let done = Rc::new(tokio::sync::Notify::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+        let c = cancel.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut last = Instant::now() - Duration::from_secs(1);
+            let mut report = |done: u64, total: u64| {
+                if done == total || last.elapsed() >= Duration::from_millis(50) {
+                    last = Instant::now();
+                    let _ = tx.send((done, total));
+                }
+            };
+            work(&mut report, &c).map_err(|e| format!("{e:#}"))
+        });
+        let (o, d) = (outcome.clone(), done.clone());
+        tokio::task::spawn_local(async move {
+            // Progress first, in order, each call awaited (flow control).
+            while let Some((n, total)) = rx.recv().await {
+                let mut req = progress.progress_request();
+                req.get().set_done(n);
+                req.get().set_total(total);
+                if req.send().promise.await.is_err() {
+                    break;
+                }
+            }
+            let result = match worker.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("the job failed: {e}")),
+            };
+            *o.borrow_mut() = Some(result);
+            d.notify_waiters();
+        });
+        Job {
+            cancel,
+            outcome,
+            done,
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+impl job::Server for Job {
+    async fn result(
+        self: capnp::capability::Rc<Self>,
+        _: job::ResultParams,
+        mut results: job::ResultResults,
+    ) -> Result<(), capnp::Error> {
+        loop {
+            let notified = self.done.notified();
+            if let Some(outcome) = self.outcome.borrow().as_ref() {
+                let (figures, cancelled) = outcome.clone().map_err(failed)?;
+                let mut r = results.get();
+                r.set_cancelled(cancelled);
+                counters(r.init_report(len32(figures.len())), &figures);
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    async fn cancel(
+        self: capnp::capability::Rc<Self>,
+        _: job::CancelParams,
+        _: job::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        info!("a job was cancelled by its client");
+        self.cancel.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }

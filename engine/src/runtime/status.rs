@@ -139,6 +139,12 @@ impl Handle for Runtime {
         Runtime::stopping(self)
     }
 
+    fn metrics(&self) -> Result<String> {
+        anyhow::bail!(
+            "this engine does not render metrics itself (`musicfs metrics` renders them from the status)"
+        )
+    }
+
     fn cache_status(&self) -> Option<crate::content::CacheStatus> {
         self.shared.content().map(|c| c.status())
     }
