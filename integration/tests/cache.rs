@@ -301,7 +301,7 @@ fn corrupt_missing_and_removed_chunks_are_fetched_again() {
     let report: serde_json::Value = serde_json::from_slice(
         out.stdout
             .split(|b| *b == b'\n')
-            .find(|l| l.starts_with(b"{"))
+            .find(|l| l.windows(9).any(|w| w == b"\"checked\""))
             .unwrap(),
     )
     .unwrap();
@@ -315,7 +315,7 @@ fn corrupt_missing_and_removed_chunks_are_fetched_again() {
     let report: serde_json::Value = serde_json::from_slice(
         out.stdout
             .split(|b| *b == b'\n')
-            .find(|l| l.starts_with(b"{"))
+            .find(|l| l.windows(9).any(|w| w == b"\"checked\""))
             .unwrap(),
     )
     .unwrap();
@@ -549,7 +549,7 @@ fn engine_kills_while_writing_chunks_leave_no_partial_chunk() {
     let out = musicfs(&["cache", "verify", "--json"], &m.state);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let report: serde_json::Value =
-        serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+        serde_json::from_str(text.lines().find(|l| l.contains("\"checked\"")).unwrap()).unwrap();
     assert_eq!(figure(&report, "bad"), 0, "{report}");
     read_all(&s, &m);
     drop(m);

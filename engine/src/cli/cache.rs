@@ -134,7 +134,13 @@ pub fn run(action: &CacheAction, state_dir: &Path) -> Result<()> {
             let tty = std::io::stdout().is_terminal() && !json;
             let mut last_line = std::time::Instant::now();
             let answer = cache_request(state_dir, ("verify", b"", *repair), |done, total| {
-                if tty {
+                if *json {
+                    // One object per line: the progress, then the result.
+                    println!(
+                        "{}",
+                        serde_json::json!({"progress": {"done": done, "total": total}})
+                    );
+                } else if tty {
                     print!("{}", bar(done, total));
                     let _ = std::io::stdout().flush();
                 } else if !json && (done == total || last_line.elapsed().as_secs() >= 2) {

@@ -69,6 +69,10 @@ impl ChunkCache {
         progress(0, total);
         for (key, info, chunks) in contents {
             for (idx, hash, size) in chunks {
+                // Fault injection: a slow disk (tests of progress and cancel).
+                if crate::sys::fault::injected("slow-verify") {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
                 if cancel.load(Ordering::Relaxed) {
                     report.cancelled = true;
                     return Ok(report);

@@ -75,8 +75,12 @@ impl Runtime {
         crate::events::emit(
             "cache",
             format!(
-                "verify: {} checked, {} bad, {} missing, {} repaired",
-                report.checked, report.bad, report.missing, report.repaired
+                "verify: {} checked, {} bad, {} missing, {} repaired{}",
+                report.checked,
+                report.bad,
+                report.missing,
+                report.repaired,
+                if report.cancelled { " (cancelled)" } else { "" }
             ),
         );
         Ok(report)
