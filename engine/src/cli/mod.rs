@@ -11,7 +11,9 @@ use crate::config::reload::ConfigSource;
 use crate::config::{Config, Overrides};
 
 pub mod cache;
+pub mod doctor;
 pub mod events;
+mod manual;
 pub mod render;
 mod run;
 
@@ -133,6 +135,35 @@ pub enum Command {
         #[command(flatten)]
         library: LibraryArgs,
     },
+    /// Check what a mount needs from this machine, one line per check.
+    ///
+    /// FUSE (fusermount3, /dev/fuse), user_allow_other in /etc/fuse.conf,
+    /// the origins, inotify limits against their directories, passthrough,
+    /// FUSE_NOTIFY_RESEND, fusectl, the state and cache directories. Each
+    /// line is ok, warn or FAIL with what to do; the exit status is 1 if a
+    /// check fails.
+    Doctor {
+        /// A JSON array of {check, status, detail}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Check as for a mount with allow_other.
+        #[arg(long)]
+        allow_other: bool,
+        /// The mountpoint to check (default: `mountpoint` from the configuration).
+        mountpoint: Option<PathBuf>,
+    },
+    /// Print the shell completion script (for the packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page; with --out DIR, write musicfs.1 and one page per
+    /// command there (for the packaging).
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Which mount a command talks to.
@@ -225,6 +256,12 @@ pub fn overrides(cli: &Cli) -> Overrides {
             library,
             allow_other,
             mountpoint,
+        }
+        | Command::Doctor {
+            library,
+            allow_other,
+            mountpoint,
+            ..
         } => Overrides {
             mountpoint: mountpoint.clone(),
             allow_other: allow_other.then_some(true),
@@ -271,6 +308,8 @@ pub fn overrides(cli: &Cli) -> Overrides {
             state_dir: state_dir.clone(),
             ..Overrides::default()
         },
-        Command::Unmount { .. } => Overrides::default(),
+        Command::Unmount { .. } | Command::Completions { .. } | Command::Manpage { .. } => {
+            Overrides::default()
+        }
     }
 }

@@ -10,6 +10,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         supervisor::unmount(mountpoint, *lazy)?;
         return Ok(());
     }
+    // Needs no configuration (the packaging runs these at build time).
+    match &cli.command {
+        Command::Completions { shell } => return crate::cli::manual::completions(*shell),
+        Command::Manpage { out } => return crate::cli::manual::manpage(out.as_deref()),
+        _ => {}
+    }
     let config = load_config(&cli)?;
     logging::init(&config.log_level);
     let source = config_source(&cli);
@@ -106,7 +112,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Unmount { .. } => Ok(()),
+        Command::Doctor { json, .. } => crate::cli::doctor::run(&config, *json),
+        Command::Unmount { .. } | Command::Completions { .. } | Command::Manpage { .. } => Ok(()),
     }
 }
 
