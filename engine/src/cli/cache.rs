@@ -42,14 +42,20 @@ pub fn mount_of(path: &Path) -> Option<(PathBuf, PathBuf)> {
     Some((mount, rel))
 }
 
-fn bar(done: u64, total: u64) -> String {
+/// Draws a progress bar over the current terminal line.
+pub fn progress_bar(done: u64, total: u64, unit: &str) {
+    print!("{}", bar(done, total, unit));
+    let _ = std::io::stdout().flush();
+}
+
+fn bar(done: u64, total: u64, unit: &str) -> String {
     const WIDTH: u64 = 30;
     let filled = (done * WIDTH)
         .checked_div(total)
         .unwrap_or(WIDTH)
         .min(WIDTH);
     format!(
-        "\r[{}{}] {done}/{total} chunks",
+        "\r[{}{}] {done}/{total} {unit}",
         "#".repeat(filled as usize),
         " ".repeat((WIDTH - filled) as usize)
     )
@@ -141,8 +147,7 @@ pub fn run(action: &CacheAction, state_dir: &Path) -> Result<()> {
                         serde_json::json!({"progress": {"done": done, "total": total}})
                     );
                 } else if tty {
-                    print!("{}", bar(done, total));
-                    let _ = std::io::stdout().flush();
+                    progress_bar(done, total, "chunks");
                 } else if !json && (done == total || last_line.elapsed().as_secs() >= 2) {
                     last_line = std::time::Instant::now();
                     println!("verified {done}/{total} chunks");

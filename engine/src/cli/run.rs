@@ -26,7 +26,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => {
             let state_dir = config.resolved_state_dir()?;
-            let msg = supervisor::request_swap(&state_dir, binary.as_deref())?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let msg = supervisor::request_swap(&state_dir, binary.as_deref(), |step, of| {
+                if tty {
+                    crate::cli::cache::progress_bar(step, of, "steps");
+                }
+            })?;
+            if tty {
+                println!();
+            }
             println!("{msg}");
             Ok(())
         }

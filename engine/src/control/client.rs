@@ -48,7 +48,7 @@ fn our_range() -> (u32, u32) {
 }
 
 /// A capnp error as the engine meant it: its own message, or a lost link.
-fn remote(e: capnp::Error) -> anyhow::Error {
+pub fn remote(e: capnp::Error) -> anyhow::Error {
     match e.kind {
         capnp::ErrorKind::Disconnected => anyhow!("the engine closed the control connection"),
         _ => {
@@ -63,21 +63,31 @@ fn remote(e: capnp::Error) -> anyhow::Error {
     }
 }
 
-/// Connects to the engine of `state_dir` and runs `f` on its `Engine`
-/// capability, within `timeout` (None: no limit, for followers).
-fn with_engine<T, Fut>(
-    state_dir: &Path,
+/// Fills in this client's side of a `hello`.
+pub fn our_peer(mut c: musicfs_schema::peer::Builder<'_>) {
+    let (min, max) = our_range();
+    c.set_min_protocol(min);
+    c.set_max_protocol(max);
+    c.set_name(concat!("musicfs ", env!("CARGO_PKG_VERSION")));
+}
+
+/// Connects to the capnp-rpc socket `path` (`whose`: what serves there, for
+/// the error) and runs `f` on its bootstrap capability, within `timeout`
+/// (None: no limit, for followers), on a runtime of its own.
+pub fn with_gate<G, T, Fut>(
+    path: &Path,
+    whose: &str,
     timeout: Option<Duration>,
-    f: impl FnOnce(engine::Client) -> Fut,
+    f: impl FnOnce(G) -> Fut,
 ) -> Result<T>
 where
+    G: capnp::capability::FromClientHook,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    let path = control_socket(state_dir);
     local.block_on(&runtime, async move {
         let connect = tokio::time::timeout(
             Duration::from_secs(5),
@@ -87,12 +97,11 @@ where
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(anyhow::Error::new(e).context(NotRunning(format!(
-                    "no engine is running for {} ({} does not answer)",
-                    state_dir.display(),
+                    "no {whose} is running ({} does not answer)",
                     path.display()
                 ))));
             }
-            Err(_) => bail!("the engine did not accept the control connection within 5 s"),
+            Err(_) => bail!("the {whose} did not accept the control connection within 5 s"),
         };
         let (reader, writer) = stream.compat().split();
         let network = twoparty::VatNetwork::new(
@@ -102,30 +111,50 @@ where
             Default::default(),
         );
         let mut system = RpcSystem::new(Box::new(network), None);
-        let gate: engine_gate::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let gate: G = system.bootstrap(rpc_twoparty_capnp::Side::Server);
         let disconnector = system.get_disconnector();
         tokio::task::spawn_local(system);
-        let work = async {
-            let mut hello = gate.hello_request();
-            {
-                let mut c = hello.get().init_client();
-                let (min, max) = our_range();
-                c.set_min_protocol(min);
-                c.set_max_protocol(max);
-                c.set_name(concat!("musicfs ", env!("CARGO_PKG_VERSION")));
-            }
-            let answer = hello.send().promise.await.map_err(remote)?;
-            let engine = answer.get()?.get_engine()?;
-            f(engine).await
-        };
         let out = match timeout {
-            Some(t) => tokio::time::timeout(t, work)
+            Some(t) => tokio::time::timeout(t, f(gate))
                 .await
-                .map_err(|_| anyhow!("the engine did not answer within {} s", t.as_secs()))?,
-            None => work.await,
+                .map_err(|_| anyhow!("the {whose} did not answer within {} s", t.as_secs()))?,
+            None => f(gate).await,
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
         out
+    })
+}
+
+/// Connects to the engine of `state_dir` and runs `f` on its `Engine`
+/// capability (after the protocol check at the gate).
+fn with_engine<T, Fut>(
+    state_dir: &Path,
+    timeout: Option<Duration>,
+    f: impl FnOnce(engine::Client) -> Fut,
+) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let path = control_socket(state_dir);
+    with_gate(
+        &path,
+        "engine",
+        timeout,
+        |gate: engine_gate::Client| async move {
+            let mut hello = gate.hello_request();
+            our_peer(hello.get().init_client());
+            let answer = hello.send().promise.await.map_err(remote)?;
+            let engine = answer.get()?.get_engine()?;
+            f(engine).await
+        },
+    )
+    .map_err(|e| match e.downcast_ref::<NotRunning>() {
+        Some(_) => e.context(NotRunning(format!(
+            "no engine is running for {} ({} does not answer)",
+            state_dir.display(),
+            path.display()
+        ))),
+        None => e,
     })
 }
 

@@ -36,13 +36,13 @@ mod convert;
 mod server;
 
 pub use cache::ChunkCacheView;
-pub use client::{CacheAnswer, cache_request, fetch_metrics};
+pub use client::{CacheAnswer, cache_request, fetch_metrics, our_peer, remote, with_gate};
 
 pub use client::{
     EngineRefused, NotRunning, fetch_status, request_reload, request_shutdown, send_shutdown,
     stream_events,
 };
-pub use server::{MAX_CONNECTIONS, serve};
+pub use server::{MAX_CONNECTIONS, control_protocol_range as server_protocol_range, serve};
 
 /// What the control plane asks of the running engine (the runtime
 /// implements it).

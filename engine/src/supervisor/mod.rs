@@ -40,13 +40,13 @@
 
 mod backoff;
 mod children;
-mod client;
 mod mountpoint;
 mod pair;
 mod reload;
 mod requests;
+mod rpc;
 
 pub use children::shim_binary;
-pub use client::{request_reload, request_shutdown, request_swap};
 pub use mountpoint::{is_mountpoint, lazy_unmount, prepare_mountpoint, unmount};
 pub use pair::run;
+pub use rpc::{request_reload, request_shutdown, request_swap};

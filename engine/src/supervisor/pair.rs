@@ -77,14 +77,8 @@ async fn supervise(
     let started = Instant::now();
     let mut engine_bin = default_engine_binary()?;
     let control_path = supervisor_socket(state_dir);
-    let _ = std::fs::remove_file(&control_path);
     // Owner only: it takes `swap BINARY` and `shutdown`.
-    let control = crate::sys::socket::bind_owner_only(&control_path)
-        .and_then(|l| {
-            l.set_nonblocking(true)?;
-            tokio::net::UnixListener::from_std(l)
-        })
-        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
+    let mut control = crate::supervisor::rpc::serve(state_dir)?;
     let mut engine = engine_command(config, state_dir, socket, &engine_bin, "mount")?
         .spawn()
         .context("cannot start the engine")?;
@@ -196,27 +190,25 @@ async fn supervise(
                     }
                 }
             }
-            conn = control.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let outcome = control_request(stream, config, &source, state_dir, socket, &mut engine, &mut engine_bin).await;
+            Some(asked) = control.recv() => {
+                let outcome = control_request(asked, config, &source, state_dir, socket, &mut engine, &mut engine_bin).await;
                 match outcome {
-                    Ok(Control::Shutdown(d)) => {
+                    Control::Shutdown(d) => {
                         info!("shutdown requested: unmounting");
                         drain = d.unwrap_or(drain);
                         break Ok(());
                     }
-                    Ok(Control::Swapped) => {
+                    Control::Swapped => {
                         engine_alive = true;
                         engine_healthy = true;
                         engine_started = Instant::now();
                         heartbeat.reset();
                     }
-                    Ok(Control::Reloaded(Some((every, timeout)))) => {
+                    Control::Reloaded(Some((every, timeout))) => {
                         heartbeat = heartbeat_timer(every);
                         heartbeat_timeout = timeout;
                     }
-                    Ok(Control::Reloaded(None) | Control::Continue) => {}
-                    Err(e) => warn!("control request failed: {e:#}"),
+                    Control::Reloaded(None) | Control::Continue => {}
                 }
             }
             _ = heartbeat.tick() => {

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::config::reload::ConfigSource;
 use crate::supervisor::children::{engine_command, stop_engine, wait_healthy};
 use crate::supervisor::reload::{Heartbeat, reload};
+use crate::supervisor::rpc::{Asked, Request};
 
 /// How long a new engine may take to answer its first heartbeat during a swap.
 pub(super) const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,58 +27,38 @@ pub(super) enum Control {
     Reloaded(Heartbeat),
 }
 
-/// One control request: a line `swap [BINARY]`, `reload` or `shutdown
-/// [DRAIN_MS]`; the answer is one line, `ok ...` or `error ...`.
+/// One control request from `supervisor.sock` (see `rpc`): answered
+/// through its channel; the outcome tells the loop what changed.
 pub(super) async fn control_request(
-    stream: tokio::net::UnixStream,
+    asked: Asked,
     config: &mut Config,
     source: &ConfigSource,
     state_dir: &Path,
     socket: &Path,
     engine: &mut Child,
     engine_bin: &mut PathBuf,
-) -> Result<Control> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::BufReader::new(read).read_line(&mut line),
-    )
-    .await
-    .context("no request")??;
-    let mut words = line.split_whitespace();
-    let mut outcome = Control::Continue;
-    let answer = match words.next() {
-        Some("shutdown") => {
-            let drain = words
-                .next()
-                .and_then(|w| w.parse().ok())
-                .map(Duration::from_millis);
-            outcome = Control::Shutdown(drain);
-            "ok stopping\n".to_string()
-        }
-        Some("reload") => match reload(config, source, state_dir).await {
-            Ok((summary, hb)) => {
-                outcome = Control::Reloaded(hb);
-                format!("ok {summary}\n")
-            }
-            Err(e) => format!("error {e:#}; the running configuration stays\n"),
+) -> Control {
+    let Asked { request, answer } = asked;
+    let (outcome, result) = match request {
+        Request::Shutdown(drain) => (Control::Shutdown(drain), Ok("stopping".to_string())),
+        Request::Reload => match reload(config, source, state_dir).await {
+            Ok((summary, hb)) => (Control::Reloaded(hb), Ok(summary)),
+            Err(e) => (
+                Control::Continue,
+                Err(format!("{e:#}; the running configuration stays")),
+            ),
         },
-        Some("swap") => {
-            let new = words
-                .next()
-                .map_or_else(|| engine_bin.clone(), PathBuf::from);
-            outcome = Control::Swapped;
-            match swap(config, state_dir, socket, engine, engine_bin, new).await {
-                Ok(msg) => format!("ok {msg}\n"),
-                Err(e) => format!("error {e:#}\n"),
-            }
+        Request::Swap(binary, progress) => {
+            let new = binary.unwrap_or_else(|| engine_bin.clone());
+            let r = swap(
+                config, state_dir, socket, engine, engine_bin, new, &progress,
+            )
+            .await;
+            (Control::Swapped, r.map_err(|e| format!("{e:#}")))
         }
-        _ => format!("error unknown request {:?}\n", line.trim()),
     };
-    write.write_all(answer.as_bytes()).await?;
-    Ok(outcome)
+    let _ = answer.send(result);
+    outcome
 }
 
 /// Replaces the engine with one started from `new_bin`. The old engine is
@@ -91,7 +72,13 @@ async fn swap(
     engine: &mut Child,
     engine_bin: &mut PathBuf,
     new_bin: PathBuf,
+    progress: &tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
 ) -> Result<String> {
+    const STEPS: u64 = 4;
+    let step = |n| {
+        let _ = progress.send((n, STEPS));
+    };
+    step(0);
     let t = Instant::now();
     // The new binary must at least run.
     let check = tokio::time::timeout(
@@ -108,14 +95,18 @@ async fn swap(
             check.status
         );
     }
+    step(1);
     info!(binary = %new_bin.display(), "swapping the engine");
     stop_engine(engine, state_dir, config.drain_timeout()).await;
     let stopped = t.elapsed();
+    step(2);
     let mut new = engine_command(config, state_dir, socket, &new_bin, "engine swap")?
         .spawn()
         .with_context(|| format!("cannot start {}", new_bin.display()))?;
+    step(3);
     match wait_healthy(&mut new, socket, SWAP_HEALTH_TIMEOUT).await {
         Ok(()) => {
+            step(STEPS);
             *engine = new;
             *engine_bin = new_bin;
             let msg = format!(
