@@ -11,8 +11,10 @@ export DEBIAN_FRONTEND=noninteractive
 # systemd: systemd-analyze verify of the units  util-linux: setpriv in a test
 # rsync, mpv, fio: real clients that read the mount in the suite
 # openssh-server, sshfs: the network share the cache tests mount
+# prometheus: promtool, which checks the metrics text in a test (the daemon
+#   it brings is not needed; where systemd runs, it enables prometheus.service)
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates >/dev/null
+apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates prometheus >/dev/null
 # The toolchain components the suite uses (rustup installs; harmless if present).
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

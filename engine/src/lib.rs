@@ -8,7 +8,7 @@
 //! ```text
 //! cli → supervisor | runtime → control | serve | sync → scan | content
 //!     → origins → catalog → config → model, with tasks, events, logging,
-//!     sys beside
+//!     metrics, sys beside
 //! ```
 //!
 //! See ARCHITECTURE.md for the map.
@@ -20,6 +20,7 @@ pub mod content;
 pub mod control;
 pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod origins;
 pub mod runtime;

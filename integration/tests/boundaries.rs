@@ -97,6 +97,7 @@ const ENGINE_ROOMS: &[(&str, u32)] = &[
     ("model", 0),
     ("events", 0),
     ("logging", 0),
+    ("metrics", 0),
     ("sys", 0),
 ];
 

@@ -14,12 +14,13 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use crate::catalog::split_file_key;
 use crate::content::{ChunkCache, ContentInfo, ContentKey, Layout};
+use crate::metrics;
 use crate::origins::OpenFile;
 use crate::serve::files::Origin;
 use crate::serve::pools::Turn;
@@ -198,6 +199,7 @@ pub(super) fn open_from_cache(
         return None;
     }
     bump(&shared.counters.opens, 1);
+    metrics::record_open();
     shared.cached_handles.insert(Arc::new(f), true);
     Some(opened_frame(id, origin.version))
 }
@@ -206,6 +208,7 @@ pub(super) fn open_from_cache(
 /// version from the file itself) and answers with that version.
 pub(super) fn open_from_origin(shared: &Shared, id: u64, ino: u64, origin: &Origin) -> Vec<u8> {
     bump(&shared.counters.opens, 1);
+    metrics::record_open();
     let opened = match shared.fds.get(ino, origin.version) {
         Some(f) => Ok(f),
         None => shared.fds.open(ino, origin.id, &origin.path, false),
@@ -292,6 +295,27 @@ fn fetch_chunk(
     i: u32,
     demand: bool,
 ) -> Result<Arc<[u8]>, i32> {
+    let started = Instant::now();
+    let fetched = read_chunk(shared, f, i);
+    metrics::observe_origin_fetch(
+        f.origin,
+        || shared.origins.root(f.origin),
+        started.elapsed(),
+    );
+    let buf = fetched?;
+    if demand {
+        bump(&cache.counters.misses, 1);
+    }
+    if !cache.usable() {
+        bump(&cache.counters.bypassed_reads, 1);
+    }
+    let bytes: Arc<[u8]> = buf.into();
+    cache.put(&f.key, i, &f.info, bytes.clone());
+    Ok(bytes)
+}
+
+/// The bytes of chunk `i` of `f`, read from its origin.
+fn read_chunk(shared: &Shared, f: &CachedFile, i: u32) -> Result<Vec<u8>, i32> {
     let (start, len) = f.layout.range(i);
     let open = origin_file(shared, f)?;
     let mut buf = vec![0u8; len as usize];
@@ -310,15 +334,7 @@ fn fetch_chunk(
             }
         }
     }
-    if demand {
-        bump(&cache.counters.misses, 1);
-    }
-    if !cache.usable() {
-        bump(&cache.counters.bypassed_reads, 1);
-    }
-    let bytes: Arc<[u8]> = buf.into();
-    cache.put(&f.key, i, &f.info, bytes.clone());
-    Ok(bytes)
+    Ok(buf)
 }
 
 /// The origin step of a read: cached chunks from the cache, the rest from
@@ -395,6 +411,7 @@ pub(super) fn dispatch_read(
         Box::new(move |turn| {
             let id = reply.id;
             bump(&sh.counters.reads, 1);
+            metrics::record_read();
             if matches!(turn, Turn::Run)
                 && let Some(data) = crate::serve::connection::guarded(
                     id,
@@ -403,6 +420,7 @@ pub(super) fn dispatch_read(
                 )
             {
                 bump(&sh.counters.read_bytes, data.len() as u64);
+                metrics::record_read_bytes(data.len() as u64);
                 reply.send(&respond(id, 0, |mut r| r.set_data(&data)));
                 read_ahead(&sh, &f, offset, data.len());
                 return;
@@ -423,6 +441,7 @@ pub(super) fn dispatch_read(
                     match result {
                         Ok(data) => {
                             bump(&sh2.counters.read_bytes, data.len() as u64);
+                            metrics::record_read_bytes(data.len() as u64);
                             reply.send(&respond(id, 0, |mut r| r.set_data(&data)));
                             read_ahead(&sh2, &f, offset, data.len());
                         }
@@ -466,11 +485,20 @@ pub(super) fn dispatch_open(
                 origin.id,
                 Box::new(move |turn| {
                     let frame = match turn {
-                        Turn::Run => crate::serve::connection::guarded(
-                            id,
-                            || open_from_origin(&sh2, id, ino, &origin),
-                            || error_frame(id, libc::EIO),
-                        ),
+                        Turn::Run => {
+                            let started = Instant::now();
+                            let frame = crate::serve::connection::guarded(
+                                id,
+                                || open_from_origin(&sh2, id, ino, &origin),
+                                || error_frame(id, libc::EIO),
+                            );
+                            metrics::observe_origin_fetch(
+                                origin.id,
+                                || Some(origin.root.clone()),
+                                started.elapsed(),
+                            );
+                            frame
+                        }
                         Turn::Refused => error_frame(id, libc::EIO),
                     };
                     // Answered EIO by the deadline already, an open that

@@ -6,12 +6,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use musicfs_schema::{request, response};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::metrics::{self, Op};
 use crate::serve::cached::{self, cache_for, dispatch_open, dispatch_read};
 use crate::serve::files::{open, origin_of, read, read_cached, send_open};
 use crate::serve::metadata::metadata;
@@ -105,9 +107,11 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         let req = msg.get_root::<request::Reader<'_>>()?;
         let id = req.get_id();
         bump(&shared.counters.requests, 1);
+        metrics::record_request();
         let which = req.which()?;
-        // Counted until its answer is written (moved into pool jobs).
-        let op = shared.begin_request();
+        // Counted and timed until its answer is written (moved into pool
+        // jobs).
+        let op = shared.begin_request(kind_of(&which));
         if !greeted {
             let request::Hello(hello) = which else {
                 send(&writer, &error_frame(id, libc::EPROTO));
@@ -155,15 +159,25 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                     }
                     Ok(origin) => {
                         let (shared, writer) = (shared.clone(), writer.clone());
+                        let oid = origin.id;
                         pools.submit(
-                            origin.id,
+                            oid,
                             Box::new(move |turn| {
                                 let opened = match turn {
-                                    Turn::Run => guarded(
-                                        id,
-                                        || open(&shared, id, ino, flags, pt, origin),
-                                        || (error_frame(id, libc::EIO), None),
-                                    ),
+                                    Turn::Run => {
+                                        let started = Instant::now();
+                                        let opened = guarded(
+                                            id,
+                                            || open(&shared, id, ino, flags, pt, origin),
+                                            || (error_frame(id, libc::EIO), None),
+                                        );
+                                        metrics::observe_origin_fetch(
+                                            oid,
+                                            || shared.origins.root(oid),
+                                            started.elapsed(),
+                                        );
+                                        opened
+                                    }
                                     Turn::Refused => (error_frame(id, libc::EIO), None),
                                 };
                                 send_open(&writer, opened);
@@ -210,11 +224,20 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                                 origin,
                                 Box::new(move |turn| {
                                     let frame = match turn {
-                                        Turn::Run => guarded(
-                                            id,
-                                            || read(&shared, id, (ino, fh, held), offset, size),
-                                            || error_frame(id, libc::EIO),
-                                        ),
+                                        Turn::Run => {
+                                            let started = Instant::now();
+                                            let frame = guarded(
+                                                id,
+                                                || read(&shared, id, (ino, fh, held), offset, size),
+                                                || error_frame(id, libc::EIO),
+                                            );
+                                            metrics::observe_origin_fetch(
+                                                origin,
+                                                || shared.origins.root(origin),
+                                                started.elapsed(),
+                                            );
+                                            frame
+                                        }
                                         Turn::Refused => error_frame(id, libc::EIO),
                                     };
                                     send(&writer, &frame);
@@ -234,6 +257,28 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                 send(&writer, &frame);
             }
         }
+    }
+}
+
+/// The kind of a request, for its latency histogram.
+fn kind_of(which: &request::WhichReader<'_>) -> Op {
+    match which {
+        request::Hello(_) => Op::Hello,
+        request::Lookup(_) => Op::Lookup,
+        request::Forget(_) => Op::Forget,
+        request::Getattr(_) => Op::Getattr,
+        request::Opendir(_) => Op::Opendir,
+        request::Readdir(r) if r.get_plus() => Op::Readdirplus,
+        request::Readdir(_) => Op::Readdir,
+        request::Releasedir(_) => Op::Releasedir,
+        request::Open(_) => Op::Open,
+        request::Read(_) => Op::Read,
+        request::Release(_) => Op::Release,
+        request::Statfs(_) => Op::Statfs,
+        request::Readlink(_) => Op::Readlink,
+        request::Getxattr(_) => Op::Getxattr,
+        request::Listxattr(_) => Op::Listxattr,
+        request::Ping(()) => Op::Ping,
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::catalog::split_file_key;
+use crate::metrics;
 use crate::origins::{OpenFile, pread_nowait};
 use crate::serve::shared::{MAX_READ_BYTES, Shared, bump};
 use crate::serve::wire::{Writer, errno_of, error_frame, respond, send, send_with_fd};
@@ -75,6 +76,7 @@ pub(super) fn open(
     origin: Origin,
 ) -> (Vec<u8>, Option<Arc<File>>) {
     bump(&shared.counters.opens, 1);
+    metrics::record_open();
     if flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32 != 0 {
         return (error_frame(id, libc::EROFS), None);
     }
@@ -162,6 +164,8 @@ pub(super) fn read_cached(
     }
     bump(&shared.counters.reads, 1);
     bump(&shared.counters.read_bytes, n as u64);
+    metrics::record_read();
+    metrics::record_read_bytes(n as u64);
     Some(respond(id, 0, |mut r| r.set_data(&buf)))
 }
 
@@ -206,6 +210,7 @@ pub(super) fn read(
     size: u32,
 ) -> Vec<u8> {
     bump(&shared.counters.reads, 1);
+    metrics::record_read();
     let size = size.min(MAX_READ_BYTES) as usize;
     let f = match handle_file(shared, ino, fh, held) {
         Ok(f) => f,
@@ -228,6 +233,7 @@ pub(super) fn read(
     match result {
         Ok(buf) => {
             bump(&shared.counters.read_bytes, buf.len() as u64);
+            metrics::record_read_bytes(buf.len() as u64);
             respond(id, 0, |mut r| r.set_data(&buf))
         }
         Err(e) => {

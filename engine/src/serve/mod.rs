@@ -12,7 +12,7 @@
 //! port), `connection` (accept, hello, dispatch, the I/O pool), `metadata`
 //! (lookup, getattr, readdir, statfs, xattrs), `files` (open and read),
 //! `dir_handles`, `wire` (frames and sending them), `ping` (the heartbeat
-//! client). May use: origins, catalog, model, config, sys.
+//! client). May use: origins, catalog, model, config, metrics, sys.
 //!
 //! In detail: the data plane. An accept thread, one reader thread per
 //! connection; metadata requests are answered inline from the catalog and its
@@ -32,7 +32,9 @@
 //! own notice thread (a notice may wait on a directory lock that an in-flight
 //! lookup holds, and that lookup's answer comes through the reader thread).
 //! Every request read is counted in flight until its answer is written
-//! (`InFlight`, also inside pool jobs), which is what the stop drains.
+//! (`InFlight`, also inside pool jobs), which is what the stop drains; the
+//! same `InFlight` times the request into `metrics` (by kind) when it drops,
+//! and origin pool jobs and chunk fetches are timed by origin.
 //! Answers are written with a 10 s timeout: a client that stops reading is
 //! dropped (the stream may hold half a frame), so it can never hold the I/O
 //! pool; the shim reconnects and replays. An open that fails because the

@@ -15,6 +15,7 @@ use tracing::info;
 
 use crate::catalog::{InvalidationSink, Invalidations, Store};
 use crate::content::ChunkCache;
+use crate::metrics::{Op, observe_request};
 use crate::origins::{FdCache, Origins};
 use crate::serve::cached::CachedHandles;
 use crate::serve::dir_handles::DirHandles;
@@ -185,9 +186,15 @@ impl Shared {
         }
     }
 
-    pub(super) fn begin_request(self: &Arc<Self>) -> InFlight {
+    /// A request of kind `op` was read: counted in flight, and timed, until
+    /// its `InFlight` drops (after its answer is written).
+    pub(super) fn begin_request(self: &Arc<Self>, op: Op) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight {
+            shared: self.clone(),
+            op,
+            read_at: Instant::now(),
+        }
     }
 
     /// Tells every connected shim to drop what its kernel cached for these.
@@ -239,12 +246,18 @@ pub(super) struct ConnRef {
     pub(super) shim: Arc<AtomicBool>,
 }
 
-/// One request being served; dropped once its answer is written.
-pub(super) struct InFlight(Arc<Shared>);
+/// One request being served; dropped once its answer is written, which
+/// records its latency (`metrics::observe_request`).
+pub(super) struct InFlight {
+    shared: Arc<Shared>,
+    op: Op,
+    read_at: Instant,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        observe_request(self.op, self.read_at.elapsed());
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -111,3 +111,59 @@ fn requests_buffered_at_the_stop_are_answered_before_the_catalog_closes() {
         errors.first()
     );
 }
+
+/// The `_count` of the request latency histogram of `op`, as rendered.
+fn latency_count(op: &str) -> u64 {
+    let text = crate::metrics::render(&crate::metrics::Snapshot::default());
+    let name = format!("musicfs_request_duration_seconds_count{{op=\"{op}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Every request answered is timed in the histogram of its kind (inline
+/// answers and errors alike), hello included.
+#[test]
+fn answered_requests_are_timed_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = Template::parse(DEFAULT_TEMPLATE).unwrap();
+    let store = std::sync::Arc::new(Store::open(&dir.path().join("c.redb"), template).unwrap());
+    let shared = Shared::new(store, Origins::new(Vec::new(), Default::default()), 1000);
+    let socket = dir.path().join("engine.sock");
+    let _guard = serve(shared.clone(), &socket).unwrap();
+    let before = ["hello", "getattr", "statfs", "lookup"].map(latency_count);
+
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut batch = frame(1, |r| {
+        let mut h = r.init_hello();
+        h.set_min_protocol(musicfs_schema::MIN_PROTOCOL_VERSION);
+        h.set_max_protocol(musicfs_schema::PROTOCOL_VERSION);
+        h.set_peer_name("musicfs-shim test");
+    });
+    for id in 0..5 {
+        batch.extend(frame(id + 2, |mut r| r.set_getattr(ROOT_INO)));
+    }
+    batch.extend(frame(10, |mut r| r.set_statfs(ROOT_INO)));
+    batch.extend(frame(11, |r| {
+        let mut l = r.init_lookup();
+        l.set_parent(ROOT_INO);
+        l.set_name(b"not there");
+    }));
+    stream.write_all(&batch).unwrap();
+    for _ in 0..8 {
+        musicfs_schema::read_frame(&mut reader).unwrap().unwrap();
+    }
+    // The last answer is written just before its request's timer stops.
+    let after = || ["hello", "getattr", "statfs", "lookup"].map(latency_count);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut now = after();
+    while now[3] < before[3] + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        now = after();
+    }
+    for (i, want) in [1, 5, 1, 1].into_iter().enumerate() {
+        assert!(now[i] >= before[i] + want, "{before:?} -> {now:?}");
+    }
+}
