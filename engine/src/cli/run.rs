@@ -64,8 +64,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Metrics { .. } => {
-            let status = control::fetch_status(&one_mount(&config)?)?;
-            print!("{}", render::render_metrics(&status));
+            // Rendered by the engine: its histograms live there.
+            print!("{}", control::fetch_metrics(&one_mount(&config)?)?);
             Ok(())
         }
         Command::Reload { .. } => {

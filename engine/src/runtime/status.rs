@@ -140,9 +140,44 @@ impl Handle for Runtime {
     }
 
     fn metrics(&self) -> Result<String> {
-        anyhow::bail!(
-            "this engine does not render metrics itself (`musicfs metrics` renders them from the status)"
-        )
+        let s = collect(self)?;
+        Ok(crate::metrics::render(&crate::metrics::Snapshot {
+            uptime_seconds: s.uptime_ms as f64 / 1000.0,
+            files: s.files,
+            nodes: s.nodes,
+            audio_bytes: s.bytes,
+            scan_complete: s.scan_complete,
+            connected_shims: u64::from(s.connected_shims),
+            in_flight_requests: u64::from(s.in_flight),
+            catalog_writes_failing: !s.catalog_write_error.is_empty(),
+            state_dir_writable: s.state_dir_error.is_empty(),
+            origins: s
+                .origins
+                .iter()
+                .map(|o| crate::metrics::OriginFigures {
+                    path: o.path.clone(),
+                    reachable: o.reachable,
+                })
+                .collect(),
+            tasks: s
+                .tasks
+                .iter()
+                .map(|t| crate::metrics::TaskFigures {
+                    name: t.name.clone(),
+                    running: t.running,
+                    restarts: u64::from(t.restarts),
+                })
+                .collect(),
+            gauges: s.cache.clone(),
+            counters: s.counters.clone(),
+            chunk_cache: s
+                .chunk_cache
+                .as_ref()
+                .map(|c| crate::metrics::ChunkCacheFigures {
+                    bypassed: c.bypassed,
+                    figures: c.figures.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                }),
+        }))
     }
 
     fn cache_status(&self) -> Option<crate::content::CacheStatus> {
