@@ -15,9 +15,32 @@ export DEBIAN_FRONTEND=noninteractive
 #   it brings is not needed; where systemd runs, it enables prometheus.service)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates prometheus >/dev/null
+# dpkg-dev: dpkg-shlibdeps, with which cargo-deb works out the package's Depends.
+apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
 # The toolchain components the suite uses (rustup installs; harmless if present).
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+# cargo-deb, for `cargo xtask deb` (and the package test), with the cargo of
+# whoever runs this script (through sudo: the invoking user's, not root's).
+# Only when `cargo deb` is missing: building it takes a few minutes.
+install_cargo_deb() {
+  PATH="$HOME/.cargo/bin:$PATH"
+  if cargo deb --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: no cargo on PATH: cannot install cargo-deb (install Rust first)" >&2
+    return 1
+  fi
+  echo "install-deps: cargo install cargo-deb --locked (a few minutes)"
+  cargo install cargo-deb --locked --quiet
+  cargo deb --version >/dev/null
+}
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+  sudo -u "$SUDO_USER" -H bash -c "$(declare -f install_cargo_deb); install_cargo_deb"
+else
+  install_cargo_deb
 fi
 # The share harness runs /usr/sbin/sshd itself (no service needed) and sshfs.
 [ -x /usr/sbin/sshd ] || { echo "install-deps: /usr/sbin/sshd is missing after install" >&2; exit 1; }

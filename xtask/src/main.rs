@@ -1,9 +1,10 @@
-//! `cargo xtask <task>`: the project's developer commands (codegen, gen-library, bench, ci, demo).
+//! `cargo xtask <task>`: the project's developer commands (codegen, gen-library, bench, ci, demo, deb).
 #![allow(clippy::unwrap_used)]
 
 mod bench;
 mod ci;
 mod codegen;
+mod deb;
 mod demo;
 mod genlib;
 mod harness;
@@ -33,6 +34,9 @@ enum Task {
     Stall(stall::Args),
     /// Measure musicfs beside bindfs and the native origin; record in BENCHMARKS.md.
     Bench(bench::Args),
+    /// Build the Debian package (both binaries, units, mount helper, man pages,
+    /// completions) with cargo-deb; prints the path of the .deb.
+    Deb,
 }
 
 fn main() -> Result<()> {
@@ -44,5 +48,6 @@ fn main() -> Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Stall(args) => stall::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Deb => deb::run(),
     }
 }
