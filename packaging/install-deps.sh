@@ -17,6 +17,13 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates prometheus >/dev/null
 # dpkg-dev: dpkg-shlibdeps, with which cargo-deb works out the package's Depends.
 apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
+# python3-pip + pycapnp (PyPI): the example control-plane client that a test runs.
+apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+if ! python3 -c "import capnp" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --break-system-packages pycapnp 2>/dev/null \
+    || python3 -m pip install --quiet pycapnp
+fi
+python3 -c "import capnp" || { echo "install-deps: pycapnp did not install" >&2; exit 1; }
 # The toolchain components the suite uses (rustup installs; harmless if present).
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -51,10 +51,12 @@ pub struct Settings {
 /// Counts, for the status and the tests.
 #[derive(Default, Debug)]
 pub struct Counters {
-    /// Chunks served from the cache (memory or disk).
+    /// Read requests served wholly from the cache (memory or disk).
     pub hits: AtomicU64,
-    /// Chunks fetched from an origin because they were not cached.
+    /// Read requests that needed their origin (a chunk was not cached).
     pub misses: AtomicU64,
+    /// Chunks fetched from an origin for a reader waiting on it.
+    pub fetched: AtomicU64,
     /// Chunks whose bytes on disk did not match their hash.
     pub corrupt: AtomicU64,
     /// Chunks in the index whose file was gone.
@@ -152,6 +154,7 @@ pub struct CacheStatus {
     pub min_free_percent: u32,
     pub hits: u64,
     pub misses: u64,
+    pub fetched: u64,
     pub corrupt: u64,
     pub missing: u64,
     pub written: u64,
@@ -388,7 +391,6 @@ impl ChunkCache {
             && let Some(bytes) = self.hot.lock().get(&hash)
             && bytes.len() as u64 == len
         {
-            bump(&self.counters.hits);
             self.touch(hash);
             let unwritten = self
                 .recent
@@ -408,7 +410,6 @@ impl ChunkCache {
             return None;
         }
         if let Some(bytes) = self.hot.lock().get(&hash) {
-            bump(&self.counters.hits);
             self.touch(hash);
             return Some(bytes);
         }
@@ -416,7 +417,6 @@ impl ChunkCache {
             Ok(bytes) if bytes.len() as u64 == len && *blake3::hash(&bytes).as_bytes() == hash => {
                 let bytes: Arc<[u8]> = bytes.into();
                 self.hot.lock().insert(hash, bytes.clone());
-                bump(&self.counters.hits);
                 self.touch(hash);
                 Some(bytes)
             }
@@ -585,6 +585,7 @@ impl ChunkCache {
             min_free_percent: self.min_free_percent.load(Ordering::Relaxed),
             hits: get(&c.hits),
             misses: get(&c.misses),
+            fetched: get(&c.fetched),
             corrupt: get(&c.corrupt),
             missing: get(&c.missing),
             written: get(&c.written),

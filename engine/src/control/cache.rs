@@ -42,6 +42,7 @@ impl From<&CacheStatus> for ChunkCacheView {
             ("min_free_percent", u64::from(s.min_free_percent)),
             ("hits", s.hits),
             ("misses", s.misses),
+            ("fetched", s.fetched),
             ("corrupt", s.corrupt),
             ("missing", s.missing),
             ("written", s.written),

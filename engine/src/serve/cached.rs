@@ -50,6 +50,23 @@ pub(super) struct CachedFile {
     info: ContentInfo,
     /// Where the last read ended (sequential reads get read-ahead).
     next_offset: AtomicU64,
+    /// The chunk the last read used, verified: a sequential reader's next
+    /// requests (the kernel asks 128 KiB at a time) are answered from it on
+    /// the connection thread, with no lookup.
+    memo: parking_lot::Mutex<Option<(u32, Arc<[u8]>)>>,
+}
+
+impl CachedFile {
+    fn memo(&self, i: u32) -> Option<Arc<[u8]>> {
+        match &*self.memo.lock() {
+            Some((at, bytes)) if *at == i => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, i: u32, bytes: &Arc<[u8]>) {
+        *self.memo.lock() = Some((i, bytes.clone()));
+    }
 }
 
 type Held = (Arc<CachedFile>, u32);
@@ -113,6 +130,7 @@ fn cached_file(
             mtime_ns,
         },
         next_offset: AtomicU64::new(0),
+        memo: parking_lot::Mutex::new(None),
     }
 }
 
@@ -250,6 +268,17 @@ fn parts(f: &CachedFile, offset: u64, size: u32) -> Vec<(u32, usize, usize)> {
     out
 }
 
+/// A read answered from the handle's last chunk alone (no lookup, no
+/// disk), or `None`.
+pub(super) fn read_from_memo(f: &CachedFile, offset: u64, size: u32) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(size.min(MAX_READ_BYTES) as usize);
+    for (i, at, len) in parts(f, offset, size) {
+        let chunk = f.memo(i)?;
+        out.extend_from_slice(&chunk[at..at + len]);
+    }
+    Some(out)
+}
+
 /// The cache step of a read: every byte from the cache, or `None`.
 pub(super) fn read_from_cache(
     shared: &Shared,
@@ -260,7 +289,14 @@ pub(super) fn read_from_cache(
     let cache = shared.content.get()?;
     let mut out = Vec::with_capacity(size.min(MAX_READ_BYTES) as usize);
     for (i, at, len) in parts(f, offset, size) {
-        let chunk = cache.get(&f.key, i, f.layout.range(i).1)?;
+        let chunk = match f.memo(i) {
+            Some(c) => c,
+            None => {
+                let c = cache.get(&f.key, i, f.layout.range(i).1)?;
+                f.remember(i, &c);
+                c
+            }
+        };
         out.extend_from_slice(&chunk[at..at + len]);
     }
     Some(out)
@@ -304,7 +340,7 @@ fn fetch_chunk(
     );
     let buf = fetched?;
     if demand {
-        bump(&cache.counters.misses, 1);
+        bump(&cache.counters.fetched, 1);
     }
     if !cache.usable() {
         bump(&cache.counters.bypassed_reads, 1);
@@ -349,10 +385,17 @@ pub(super) fn read_from_origin(
     let mut out = Vec::with_capacity(size.min(MAX_READ_BYTES) as usize);
     for (i, at, len) in parts(f, offset, size) {
         let chunk_len = f.layout.range(i).1;
-        cache.wait_read_ahead(&f.key, i, Duration::from_secs(5));
-        let chunk = match cache.get(&f.key, i, chunk_len) {
+        let chunk = match f.memo(i) {
             Some(c) => c,
-            None => fetch_chunk(shared, cache, f, i, true)?,
+            None => {
+                cache.wait_read_ahead(&f.key, i, Duration::from_secs(5));
+                let c = match cache.get(&f.key, i, chunk_len) {
+                    Some(c) => c,
+                    None => fetch_chunk(shared, cache, f, i, true)?,
+                };
+                f.remember(i, &c);
+                c
+            }
         };
         out.extend_from_slice(&chunk[at..at + len]);
     }
@@ -396,6 +439,17 @@ pub(super) fn read_ahead(shared: &Arc<Shared>, f: &Arc<CachedFile>, offset: u64,
     }
 }
 
+/// Answers a read served from the cache (counted as a hit).
+fn hit(sh: &Arc<Shared>, f: &Arc<CachedFile>, reply: &Reply, offset: u64, data: &[u8]) {
+    bump(&sh.counters.read_bytes, data.len() as u64);
+    metrics::record_read_bytes(data.len() as u64);
+    if let Some(c) = sh.content.get() {
+        bump(&c.counters.hits, 1);
+    }
+    reply.send(&respond(reply.id, 0, |mut r| r.set_data(data)));
+    read_ahead(sh, f, offset, data.len());
+}
+
 /// Runs a read of a cached handle: the cache step on the cache pool, the
 /// rest on the origin's pool under the fetch deadline.
 pub(super) fn dispatch_read(
@@ -405,6 +459,12 @@ pub(super) fn dispatch_read(
     offset: u64,
     size: u32,
 ) {
+    // The chunk the last read used: answered here, at once.
+    if let Some(data) = read_from_memo(&f, offset, size) {
+        bump(&shared.counters.reads, 1);
+        metrics::record_read();
+        return hit(shared, &f, &reply, offset, &data);
+    }
     let sh = shared.clone();
     shared.pools.submit(
         CACHE_POOL,
@@ -419,11 +479,10 @@ pub(super) fn dispatch_read(
                     || None,
                 )
             {
-                bump(&sh.counters.read_bytes, data.len() as u64);
-                metrics::record_read_bytes(data.len() as u64);
-                reply.send(&respond(id, 0, |mut r| r.set_data(&data)));
-                read_ahead(&sh, &f, offset, data.len());
-                return;
+                return hit(&sh, &f, &reply, offset, &data);
+            }
+            if let Some(c) = sh.content.get() {
+                bump(&c.counters.misses, 1);
             }
             sh.deadlines.watch(&reply, sh.fetch_timeout());
             let sh2 = sh.clone();
