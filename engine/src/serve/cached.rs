@@ -50,6 +50,8 @@ pub(super) struct CachedFile {
     info: ContentInfo,
     /// Where the last read ended (sequential reads get read-ahead).
     next_offset: AtomicU64,
+    /// 1 + the chunk whose read-ahead was scheduled last (once per chunk).
+    ahead: std::sync::atomic::AtomicU32,
     /// The chunk the last read used, verified: a sequential reader's next
     /// requests (the kernel asks 128 KiB at a time) are answered from it on
     /// the connection thread, with no lookup.
@@ -65,9 +67,29 @@ impl CachedFile {
     }
 
     fn remember(&self, i: u32, bytes: &Arc<[u8]>) {
-        *self.memo.lock() = Some((i, bytes.clone()));
+        let mut memo = self.memo.lock();
+        if memo.is_none() {
+            // Bounded in all: past MEMOS_MAX handles, no more memos.
+            if MEMOS.fetch_add(1, Ordering::AcqRel) >= MEMOS_MAX {
+                MEMOS.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
+        *memo = Some((i, bytes.clone()));
     }
 }
+
+impl Drop for CachedFile {
+    fn drop(&mut self) {
+        if self.memo.get_mut().is_some() {
+            MEMOS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Handles holding a memo chunk now, and at most (64 MiB of chunks).
+static MEMOS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MEMOS_MAX: usize = 64;
 
 type Held = (Arc<CachedFile>, u32);
 
@@ -130,6 +152,7 @@ fn cached_file(
             mtime_ns,
         },
         next_offset: AtomicU64::new(0),
+        ahead: std::sync::atomic::AtomicU32::new(0),
         memo: parking_lot::Mutex::new(None),
     }
 }
@@ -416,12 +439,33 @@ pub(super) fn read_ahead(shared: &Arc<Shared>, f: &Arc<CachedFile>, offset: u64,
         return;
     };
     let first = f.layout.index_of(offset);
+    // Once per chunk, not per request.
+    if f.ahead.swap(first + 1, Ordering::AcqRel) == first + 1 {
+        return;
+    }
     let last = (first + READ_AHEAD_CHUNKS).min(f.layout.count().saturating_sub(1));
     for i in first + 1..=last {
-        if cache.contains(&f.key, i) || !cache.begin_read_ahead(&f.key, i, READ_AHEAD_MAX) {
+        if !cache.begin_read_ahead(&f.key, i, READ_AHEAD_MAX) {
             continue;
         }
         let (sh, file) = (shared.clone(), f.clone());
+        if cache.contains(&f.key, i) {
+            // On the cache disk: read and checked into memory ahead of the
+            // reader, on the cache's pool.
+            let len = f.layout.range(i).1;
+            shared.pools.submit(
+                CACHE_POOL,
+                Box::new(move |turn| {
+                    if let Some(cache) = sh.content.get() {
+                        if matches!(turn, Turn::Run) {
+                            let _ = cache.get(&file.key, i, len);
+                        }
+                        cache.end_read_ahead(&file.key, i);
+                    }
+                }),
+            );
+            continue;
+        }
         shared.pools.submit(
             f.origin,
             Box::new(move |turn| {
