@@ -143,7 +143,15 @@ where
         |gate: engine_gate::Client| async move {
             let mut hello = gate.hello_request();
             our_peer(hello.get().init_client());
-            let answer = hello.send().promise.await.map_err(remote)?;
+            let answer = hello.send().promise.await.map_err(|e| match e.kind {
+                // A peer that hangs up on the gate speaks no capnp-rpc: a
+                // musicfs from before the RPC control plane.
+                capnp::ErrorKind::Disconnected => anyhow!(
+                    "the engine hung up on the protocol check: it is probably an older musicfs (before control protocol {}); use the musicfs binary of the running release",
+                    musicfs_schema::MIN_CONTROL_PROTOCOL_VERSION
+                ),
+                _ => remote(e),
+            })?;
             let engine = answer.get()?.get_engine()?;
             f(engine).await
         },
