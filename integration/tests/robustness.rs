@@ -233,3 +233,49 @@ fn a_request_that_kills_every_engine_is_answered_eio_after_two() {
     );
     assert!(m.stop().success());
 }
+
+/// `musicfs mount` on a terminal draws the first scan's progress (files
+/// read of the files found so far) until the engine serves.
+#[test]
+fn the_first_scan_draws_its_progress_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let state = dir.path().join("state");
+    let lib = generated_library(2000, 7);
+    let typescript = dir.path().join("typescript");
+    // `script` gives the mount a terminal.
+    let cmd = format!(
+        "{} mount --state-dir {} --origin {} {}",
+        musicfs_bin().display(),
+        state.display(),
+        lib.display(),
+        mnt.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfc", &cmd])
+        .arg(&typescript)
+        .env("MUSICFS_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script (util-linux) is installed");
+    let mounted = eventually(Duration::from_secs(120), || {
+        std::fs::read_to_string(&typescript).is_ok_and(|t| t.contains("mounted at"))
+    });
+    let text = std::fs::read_to_string(&typescript).unwrap_or_default();
+    let out = Command::new(musicfs_bin())
+        .args(["shutdown", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let _ = child.wait();
+    assert!(mounted, "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("scanning ["), "no progress drawn:\n{text}");
+    assert!(text.contains("files read (found so far)"), "{text}");
+}

@@ -38,3 +38,9 @@ pub const SUPERVISOR_PID_ENV: &str = "MUSICFS_SUPERVISOR_PID";
 /// Set by `musicfs mount`: why it started this engine (`mount`, `engine
 /// swap`, a crash or a missed heartbeat of the previous one).
 pub const START_REASON_ENV: &str = "MUSICFS_START_REASON";
+
+/// How far the first scan is ("FOUND PROBED"), while it runs: `musicfs
+/// mount` draws it as a progress bar on a terminal.
+pub fn first_scan_progress_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("first-scan.progress")
+}

@@ -106,6 +106,8 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
     let _lock = lock_state_dir(&state_dir)?;
+    // A first scan's progress left by an engine that was killed.
+    let _ = std::fs::remove_file(crate::config::state::first_scan_progress_file(&state_dir));
     let socket = socket.unwrap_or_else(|| engine_socket(&state_dir));
 
     let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>();
@@ -168,7 +170,31 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
             known_files = store.file_count()?,
             "no complete scan in the catalog; scanning"
         );
-        if let Err(e) = syncer.sync_all() {
+        // Progress for `musicfs mount` to draw (found, probed), every 200 ms.
+        let progress = crate::config::state::first_scan_progress_file(&state_dir);
+        let done = AtomicBool::new(false);
+        let scanned = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    let c = &syncer.counters;
+                    let line = format!(
+                        "{} {}\n",
+                        c.found.load(Ordering::Relaxed),
+                        c.probed.load(Ordering::Relaxed)
+                    );
+                    let tmp = progress.with_extension("tmp");
+                    if std::fs::write(&tmp, line).is_ok() {
+                        let _ = std::fs::rename(&tmp, &progress);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+            let r = syncer.sync_all();
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        let _ = std::fs::remove_file(&progress);
+        if let Err(e) = scanned {
             if stop.load(Ordering::Relaxed) {
                 info!("stopped during the first scan; it resumes from its last checkpoint");
                 if let Err(e) = store.close(Duration::from_secs(5)) {

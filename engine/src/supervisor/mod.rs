@@ -42,6 +42,7 @@ mod backoff;
 mod children;
 mod mountpoint;
 mod pair;
+mod progress;
 mod reload;
 mod requests;
 mod rpc;

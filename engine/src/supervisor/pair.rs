@@ -82,8 +82,12 @@ async fn supervise(
     let mut engine = engine_command(config, state_dir, socket, &engine_bin, "mount")?
         .spawn()
         .context("cannot start the engine")?;
+    // A first scan draws its progress on a terminal while it runs.
+    let mut scan_bar = crate::supervisor::progress::FirstScan::new(state_dir);
     let engine_ready = wait_until(&mut engine, "the engine", ENGINE_START_TIMEOUT, || {
-        std::os::unix::net::UnixStream::connect(socket).is_ok()
+        let ready = std::os::unix::net::UnixStream::connect(socket).is_ok();
+        scan_bar.update(ready);
+        ready
     });
     tokio::select! {
         r = engine_ready => r?,

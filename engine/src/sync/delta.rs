@@ -128,6 +128,7 @@ impl Syncer {
                     self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                self.counters.found.fetch_add(1, Ordering::Relaxed);
                 jobs.push((origin, entry.into_path(), rel));
                 if jobs.len() >= self.checkpoint_files.load(Ordering::Relaxed) {
                     self.check_stop()?;
@@ -172,6 +173,7 @@ impl Syncer {
                         fingerprint: e.rec.fingerprint,
                     });
                     if !unchanged(known.as_ref(), &abs, &m) {
+                        self.counters.found.fetch_add(1, Ordering::Relaxed);
                         jobs.push((origin, abs, rel.clone()));
                     }
                 }

@@ -19,6 +19,8 @@ use crate::scan::{AudioExtensions, probe_file};
 
 #[derive(Default, Debug)]
 pub struct SyncCounters {
+    /// Files found that need their tags read (the scan's work so far).
+    pub found: AtomicU64,
     /// Files whose tags were read.
     pub probed: AtomicU64,
     /// Files found unchanged (no probe).
