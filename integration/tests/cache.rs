@@ -353,6 +353,31 @@ fn the_cache_stays_within_its_limit_on_a_small_disk() {
     drop(fs);
 }
 
+/// A cache disk that fills up (a 6 MB tmpfs, no size limit of its own):
+/// eviction by the free-space watermark, writes stopped when it is nearly
+/// full, and no reader ever sees ENOSPC.
+#[test]
+fn a_full_cache_disk_never_fails_a_read() {
+    let s = setup(
+        &library(),
+        "cache_max_bytes = 1073741824\ncache_min_free_percent = 20\n",
+    );
+    let fs = TmpFs::mount(&s.cache_dir, "6m");
+    let m = s.mount();
+    for _ in 0..2 {
+        read_all(&s, &m);
+    }
+    let st = cache_status(&m);
+    assert!(
+        figure(&st, "evicted") > 0 || !st["writes_stopped"].as_str().unwrap().is_empty(),
+        "{st}"
+    );
+    assert!(figure(&st, "used_bytes") <= 6 * 1024 * 1024, "{st}");
+    assert_eq!(st["bypassed"], false, "a full disk is not a sick one: {st}");
+    drop(m);
+    drop(fs);
+}
+
 /// The cache disk turned read-only under the engine: bypassed (the status
 /// says so and why), right bytes from the share; read-write again: caching
 /// again. (A read-only bind mount over the cache directory: a filesystem
