@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use futures::AsyncReadExt;
-use musicfs_schema::{engine, engine_gate, event_listener, progress_listener};
+use musicfs_schema::{engine, engine_gate, event_listener};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::config::Config;
@@ -17,6 +17,7 @@ use crate::config::state::control_socket;
 use crate::control::Status;
 use crate::control::cache::{ChunkCacheView, read_view};
 use crate::control::convert::{read_event, read_status, text};
+use crate::control::rpc::ProgressForwarder;
 use crate::events::Event;
 
 /// Nothing answers on the control socket.
@@ -324,21 +325,6 @@ pub enum CacheAnswer {
     Report(Vec<(String, u64)>),
 }
 
-/// Forwards a job's progress to the caller.
-struct Progress(tokio::sync::mpsc::UnboundedSender<(u64, u64)>);
-
-impl progress_listener::Server for Progress {
-    async fn progress(
-        self: capnp::capability::Rc<Self>,
-        params: progress_listener::ProgressParams,
-        _: progress_listener::ProgressResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let _ = self.0.send((p.get_done(), p.get_total()));
-        Ok(())
-    }
-}
-
 /// Client: one cache request (`status`, `verify`, `clear`, `pin`, `unpin`);
 /// `progress(done, total)` for a verify's progress, in order, before the
 /// answer.
@@ -375,7 +361,8 @@ pub fn cache_request(
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let mut req = engine.cache_verify_request();
                 req.get().set_repair(repair);
-                req.get().set_progress(capnp_rpc::new_client(Progress(tx)));
+                req.get()
+                    .set_progress(capnp_rpc::new_client(ProgressForwarder(tx)));
                 let a = req.send().promise.await.map_err(remote)?;
                 let job = a.get()?.get_job()?;
                 let result = job.result_request().send().promise;

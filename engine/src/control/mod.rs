@@ -33,16 +33,18 @@ use crate::config::reload::ReloadReport;
 mod cache;
 mod client;
 mod convert;
+mod rpc;
 mod server;
 
 pub use cache::ChunkCacheView;
 pub use client::{CacheAnswer, cache_request, fetch_metrics, our_peer, remote, with_gate};
+pub use rpc::{ProgressForwarder, check_peer, server_connection, server_peer};
 
 pub use client::{
     EngineRefused, NotRunning, fetch_status, request_reload, request_shutdown, send_shutdown,
     stream_events,
 };
-pub use server::{MAX_CONNECTIONS, control_protocol_range as server_protocol_range, serve};
+pub use server::{MAX_CONNECTIONS, serve};
 
 /// What the control plane asks of the running engine (the runtime
 /// implements it).

@@ -11,10 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use futures::AsyncReadExt;
 use musicfs_schema::{engine, engine_gate, event_listener, job, progress_listener, subscription};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -23,6 +20,7 @@ use crate::content::VerifyReport;
 use crate::control::Handle;
 use crate::control::cache::{ChunkCacheView, write_view};
 use crate::control::convert::{len32, write_event, write_status};
+use crate::control::rpc::{check_peer, server_connection, server_peer};
 use crate::events::Event;
 use crate::sys::socket::{SocketGuard, bind_owner_only};
 
@@ -108,14 +106,7 @@ async fn accept(
             hub: hub.clone(),
             live: live.clone(),
         });
-        let (reader, writer) = stream.compat().split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(reader),
-            futures::io::BufWriter::new(writer),
-            rpc_twoparty_capnp::Side::Server,
-            Default::default(),
-        );
-        let system = RpcSystem::new(Box::new(network), Some(gate.client));
+        let system = server_connection(stream, gate.client);
         live.set(live.get() + 1);
         let live = live.clone();
         tokio::task::spawn_local(async move {
@@ -164,27 +155,15 @@ impl engine_gate::Server for Gate {
         params: engine_gate::HelloParams,
         mut results: engine_gate::HelloResults,
     ) -> Result<(), capnp::Error> {
-        let client = params.get()?.get_client()?;
-        let theirs = (client.get_min_protocol(), client.get_max_protocol());
-        let name = client.get_name()?.to_str().unwrap_or("?").to_string();
-        let ours = control_protocol_range();
-        if !musicfs_schema::compatible(ours, theirs) {
-            let why = format!(
-                "{name} speaks control protocol {}..={}, this engine ({}) {}..={}: no common version; use the musicfs binary of the same release as the running engine",
-                theirs.0,
-                theirs.1,
-                env!("CARGO_PKG_VERSION"),
-                ours.0,
-                ours.1
-            );
-            warn!("{why}");
-            return Err(failed(why));
-        }
+        check_peer(
+            params.get()?.get_client()?,
+            concat!("this engine (", env!("CARGO_PKG_VERSION"), ")"),
+        )?;
         let mut r = results.get();
-        let mut server = r.reborrow().init_server();
-        server.set_min_protocol(ours.0);
-        server.set_max_protocol(ours.1);
-        server.set_name(concat!("musicfs engine ", env!("CARGO_PKG_VERSION")));
+        server_peer(
+            r.reborrow().init_server(),
+            concat!("musicfs engine ", env!("CARGO_PKG_VERSION")),
+        );
         r.set_engine(capnp_rpc::new_client(EngineImpl {
             rt: self.rt.clone(),
             hub: self.hub.clone(),

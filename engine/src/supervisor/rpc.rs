@@ -8,15 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use futures::AsyncReadExt;
-use musicfs_schema::{progress_listener, supervisor, supervisor_gate};
+use musicfs_schema::{supervisor, supervisor_gate};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 use tracing::warn;
 
 use crate::config::state::supervisor_socket;
-use crate::control::{our_peer, remote, with_gate};
+use crate::control::{
+    ProgressForwarder, check_peer, our_peer, remote, server_connection, server_peer, with_gate,
+};
 use crate::supervisor::children::STOP_TIMEOUT;
 use crate::supervisor::requests::SWAP_HEALTH_TIMEOUT;
 
@@ -68,14 +67,7 @@ pub(super) fn serve(state_dir: &Path) -> Result<mpsc::Receiver<Asked>> {
                         continue;
                     };
                     let gate: supervisor_gate::Client = capnp_rpc::new_client(Gate(tx.clone()));
-                    let (reader, writer) = stream.compat().split();
-                    let network = twoparty::VatNetwork::new(
-                        futures::io::BufReader::new(reader),
-                        futures::io::BufWriter::new(writer),
-                        rpc_twoparty_capnp::Side::Server,
-                        Default::default(),
-                    );
-                    let system = RpcSystem::new(Box::new(network), Some(gate.client));
+                    let system = server_connection(stream, gate.client);
                     tokio::task::spawn_local(async move {
                         let _ = system.await;
                     });
@@ -94,25 +86,15 @@ impl supervisor_gate::Server for Gate {
         params: supervisor_gate::HelloParams,
         mut results: supervisor_gate::HelloResults,
     ) -> Result<(), capnp::Error> {
-        let client = params.get()?.get_client()?;
-        let theirs = (client.get_min_protocol(), client.get_max_protocol());
-        let name = client.get_name()?.to_str().unwrap_or("?").to_string();
-        let ours = crate::control::server_protocol_range();
-        if !musicfs_schema::compatible(ours, theirs) {
-            return Err(failed(format!(
-                "{name} speaks control protocol {}..={}, this musicfs mount ({}) {}..={}: no common version; use the musicfs binary of the same release",
-                theirs.0,
-                theirs.1,
-                env!("CARGO_PKG_VERSION"),
-                ours.0,
-                ours.1
-            )));
-        }
+        check_peer(
+            params.get()?.get_client()?,
+            concat!("this musicfs mount (", env!("CARGO_PKG_VERSION"), ")"),
+        )?;
         let mut r = results.get();
-        let mut server = r.reborrow().init_server();
-        server.set_min_protocol(ours.0);
-        server.set_max_protocol(ours.1);
-        server.set_name(concat!("musicfs mount ", env!("CARGO_PKG_VERSION")));
+        server_peer(
+            r.reborrow().init_server(),
+            concat!("musicfs mount ", env!("CARGO_PKG_VERSION")),
+        );
         r.set_supervisor(capnp_rpc::new_client(Supervisor(self.0.clone())));
         Ok(())
     }
@@ -246,21 +228,6 @@ pub fn request_reload(state_dir: &Path) -> Result<String> {
     })
 }
 
-/// Forwards a swap's progress to the caller.
-struct Progress(mpsc::UnboundedSender<(u64, u64)>);
-
-impl progress_listener::Server for Progress {
-    async fn progress(
-        self: capnp::capability::Rc<Self>,
-        params: progress_listener::ProgressParams,
-        _: progress_listener::ProgressResults,
-    ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let _ = self.0.send((p.get_done(), p.get_total()));
-        Ok(())
-    }
-}
-
 /// `musicfs engine swap`: asks the supervisor of `state_dir` to swap
 /// engines; `progress(step, of)` as it goes.
 pub fn request_swap(
@@ -274,7 +241,8 @@ pub fn request_swap(
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut req = s.swap_request();
         req.get().set_binary(binary.as_str());
-        req.get().set_progress(capnp_rpc::new_client(Progress(tx)));
+        req.get()
+            .set_progress(capnp_rpc::new_client(ProgressForwarder(tx)));
         let answer = req.send().promise;
         tokio::pin!(answer);
         let answer = loop {
