@@ -15,6 +15,8 @@ export DEBIAN_FRONTEND=noninteractive
 #   it brings is not needed; where systemd runs, it enables prometheus.service)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates prometheus >/dev/null
+# rclone: a peer in the benchmark (`rclone mount --read-only`, beside bindfs).
+apt-get install -y -qq --no-install-recommends rclone >/dev/null
 # dpkg-dev: dpkg-shlibdeps, with which cargo-deb works out the package's Depends.
 apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
 # python3-pip + pycapnp (PyPI): the example control-plane client that a test runs.

@@ -11,7 +11,11 @@
 //!    scan rate (`musicfs scan`, warm and cold page cache), engine start to the first answered
 //!    readdir (fresh and reused state dir), a `find` walk that stats every file and a read of
 //!    every file (cold, and with the origin warm in the page cache), on the musicfs mount, a
-//!    `bindfs -r` mount of the origin and the origin itself.
+//!    `bindfs -r` mount of the origin and the origin itself; unless `--no-peers`, also on the
+//!    peers: musefs 1.3.0 (installed from crates.io into `<target>/bench/peers`, mounted with
+//!    `--mode structure-only` and a template close to musicfs's), `rclone mount --read-only
+//!    --vfs-cache-mode off` of the origin, and a native copy of the musicfs tree. A peer that
+//!    cannot be installed or mounted is shown as missing, with the reason in the notes.
 //! 4. Scale rows, on a second library of `--big-tracks` tracks (default 100000, `0` skips them;
 //!    generated once into `<work-dir>/lib-<N>` like the first): the initial scan (first mount
 //!    with a fresh state dir), engine start to the first answered readdir with that persistent
@@ -40,6 +44,7 @@ mod cachetable;
 mod consts;
 mod logs;
 mod mounts;
+mod peers;
 mod procfs;
 mod record;
 mod report;
@@ -53,6 +58,7 @@ mod stalls;
 mod table;
 #[cfg(test)]
 mod tests;
+mod treerows;
 mod trees;
 
 use std::fs;
@@ -65,6 +71,7 @@ use crate::harness::{ensure_library, on_path, utc_now, workspace_root};
 use cachelib::{TRACK_SECS, ensure_cache_library};
 use consts::RECORD_FILE;
 use mounts::clear_stale_mount;
+use peers::{PeerPaths, PeerPlan};
 use record::record;
 use report::{Report, command_line, git_commit, machine_info};
 use runner::Bench;
@@ -96,6 +103,10 @@ pub struct Args {
     /// Print the table but do not update BENCHMARKS.md.
     #[arg(long)]
     pub no_record: bool,
+    /// Skip the peers of the walk and read rows (musefs 1.3.0 from crates.io, rclone mount, a
+    /// native copy of the musicfs tree).
+    #[arg(long)]
+    pub no_peers: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -163,6 +174,8 @@ pub fn run(args: &Args) -> Result<()> {
         clear_stale_mount(m)?;
         fs::create_dir_all(m).with_context(|| format!("creating {}", m.display()))?;
     }
+    let peer_paths = PeerPaths::new(&work, &mnt_dir, args.tracks);
+    let peers = (!args.no_peers).then(|| PeerPlan::new(&target));
     let log = work.join("musicfs-mount.log");
     fs::write(&log, b"").with_context(|| format!("creating {}", log.display()))?;
 
@@ -180,6 +193,8 @@ pub fn run(args: &Args) -> Result<()> {
         notes: Vec::new(),
         rows: Vec::new(),
         cache_rows: Vec::new(),
+        peers,
+        peer_paths,
     };
     let lib_size = tree_size(&bench.lib)?;
     bench.check_memory(lib_size.bytes);

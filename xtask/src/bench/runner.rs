@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use super::cachetable::CacheRow;
 use super::consts::{BIG_WAIT, MOUNT_READY_TIMEOUT};
 use super::mounts::MusicfsMount;
+use super::peers::{PeerPaths, PeerPlan};
 use super::procfs::meminfo_kb;
 use super::table::{Row, fmt_bytes};
 
@@ -29,6 +30,9 @@ pub(super) struct Bench {
     pub(super) rows: Vec<Row>,
     /// The chunk cache rows (their own table: each has its own baseline).
     pub(super) cache_rows: Vec<CacheRow>,
+    /// The peers of the walk and read rows; `None` with `--no-peers`.
+    pub(super) peers: Option<PeerPlan>,
+    pub(super) peer_paths: PeerPaths,
 }
 
 impl Bench {

@@ -98,6 +98,7 @@ impl Bench {
                 vs_bindfs: "-".into(),
                 vs_native: "-".into(),
                 target,
+                ..Row::default()
             });
         }
         Ok(first.tracks)
@@ -149,6 +150,7 @@ impl Bench {
                 vs_bindfs: "-".into(),
                 vs_native: "-".into(),
                 target: "-".into(),
+                ..Row::default()
             });
         }
         Ok(())

@@ -12,7 +12,30 @@ pub struct Row {
     pub vs_bindfs: String,
     pub vs_native: String,
     pub target: String,
+    /// The peer cells (empty on rows without peers; the peer columns are shown only when some
+    /// row has one).
+    pub native_tree: String,
+    pub musefs: String,
+    pub rclone: String,
+    pub vs_native_tree: String,
+    pub vs_musefs: String,
 }
+
+/// The headers when some row has peer cells.
+const PEER_HEADERS: [&str; 12] = [
+    "what",
+    "musicfs",
+    "bindfs",
+    "native",
+    "native tree",
+    "musefs",
+    "rclone",
+    "musicfs/bindfs",
+    "musicfs/native",
+    "musicfs/native tree",
+    "musicfs/musefs",
+    "target",
+];
 
 const HEADERS: [&str; 7] = [
     "what",
@@ -36,10 +59,42 @@ impl Row {
             &self.target,
         ]
     }
+
+    fn has_peers(&self) -> bool {
+        [&self.native_tree, &self.musefs, &self.rclone]
+            .iter()
+            .any(|c| !c.is_empty())
+    }
+
+    fn peer_cells(&self) -> Vec<&str> {
+        vec![
+            &self.what,
+            &self.musicfs,
+            &self.bindfs,
+            &self.native,
+            dash(&self.native_tree),
+            dash(&self.musefs),
+            dash(&self.rclone),
+            &self.vs_bindfs,
+            &self.vs_native,
+            dash(&self.vs_native_tree),
+            dash(&self.vs_musefs),
+            &self.target,
+        ]
+    }
+}
+
+/// `-` for an empty cell.
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
 }
 
 /// A markdown table, padded so it also reads well in a terminal.
 pub(super) fn render_table(rows: &[Row]) -> String {
+    if rows.iter().any(Row::has_peers) {
+        let cells: Vec<Vec<&str>> = rows.iter().map(Row::peer_cells).collect();
+        return render_grid(&PEER_HEADERS, &cells);
+    }
     let cells: Vec<Vec<&str>> = rows.iter().map(|r| r.cells().to_vec()).collect();
     render_grid(&HEADERS, &cells)
 }
@@ -222,6 +277,7 @@ pub(super) fn solo_row(what: String, musicfs: String, target: String) -> Row {
         vs_bindfs: "-".into(),
         vs_native: "-".into(),
         target,
+        ..Row::default()
     }
 }
 

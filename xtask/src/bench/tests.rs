@@ -5,7 +5,9 @@ use super::cachetable::{
 use super::logs::log_field;
 use super::mounts::unescape_mountinfo;
 use super::record::{HEADER, sections};
-use super::table::{Stats, fmt_thousands, render_grid};
+use super::table::{Row, Stats, fmt_thousands, render_grid, render_table};
+use super::treerows::{Root, Samples, Shown, time_row};
+use super::trees::Pass;
 
 #[test]
 fn stats() {
@@ -145,4 +147,52 @@ fn grids_pad_cells() {
         out,
         "| a   | bb |\n|-----|----|\n| xyz |    |\n| 1   | 2  |\n"
     );
+}
+
+fn pass(secs: f64) -> Pass {
+    Pass {
+        secs,
+        files: 1,
+        ..Pass::default()
+    }
+}
+
+#[test]
+fn peer_columns_show_missing_peers_and_ratios() {
+    let mut t = Samples::default();
+    for (root, secs) in [
+        (Root::Musicfs, 2.0),
+        (Root::Bindfs, 4.0),
+        (Root::Native, 1.0),
+        (Root::NativeTree, 1.0),
+        (Root::Rclone, 8.0),
+    ] {
+        t.push(root, pass(secs));
+    }
+    let shown = Shown {
+        peers: true,
+        missing: vec![Root::Musefs],
+    };
+    let row = time_row("walk", &t, "-", None, &shown);
+    assert_eq!(row.musefs, "missing");
+    assert_eq!(row.vs_musefs, "n/a");
+    assert_eq!(row.vs_native_tree, "2.00x");
+    assert_eq!(row.rclone, "8.000");
+    let table = render_table(&[row]);
+    assert!(table.contains("| musicfs/native tree |"), "{table}");
+    assert!(table.contains("| musicfs/musefs |"), "{table}");
+}
+
+#[test]
+fn no_peers_keeps_the_old_columns() {
+    let mut t = Samples::default();
+    t.push(Root::Musicfs, pass(1.0));
+    let shown = Shown {
+        peers: false,
+        missing: Vec::new(),
+    };
+    let rows = [time_row("walk", &t, "-", None, &shown), Row::default()];
+    let table = render_table(&rows);
+    assert!(!table.contains("musefs"), "{table}");
+    assert!(table.starts_with("| what "), "{table}");
 }

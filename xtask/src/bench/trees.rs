@@ -1,18 +1,23 @@
-//! Tree walks and reads of every file on the musicfs mount, a bindfs mount and the origin.
+//! Tree walks and reads of every file on the musicfs mount, a bindfs mount, the origin and the
+//! peers (a native copy of the musicfs tree, musefs, rclone).
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::consts::READ_BUF;
-use super::mounts::BindfsMount;
+use super::mounts::{BindfsMount, MusicfsMount};
+use super::peers::{
+    MUSEFS_VERSION, PEERS_NOTE, PeerMount, copy_tree, musefs_command, musefs_scan, rclone_command,
+};
 use super::runner::Bench;
 use super::setup::drop_caches;
-use super::table::{Row, Stats, fmt_bytes, fmt_rate, fmt_ratio, fmt_secs, show_opt, verdict};
+use super::table::fmt_bytes;
+use super::treerows::{ALL_ROOTS, Root, Samples, Shown, na_row, read_row, seen_row, time_row};
 use crate::harness::{run_captured, with_deadline};
 
 /// What one pass (walk or read) over a tree saw.
@@ -34,47 +39,44 @@ impl Pass {
     }
 }
 
-/// Per-root samples of one measurement.
+/// The peers mounted for one walk-and-read measurement.
 #[derive(Default)]
-struct Triple {
-    musicfs: Vec<Pass>,
-    bindfs: Vec<Pass>,
-    native: Vec<Pass>,
+struct LivePeers {
+    musefs: Option<PeerMount>,
+    rclone: Option<PeerMount>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Root {
-    Musicfs,
-    Bindfs,
-    Native,
-}
-
-impl Root {
-    fn name(self) -> &'static str {
-        match self {
-            Root::Musicfs => "musicfs",
-            Root::Bindfs => "bindfs",
-            Root::Native => "native",
+impl LivePeers {
+    fn check_alive(&mut self) -> Result<()> {
+        for m in [&mut self.musefs, &mut self.rclone].into_iter().flatten() {
+            m.check_alive()?;
         }
+        Ok(())
     }
-}
 
-impl Triple {
-    fn push(&mut self, root: Root, pass: Pass) {
-        match root {
-            Root::Musicfs => self.musicfs.push(pass),
-            Root::Bindfs => self.bindfs.push(pass),
-            Root::Native => self.native.push(pass),
+    fn stop(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, m) in [("musefs", self.musefs), ("rclone", self.rclone)] {
+            if let Some(m) = m {
+                match m.stop() {
+                    Ok(p) => problems.extend(p.into_iter().map(|p| format!("{name}: {p}"))),
+                    Err(e) => problems.push(format!("{name}: stopping failed: {e:#}")),
+                }
+            }
         }
+        problems
     }
 }
 
 impl Bench {
-    fn root(&self, root: Root) -> &Path {
+    fn root(&self, root: Root) -> PathBuf {
         match root {
-            Root::Musicfs => &self.mfs_mnt,
-            Root::Bindfs => &self.bind_mnt,
-            Root::Native => &self.lib,
+            Root::Musicfs => self.mfs_mnt.clone(),
+            Root::Bindfs => self.bind_mnt.clone(),
+            Root::Native => self.lib.clone(),
+            Root::NativeTree => self.peer_paths.native_tree.clone(),
+            Root::Musefs => self.peer_paths.musefs_mnt.clone(),
+            Root::Rclone => self.peer_paths.rclone_mnt.clone(),
         }
     }
 
@@ -82,7 +84,7 @@ impl Bench {
     fn walk(&self, root: Root) -> Result<Pass> {
         let path = self.root(root);
         let mut cmd = Command::new("find");
-        cmd.arg(path).args(["-type", "f", "-printf", "%s\\n"]);
+        cmd.arg(&path).args(["-type", "f", "-printf", "%s\\n"]);
         let out = run_captured(&mut cmd, "find", self.io_timeout)
             .with_context(|| format!("walking {}", path.display()))?;
         let mut pass = Pass {
@@ -107,7 +109,7 @@ impl Bench {
 
     /// Reads every regular file under the root, timed, with a deadline.
     fn read(&self, root: Root) -> Result<Pass> {
-        let path = self.root(root).to_path_buf();
+        let path = self.root(root);
         with_deadline(
             &format!("reading every file under {}", path.display()),
             self.io_timeout,
@@ -119,44 +121,116 @@ impl Bench {
         drop_caches().context("dropping the page cache")
     }
 
-    /// Tree walks and reads on the three roots.
+    /// Brings up the peers (untimed): the native copy of the musicfs tree, musefs and rclone.
+    /// Returns the live mounts and the roots that are missing (each with a note saying why).
+    fn start_peers(&mut self) -> Result<(LivePeers, Vec<Root>)> {
+        let mut live = LivePeers::default();
+        let mut missing = Vec::new();
+        let Some(plan) = self.peers.take() else {
+            return Ok((live, missing));
+        };
+        let paths = self.peer_paths.clone();
+        eprintln!(
+            "bench: copying the musicfs tree to {}",
+            paths.native_tree.display()
+        );
+        if let Err(e) = copy_tree(&self.mfs_mnt, &paths.native_tree, self.io_timeout) {
+            self.note(format!("native tree: missing: {e:#}"));
+            missing.push(Root::NativeTree);
+        }
+        let mut scan_note = None;
+        let musefs = plan.musefs.clone().and_then(|bin| {
+            eprintln!("bench: musefs scan {}", self.lib.display());
+            musefs_scan(&bin, &self.lib, &paths.musefs_db, &paths.log)
+                .and_then(|partial| {
+                    if let Some(p) = partial {
+                        eprintln!("bench: note: musefs: {p}");
+                        scan_note = Some(p);
+                    }
+                    let cmd = musefs_command(&bin, &paths.musefs_db, &paths.musefs_mnt);
+                    PeerMount::start("musefs", cmd, &paths.musefs_mnt, &paths.log)
+                })
+                .map_err(|e| format!("{e:#}"))
+        });
+        if let Some(n) = scan_note {
+            self.notes.push(format!("musefs: {n}"));
+        }
+        match musefs {
+            Ok(m) => live.musefs = Some(m),
+            Err(why) => {
+                self.note(format!("musefs {MUSEFS_VERSION}: missing: {why}"));
+                missing.push(Root::Musefs);
+            }
+        }
+        let rclone = plan.rclone.clone().and_then(|()| {
+            let cmd = rclone_command(&self.lib, &paths.rclone_mnt);
+            PeerMount::start("rclone", cmd, &paths.rclone_mnt, &paths.log)
+                .map_err(|e| format!("{e:#}"))
+        });
+        match rclone {
+            Ok(m) => live.rclone = Some(m),
+            Err(why) => {
+                self.note(format!("rclone: missing: {why}"));
+                missing.push(Root::Rclone);
+            }
+        }
+        self.peers = Some(plan);
+        Ok((live, missing))
+    }
+
+    /// Tree walks and reads on the roots.
     pub(super) fn measure_trees(&mut self, scan_tracks: u64) -> Result<()> {
         let reused = self.reused_state();
         let (mut mfs, _) = self.mount_musicfs(&reused, "walk and read")?;
         let bind = BindfsMount::start(&self.lib, &self.bind_mnt)?;
-        let roots = [Root::Musicfs, Root::Bindfs, Root::Native];
+        let peers_on = self.peers.is_some();
+        let (mut live, missing) = self.start_peers()?;
+        let roots: Vec<Root> = ALL_ROOTS
+            .into_iter()
+            .filter(|r| !r.is_peer() || (peers_on && !missing.contains(r)))
+            .collect();
+        let shown = Shown {
+            peers: peers_on,
+            missing,
+        };
+        let mut check = |mfs: &mut MusicfsMount| -> Result<()> {
+            mfs.check_alive()?;
+            bind.check_alive()?;
+            live.check_alive()
+        };
 
-        // c. tree walk, cold
-        let mut walks = Triple::default();
+        // c. tree walk, cold, then warm (the same walk again right after)
+        let mut walks = Samples::default();
+        let mut warm_walks = Samples::default();
         for i in 0..self.runs {
-            for root in roots {
+            for &root in &roots {
                 if self.can_drop {
                     self.drop_or_fail()?;
                 }
-                let pass = self.walk(root)?;
-                mfs.check_alive()?;
-                bind.check_alive()?;
-                eprintln!(
-                    "bench: walk {} {}/{}: {} files in {:.3} s",
-                    root.name(),
-                    i + 1,
-                    self.runs,
-                    pass.files,
-                    pass.secs
-                );
-                walks.push(root, pass);
+                for (kind, samples) in [("cold", &mut walks), ("warm", &mut warm_walks)] {
+                    let pass = self.walk(root)?;
+                    check(&mut mfs)?;
+                    eprintln!(
+                        "bench: walk {kind} {} {}/{}: {} files in {:.3} s",
+                        root.name(),
+                        i + 1,
+                        self.runs,
+                        pass.files,
+                        pass.secs
+                    );
+                    samples.push(root, pass);
+                }
             }
         }
 
         // d. read every file, cold
-        let mut cold = Triple::default();
+        let mut cold = Samples::default();
         if self.can_drop {
             for i in 0..self.runs {
-                for root in roots {
+                for &root in &roots {
                     self.drop_or_fail()?;
                     let pass = self.read(root)?;
-                    mfs.check_alive()?;
-                    bind.check_alive()?;
+                    check(&mut mfs)?;
                     eprintln!(
                         "bench: read cold {} {}/{}: {} files, {} in {:.3} s",
                         root.name(),
@@ -172,17 +246,30 @@ impl Bench {
         }
 
         // d. read every file, warm origin: each FUSE pass is its first (caches dropped before
-        // the untimed native read that warms the origin).
-        let mut warm = Triple::default();
+        // the untimed native reads that warm the origin and the native tree).
+        let mut warm = Samples::default();
+        let order: Vec<Root> = [
+            Root::Bindfs,
+            Root::Musicfs,
+            Root::Musefs,
+            Root::Rclone,
+            Root::Native,
+            Root::NativeTree,
+        ]
+        .into_iter()
+        .filter(|r| roots.contains(r))
+        .collect();
         for i in 0..self.runs {
             if self.can_drop {
                 self.drop_or_fail()?;
             }
             let _ = self.read(Root::Native)?;
-            for root in [Root::Bindfs, Root::Musicfs, Root::Native] {
+            if roots.contains(&Root::NativeTree) {
+                let _ = self.read(Root::NativeTree)?;
+            }
+            for &root in &order {
                 let pass = self.read(root)?;
-                mfs.check_alive()?;
-                bind.check_alive()?;
+                check(&mut mfs)?;
                 eprintln!(
                     "bench: read warm-origin {} {}/{}: {} files, {} in {:.3} s",
                     root.name(),
@@ -203,52 +290,70 @@ impl Bench {
             );
         }
 
+        for p in live.stop() {
+            self.note(p);
+        }
         bind.stop()?;
         self.unmount_musicfs(mfs, "walk and read")?;
 
-        self.check_passes(scan_tracks, &walks, &cold, &warm);
+        self.check_passes(scan_tracks, &roots, &walks, &cold, &warm);
+        if peers_on {
+            self.note(PEERS_NOTE.to_string());
+        }
 
         self.rows.push(time_row(
             "tree walk, cold (find + stat every file, s)",
             &walks,
             "<= 1.5x bindfs (goal 1.2x)",
-            1.5,
-            1.2,
+            Some((1.5, 1.2)),
+            &shown,
         ));
+        self.rows.push(time_row(
+            "tree walk, warm (the same walk again, s)",
+            &warm_walks,
+            "-",
+            None,
+            &shown,
+        ));
+        let read_target = ">= 0.8x bindfs (goal: time <= 1.1x)";
         if self.can_drop {
             self.rows
-                .push(read_row("read every file, cold (MB/s)", &cold));
+                .push(read_row("read every file, cold (MB/s)", &cold, &shown));
         } else {
-            self.rows.push(Row {
-                what: "read every file, cold (MB/s)".into(),
-                musicfs: "n/a (needs root)".into(),
-                bindfs: "n/a".into(),
-                native: "n/a".into(),
-                vs_bindfs: "-".into(),
-                vs_native: "-".into(),
-                target: ">= 0.8x bindfs (goal: time <= 1.1x)".into(),
-            });
+            self.rows.push(na_row(
+                "read every file, cold (MB/s)",
+                "needs root",
+                read_target,
+                &shown,
+            ));
         }
-        self.rows
-            .push(read_row("read every file, warm origin (MB/s)", &warm));
-        self.rows.push(seen_row(&warm));
+        self.rows.push(read_row(
+            "read every file, warm origin (MB/s)",
+            &warm,
+            &shown,
+        ));
+        self.rows.push(seen_row(&warm, &shown));
         Ok(())
     }
 
     /// Notes errors and inconsistencies: files musicfs does not show, sizes that do not match
-    /// the bytes read, errors from find or from the reads.
-    fn check_passes(&mut self, scan_tracks: u64, walks: &Triple, cold: &Triple, warm: &Triple) {
+    /// the bytes read, errors from find or from the reads, peers that show another tree.
+    fn check_passes(
+        &mut self,
+        scan_tracks: u64,
+        roots: &[Root],
+        walks: &Samples,
+        cold: &Samples,
+        warm: &Samples,
+    ) {
         let mut notes = Vec::new();
         for (kind, t) in [
             ("walk", walks),
             ("cold read", cold),
             ("warm-origin read", warm),
         ] {
-            for (root, passes) in [
-                (Root::Musicfs, &t.musicfs),
-                (Root::Bindfs, &t.bindfs),
-                (Root::Native, &t.native),
-            ] {
+            for &root in roots {
+                let passes = t.get(root);
                 let errors: u64 = passes.iter().map(|p| p.errors).sum();
                 if errors > 0 {
                     let first: Vec<&str> = passes
@@ -272,19 +377,15 @@ impl Bench {
             }
         }
         let first = |v: &[Pass]| v.first().map(|p| (p.files, p.bytes));
-        if let Some((files, _)) = first(&walks.musicfs)
+        if let Some((files, _)) = first(walks.get(Root::Musicfs))
             && files != scan_tracks
         {
             notes.push(format!(
                 "the musicfs walk saw {files} files but `musicfs scan` found {scan_tracks} tracks"
             ));
         }
-        for (root, walk, read) in [
-            (Root::Musicfs, &walks.musicfs, &warm.musicfs),
-            (Root::Bindfs, &walks.bindfs, &warm.bindfs),
-            (Root::Native, &walks.native, &warm.native),
-        ] {
-            if let (Some(w), Some(r)) = (first(walk), first(read))
+        for &root in roots {
+            if let (Some(w), Some(r)) = (first(walks.get(root)), first(warm.get(root)))
                 && w != r
             {
                 notes.push(format!(
@@ -298,108 +399,25 @@ impl Bench {
                 ));
             }
         }
-        if let (Some(b), Some(n)) = (first(&walks.bindfs), first(&walks.native))
-            && b != n
-        {
-            notes.push(format!(
-                "bindfs and native walks differ: {b:?} vs {n:?} (files, bytes)"
-            ));
+        for (a, b) in [
+            (Root::Bindfs, Root::Native),
+            (Root::Rclone, Root::Native),
+            (Root::NativeTree, Root::Musicfs),
+            (Root::Musefs, Root::Native),
+        ] {
+            if let (Some(x), Some(y)) = (first(walks.get(a)), first(walks.get(b)))
+                && x != y
+            {
+                notes.push(format!(
+                    "{} and {} walks differ: {x:?} vs {y:?} (files, bytes)",
+                    a.name(),
+                    b.name()
+                ));
+            }
         }
         for n in notes {
             self.note(n);
         }
-    }
-}
-
-fn medians(passes: &[Pass], f: fn(&Pass) -> f64) -> Option<Stats> {
-    Stats::of(&passes.iter().map(f).collect::<Vec<_>>())
-}
-
-/// A row of times (lower is better); the ratios are musicfs time / other time.
-fn time_row(what: &str, t: &Triple, target: &str, limit: f64, goal: f64) -> Row {
-    let secs = |p: &Pass| p.secs;
-    let (m, b, n) = (
-        medians(&t.musicfs, secs),
-        medians(&t.bindfs, secs),
-        medians(&t.native, secs),
-    );
-    let ratio = |x: Option<Stats>| match (m, x) {
-        (Some(m), Some(x)) if x.median > 0.0 => Some(m.median / x.median),
-        _ => None,
-    };
-    let (rb, rn) = (ratio(b), ratio(n));
-    Row {
-        what: what.to_string(),
-        musicfs: show_opt(m, fmt_secs, "", "n/a"),
-        bindfs: show_opt(b, fmt_secs, "", "n/a"),
-        native: show_opt(n, fmt_secs, "", "n/a"),
-        vs_bindfs: rb.map_or("n/a".into(), fmt_ratio),
-        vs_native: rn.map_or("n/a".into(), fmt_ratio),
-        target: match rb {
-            Some(r) => format!("{target}: {}", verdict(r, limit, goal, false)),
-            None => target.to_string(),
-        },
-    }
-}
-
-/// A row of read throughputs; the ratios are musicfs MB/s / other MB/s. The target is musicfs
-/// throughput >= 0.8x bindfs, the design goal musicfs time <= 1.1x bindfs.
-fn read_row(what: &str, t: &Triple) -> Row {
-    let rate = |p: &Pass| p.bytes as f64 / 1e6 / p.secs.max(1e-9);
-    let secs = |p: &Pass| p.secs;
-    let (m, b, n) = (
-        medians(&t.musicfs, rate),
-        medians(&t.bindfs, rate),
-        medians(&t.native, rate),
-    );
-    let ratio = |x: Option<Stats>| match (m, x) {
-        (Some(m), Some(x)) if x.median > 0.0 => Some(m.median / x.median),
-        _ => None,
-    };
-    let (rb, rn) = (ratio(b), ratio(n));
-    let target = ">= 0.8x bindfs (goal: time <= 1.1x)";
-    let time_ratio = match (medians(&t.musicfs, secs), medians(&t.bindfs, secs)) {
-        (Some(m), Some(b)) if b.median > 0.0 => Some(m.median / b.median),
-        _ => None,
-    };
-    Row {
-        what: what.to_string(),
-        musicfs: show_opt(m, fmt_rate, "", "n/a"),
-        bindfs: show_opt(b, fmt_rate, "", "n/a"),
-        native: show_opt(n, fmt_rate, "", "n/a"),
-        vs_bindfs: rb.map_or("n/a".into(), fmt_ratio),
-        vs_native: rn.map_or("n/a".into(), fmt_ratio),
-        target: match (rb, time_ratio) {
-            (Some(r), Some(tr)) => {
-                let v = if tr <= 1.1 {
-                    "goal met"
-                } else if r >= 0.8 {
-                    "met"
-                } else {
-                    "MISSED"
-                };
-                format!("{target}: {v}")
-            }
-            _ => target.to_string(),
-        },
-    }
-}
-
-/// What each root shows: files and bytes read.
-fn seen_row(t: &Triple) -> Row {
-    let cell = |v: &[Pass]| {
-        v.first().map_or("n/a".to_string(), |p| {
-            format!("{} files, {}", p.files, fmt_bytes(p.bytes))
-        })
-    };
-    Row {
-        what: "files and bytes read per pass".into(),
-        musicfs: cell(&t.musicfs),
-        bindfs: cell(&t.bindfs),
-        native: cell(&t.native),
-        vs_bindfs: "-".into(),
-        vs_native: "-".into(),
-        target: "-".into(),
     }
 }
 
