@@ -79,10 +79,11 @@ fn human(bytes: u64) -> String {
 pub fn render_view(v: &ChunkCacheView) -> String {
     let mut out = String::new();
     let state = if v.bypassed {
-        format!(
-            "{} (bypassed since {} ms: {})",
-            v.state, v.since_ms, v.reason
-        )
+        let when = crate::cli::events::chrono_like(
+            i64::try_from(v.since_ms / 1000).unwrap_or(0),
+            v.since_ms % 1000,
+        );
+        format!("{} (bypassed since {when} UTC: {})", v.state, v.reason)
     } else {
         v.state.clone()
     };

@@ -77,7 +77,7 @@ pub fn print_events(state_dir: &Path, follow: bool, json: bool) -> Result<()> {
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) without a date crate.
-fn chrono_like(secs: i64, ms: u64) -> String {
+pub(crate) fn chrono_like(secs: i64, ms: u64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil from days (Howard Hinnant's algorithm).
