@@ -466,6 +466,17 @@ impl Drop for ReadOnly {
     }
 }
 
+/// a.flac, b.flac and c.flac of 2.1 MB each, of bytes no other file has
+/// (generated tracks share chunks, which the cache keeps once).
+fn distinct_files(dir: &Path, mul: u32, shift: u32) {
+    for name in ["a", "b", "c"] {
+        let bytes: Vec<u8> = (0..2_100_000u32)
+            .map(|i| (i.wrapping_mul(mul) >> shift) as u8 ^ name.as_bytes()[0])
+            .collect();
+        std::fs::write(dir.join(format!("{name}.flac")), bytes).unwrap();
+    }
+}
+
 /// Which chunks were used last survives a restart: after one, filling the
 /// cache evicts the file read longest ago, not the one read again.
 #[test]
@@ -473,12 +484,7 @@ fn lru_order_survives_a_restart() {
     // Three files of distinct bytes (generated tracks share chunks, which
     // the cache keeps once).
     let export = tempfile::tempdir().unwrap();
-    for name in ["a", "b", "c"] {
-        let bytes: Vec<u8> = (0..2_100_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ name.as_bytes()[0])
-            .collect();
-        std::fs::write(export.path().join(format!("{name}.flac")), bytes).unwrap();
-    }
+    distinct_files(export.path(), 2_654_435_761, 13);
     let s = setup(export.path(), "cache_max_bytes = 5000000\n");
     let m = s.mount();
     let mut big = list_files(&m.mnt);
@@ -660,12 +666,7 @@ fn the_first_scan_caches_every_head_and_tail() {
 #[test]
 fn pinned_files_are_not_evicted() {
     let export = tempfile::tempdir().unwrap();
-    for name in ["a", "b", "c"] {
-        let bytes: Vec<u8> = (0..2_100_000u32)
-            .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8 ^ name.as_bytes()[0])
-            .collect();
-        std::fs::write(export.path().join(format!("{name}.flac")), bytes).unwrap();
-    }
+    distinct_files(export.path(), 2_246_822_519, 11);
     let s = setup(export.path(), "cache_max_bytes = 5000000\n");
     let m = s.mount();
     let mut files = list_files(&m.mnt);

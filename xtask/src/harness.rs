@@ -196,22 +196,31 @@ pub(crate) fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
+/// Whether `dir` holds a finished generation (its `marker` is there): then it is reused;
+/// else whatever an interrupted generation left is removed, for a new one.
+pub(crate) fn reuse_generated(dir: &Path, marker: &Path, what: &str) -> Result<bool> {
+    if marker.is_file() && dir.is_dir() {
+        eprintln!("bench: reusing the {what} {}", dir.display());
+        return Ok(true);
+    }
+    let _ = fs::remove_file(marker);
+    if dir.exists() {
+        eprintln!(
+            "bench: {} is an unfinished generation; removing it",
+            dir.display()
+        );
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(false)
+}
+
 /// The library `<work>/lib-<N>`, generated unless a completed generation is there.
 /// The generated library of `tracks` tracks in `work` (made once, marked complete).
 pub(crate) fn ensure_library(work: &Path, tracks: usize) -> Result<PathBuf> {
     let lib = work.join(format!("lib-{tracks}"));
     let marker = work.join(format!("lib-{tracks}.complete"));
-    if marker.is_file() && lib.is_dir() {
-        eprintln!("bench: reusing the library {}", lib.display());
+    if reuse_generated(&lib, &marker, "library")? {
         return Ok(lib);
-    }
-    let _ = fs::remove_file(&marker);
-    if lib.exists() {
-        eprintln!(
-            "bench: {} is an unfinished generation; removing it",
-            lib.display()
-        );
-        fs::remove_dir_all(&lib).with_context(|| format!("removing {}", lib.display()))?;
     }
     eprintln!("bench: generating {tracks} tracks into {}", lib.display());
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;

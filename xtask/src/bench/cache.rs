@@ -23,7 +23,7 @@ use super::runner::{Bench, settle};
 use super::setup::drop_caches;
 use super::share::SshShare;
 use super::table::{Stats, below, fmt_bytes, fmt_ms, fmt_rate, fmt_ratio, show_opt};
-use super::trees::{Pass, read_tree_within};
+use super::trees::{Pass, for_each_file, read_tree_within};
 use crate::harness::{run_captured, with_deadline};
 
 /// The paths of the cache rows and the share under them.
@@ -524,30 +524,8 @@ fn open_every(files: &[PathBuf]) -> (Vec<f64>, Vec<String>) {
 
 /// Every file under `root` opened, its first and last `PROBE_BYTES` read, closed; timed.
 fn probe_tree(root: &Path) -> Pass {
-    let mut pass = Pass::default();
     let mut buf = vec![0u8; PROBE_BYTES];
-    let start = Instant::now();
-    for entry in walkdir::WalkDir::new(root) {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                pass.error(format!("walk: {e}"));
-                continue;
-            }
-        };
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        match probe_file(entry.path(), &mut buf) {
-            Ok(n) => {
-                pass.files += 1;
-                pass.bytes += n;
-            }
-            Err(e) => pass.error(format!("{}: {e}", entry.path().display())),
-        }
-    }
-    pass.secs = start.elapsed().as_secs_f64();
-    pass
+    for_each_file(root, |path| probe_file(path, &mut buf))
 }
 
 fn probe_file(path: &Path, buf: &mut [u8]) -> std::io::Result<u64> {

@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 
 use super::consts::FFMPEG_TIMEOUT;
-use crate::harness::{run_captured, utc_now};
+use crate::harness::{reuse_generated, run_captured, utc_now};
 
 /// Length of every track.
 pub(super) const TRACK_SECS: u32 = 240;
@@ -110,17 +110,8 @@ fn ffmpeg_args(track: &Track, seed: usize, out: &Path) -> Vec<String> {
 pub(super) fn ensure_cache_library(work: &Path, tracks: usize) -> Result<PathBuf> {
     let lib = work.join(format!("cache-lib-{tracks}"));
     let marker = work.join(format!("cache-lib-{tracks}.complete"));
-    if marker.is_file() && lib.is_dir() {
-        eprintln!("bench: reusing the cache library {}", lib.display());
+    if reuse_generated(&lib, &marker, "cache library")? {
         return Ok(lib);
-    }
-    let _ = fs::remove_file(&marker);
-    if lib.exists() {
-        eprintln!(
-            "bench: {} is an unfinished generation; removing it",
-            lib.display()
-        );
-        fs::remove_dir_all(&lib).with_context(|| format!("removing {}", lib.display()))?;
     }
     eprintln!(
         "bench: encoding {tracks} noise tracks of {TRACK_SECS} s with ffmpeg into {}",

@@ -448,6 +448,15 @@ pub(super) fn read_tree_within(root: &Path, buf_len: usize, timeout: Duration) -
 /// `buf_len` bytes.
 fn read_tree(root: &Path, buf_len: usize) -> Pass {
     let mut buf = vec![0u8; buf_len];
+    for_each_file(root, |path| read_file(path, &mut buf))
+}
+
+/// Runs `visit` on every regular file under `root` in walkdir order, single-threaded, and
+/// times it all: each `Ok(bytes)` counts the file and its bytes, each error is noted.
+pub(super) fn for_each_file(
+    root: &Path,
+    mut visit: impl FnMut(&Path) -> std::io::Result<u64>,
+) -> Pass {
     let mut pass = Pass::default();
     let start = Instant::now();
     for entry in walkdir::WalkDir::new(root) {
@@ -461,7 +470,7 @@ fn read_tree(root: &Path, buf_len: usize) -> Pass {
         if !entry.file_type().is_file() {
             continue;
         }
-        match read_file(entry.path(), &mut buf) {
+        match visit(entry.path()) {
             Ok(n) => {
                 pass.files += 1;
                 pass.bytes += n;
