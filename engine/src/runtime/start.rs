@@ -170,12 +170,15 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
             known_files = store.file_count()?,
             "no complete scan in the catalog; scanning"
         );
-        // Progress for `musicfs mount` to draw (found, probed), every 200 ms.
+        // Progress for `musicfs mount` to draw (found, probed), every 200 ms
+        // and once more at the end; `musicfs mount` removes the file (the
+        // next start does, if nothing did).
         let progress = crate::config::state::first_scan_progress_file(&state_dir);
         let done = AtomicBool::new(false);
         let scanned = std::thread::scope(|s| {
             s.spawn(|| {
-                while !done.load(Ordering::Relaxed) {
+                loop {
+                    let finished = done.load(Ordering::Relaxed);
                     let c = &syncer.counters;
                     let line = format!(
                         "{} {}\n",
@@ -186,14 +189,21 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
                     if std::fs::write(&tmp, line).is_ok() {
                         let _ = std::fs::rename(&tmp, &progress);
                     }
-                    std::thread::sleep(Duration::from_millis(200));
+                    if finished {
+                        return;
+                    }
+                    for _ in 0..10 {
+                        if done.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             });
             let r = syncer.sync_all();
             done.store(true, Ordering::Relaxed);
             r
         });
-        let _ = std::fs::remove_file(&progress);
         if let Err(e) = scanned {
             if stop.load(Ordering::Relaxed) {
                 info!("stopped during the first scan; it resumes from its last checkpoint");

@@ -32,29 +32,39 @@ impl FirstScan {
     /// the line is cleared.
     pub(super) fn update(&mut self, done: bool) {
         if !self.tty {
+            if done {
+                let _ = std::fs::remove_file(&self.file);
+            }
             return;
         }
         if done {
-            if self.drawn {
+            // The last figures (a fast scan may have drawn none), then the
+            // line cleared.
+            if self.draw() || self.drawn {
                 eprint!("\r\x1b[2K");
                 let _ = std::io::stderr().flush();
                 self.drawn = false;
             }
+            let _ = std::fs::remove_file(&self.file);
             return;
         }
-        if self.last.elapsed() < Duration::from_millis(200) {
-            return;
+        if self.last.elapsed() >= Duration::from_millis(200) && self.draw() {
+            self.last = Instant::now();
         }
-        self.last = Instant::now();
+    }
+
+    /// Draws what the progress file says; false if there is nothing yet.
+    fn draw(&mut self) -> bool {
         let Some((found, probed)) = std::fs::read_to_string(&self.file).ok().and_then(|t| {
             let mut it = t.split_whitespace().map(|w| w.parse::<u64>().ok());
             Some((it.next()??, it.next()??))
         }) else {
-            return;
+            return false;
         };
         eprint!("\r\x1b[2K{}", line(found, probed, self.started.elapsed()));
         let _ = std::io::stderr().flush();
         self.drawn = true;
+        true
     }
 }
 
