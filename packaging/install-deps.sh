@@ -15,8 +15,15 @@ export DEBIAN_FRONTEND=noninteractive
 #   it brings is not needed; where systemd runs, it enables prometheus.service)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends fuse3 capnproto ffmpeg bindfs systemd util-linux rsync mpv fio openssh-server sshfs ca-certificates prometheus >/dev/null
-# rclone: a peer in the benchmark (`rclone mount --read-only`, beside bindfs).
+# nftables: the remote-origin tests blackhole a server's port (a table of their own).
+apt-get install -y -qq --no-install-recommends nftables >/dev/null
+# rclone: a peer in the benchmark (`rclone mount --read-only`, beside bindfs),
+# and the WebDAV server of the remote-origin tests (`rclone serve webdav`).
 apt-get install -y -qq --no-install-recommends rclone >/dev/null
+# attr: getfattr, which lists the status xattrs in a test.  mpd, mpc: a real
+# media client whose database is built from the mount (the views tests).
+# file: the type of the cover images.
+apt-get install -y -qq --no-install-recommends attr mpd mpc file >/dev/null
 # dpkg-dev: dpkg-shlibdeps, with which cargo-deb works out the package's Depends.
 apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
 # python3-pip + pycapnp (PyPI): the example control-plane client that a test runs.
@@ -26,6 +33,19 @@ if ! python3 -c "import capnp" >/dev/null 2>&1; then
     || python3 -m pip install --quiet pycapnp
 fi
 python3 -c "import capnp" || { echo "install-deps: pycapnp did not install" >&2; exit 1; }
+# moto[server] (PyPI): the S3 server of the remote-origin tests (moto_server).
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install --quiet --break-system-packages 'moto[server]' 2>/dev/null \
+    || python3 -m pip install --quiet 'moto[server]'
+  hash -r
+  # pyenv only shows new scripts after a rehash; else link the script in.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+  if ! command -v moto_server >/dev/null 2>&1; then
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    [ -x "$scripts/moto_server" ] && ln -sf "$scripts/moto_server" /usr/local/bin/moto_server
+  fi
+fi
+command -v moto_server >/dev/null 2>&1 || { echo "install-deps: moto_server is missing after pip install moto[server]" >&2; exit 1; }
 # The toolchain components the suite uses (rustup installs; harmless if present).
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

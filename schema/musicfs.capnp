@@ -112,7 +112,9 @@ struct Response {
       hello @3 :Hello;
       message @4 :Text;    # why the engine refuses, when errno = EPROTO
     }
-    entry @5 :Entry;                         # lookup
+    # lookup; a miss is an entry of ino 0 (a negative entry for its
+    # entryTtlMs), or errno ENOENT (not cached).
+    entry @5 :Entry;
     attr :group { attr @6 :Attr; ttlMs @7 :UInt32; }   # getattr
     # `fdAttached`: the origin file's fd travels with this frame (SCM_RIGHTS
     # on its first byte); only when the open asked for passthrough.
@@ -124,7 +126,10 @@ struct Response {
     pong :group { uptimeMs @14 :UInt64; engineVersion @15 :Text; }
     # Unsolicited (id = 0): the tree changed; the shim tells the kernel to
     # forget these names and inodes (FUSE_NOTIFY_INVAL_ENTRY / _INODE).
-    invalidate :group { entries @17 :List(InvalEntry); inodes @18 :List(UInt64); }
+    # `everything`: the whole tree may have changed (a template change): the
+    # kernel drops every name, attribute and listing it cached.
+    invalidate :group { entries @17 :List(InvalEntry); inodes @18 :List(UInt64);
+                        everything @19 :Bool; }
   }
 }
 
@@ -137,6 +142,9 @@ struct OriginStatus {
   path @1 :Text;
   reachable @2 :Bool;    # the directory answers (stat within a deadline)
   local @3 :Bool;        # on a local filesystem (inotify) or not (polling)
+  kind @4 :Text;         # "local", "network", "s3", "webdav" or "webdavs"
+  health @5 :Text;       # remote origins: "ready", "degraded" or "offline"
+  error @6 :Text;        # why it is not reachable or not ready ("" if it is)
 }
 
 struct TaskStatus {
@@ -181,6 +189,19 @@ struct EngineStatus {
   stateDirError @19 :Text;
   # The chunk cache for network origins (state "" when none is open).
   chunkCache @20 :ChunkCacheStatus;
+  # The change feed's targets ([notify]).
+  notify @21 :List(NotifyTargetStatus);
+}
+
+struct NotifyTargetStatus {
+  name @0 :Text;           # kind and URL (no secret)
+  state @1 :Text;          # idle, ok, retrying, failing
+  delivered @2 :UInt64;    # batches delivered
+  failedAttempts @3 :UInt64;
+  dropped @4 :UInt64;      # batches dropped (full queue, every attempt failed)
+  queued @5 :UInt64;
+  lastError @6 :Text;
+  lastOkMs @7 :UInt64;     # ms since the epoch of the last delivery
 }
 
 struct ChunkCacheStatus {
@@ -244,6 +265,12 @@ interface Engine {
   cacheClear @8 () -> (freedBytes :UInt64);
   # `path` relative to the mount; returns how many files.
   cachePin @9 (path :Data, pinned :Bool) -> (files :UInt64);
+  # The tree paths (relative to the mount) of the tracks matching `query`,
+  # in tantivy's query syntax; at most `search_max_results`.
+  search @10 (query :Text) -> (paths :List(Text));
+  # Rebuilds the search index from the catalog: progress in tracks, then
+  # the result (counter `tracks`).
+  searchRebuild @11 (progress :ProgressListener) -> (job :Job);
 }
 
 interface EventListener {
@@ -271,4 +298,8 @@ interface Supervisor {
   swap @0 (binary :Text, progress :ProgressListener) -> (message :Text);
   reload @1 () -> (summary :Text);
   shutdown @2 (drainMs :UInt32) -> ();
+  # Replace the shim without unmounting: the new one takes the live FUSE
+  # connection over, then the old one leaves. `binary` empty: the shim
+  # binary running now.
+  shimSwap @3 (binary :Text) -> (message :Text);
 }

@@ -12,11 +12,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod library;
+pub mod load;
+pub mod notify;
+pub mod servers;
 pub mod share;
 pub use library::*;
+pub use load::{Load, start_load};
 pub use share::{Hung, ShareOptions, SshShare};
 
 /// The workspace root.
+/// A config line for tests whose cache sits on the host's disk: the cache
+/// then writes however full that disk is (its default stops at 10 % free,
+/// and a CI machine's disk may be fuller than that). Tests of the
+/// watermark put their cache on a small tmpfs and set their own.
+pub const CACHE_ON_ANY_DISK: &str = "cache_min_free_percent = 0\n";
+
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -104,6 +114,34 @@ pub fn is_mountpoint(path: &Path) -> bool {
     m.dev() != p.dev()
 }
 
+/// Aborts the FUSE connection of every mount on `mnt` through fusectl, as an
+/// operator would; fusectl is mounted first if this machine has not (a fresh
+/// CI machine often has not, and then the write would silently do nothing).
+pub fn abort_fuse_connections(mnt: &Path) {
+    const FUSECTL: &str = "/sys/fs/fuse/connections";
+    let target = mnt.to_string_lossy().into_owned();
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let minors: Vec<String> = info
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        .filter_map(|l| Some(l.split(' ').nth(2)?.split(':').nth(1)?.to_owned()))
+        .collect();
+    if minors.is_empty() {
+        return;
+    }
+    if !Path::new(FUSECTL).join(&minors[0]).exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl", FUSECTL])
+            .stderr(Stdio::null())
+            .status();
+    }
+    for minor in minors {
+        let _ = std::fs::write(format!("{FUSECTL}/{minor}/abort"), b"1");
+    }
+}
+
 /// A running `musicfs mount`, unmounted and reaped on drop.
 pub struct Mount {
     pub root: tempfile::TempDir,
@@ -139,6 +177,12 @@ impl Mount {
     /// can change them.
     pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Mount {
         Self::start_full(&[], Some(config), None, None, env)
+    }
+
+    /// As `start_with_config`, with a given state directory (kept between
+    /// mounts).
+    pub fn start_with_config_state(config: &Path, state: &Path, env: &[(&str, &str)]) -> Mount {
+        Self::start_full(&[], Some(config), Some(state), None, env)
     }
 
     fn start_full(

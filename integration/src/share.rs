@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::eventually;
 
-const SSHD: &str = "/usr/sbin/sshd";
+pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 /// How long sshd may take to listen, and sshfs to mount.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a killed process (or fusermount3) may take to go away.
@@ -57,6 +57,10 @@ pub struct SshShare {
     port: u16,
     /// The pids SIGSTOPped by [`SshShare::hang`] and not resumed yet.
     stopped: Arc<Mutex<Vec<i32>>>,
+    /// What [`SshShare::reconnect`] mounts again.
+    export: PathBuf,
+    client_key: PathBuf,
+    opts: ShareOptions,
 }
 
 impl SshShare {
@@ -115,11 +119,40 @@ impl SshShare {
             sshfs: None,
             port: 0,
             stopped: Arc::new(Mutex::new(Vec::new())),
+            export: export.clone(),
+            client_key: client_key.clone(),
+            opts: opts.clone(),
         };
         // From here on, a panic drops `share`, which cleans up.
         share.start_sshd(&ssh, &host_key, &authorized);
         share.mount(&export, &client_key, &opts);
         share
+    }
+
+    /// A network share that drops its connection and is mounted again, as
+    /// an automounter or a NAS reboot does: sshfs is killed (files opened
+    /// before answer `ENOTCONN` from then on), its dead mount detached, and
+    /// a new sshfs mounted at the same path. Returns once the new mount
+    /// lists the export.
+    pub fn reconnect(&mut self) {
+        if let Some(child) = self.sshfs.take() {
+            let pid = child.id() as i32;
+            // SAFETY: plain kill(2) on the process group of our child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            wait_bounded(child);
+        }
+        run_bounded(Command::new("umount").arg("-l").arg(&self.mnt));
+        assert!(
+            !is_mounted(&self.mnt),
+            "the dead sshfs mount at {} could not be detached",
+            self.mnt.display()
+        );
+        let (export, key, opts) = (
+            self.export.clone(),
+            self.client_key.clone(),
+            self.opts.clone(),
+        );
+        self.mount(&export, &key, &opts);
     }
 
     /// Where the export is mounted.
@@ -473,7 +506,7 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn keygen(path: &Path) {
+pub(crate) fn keygen(path: &Path) {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "musicfs-test", "-f"])
         .arg(path)
@@ -490,7 +523,7 @@ fn keygen(path: &Path) {
 }
 
 /// sshd refuses to start without its privilege separation directory.
-fn privsep_dir() {
+pub(crate) fn privsep_dir() {
     let dir = Path::new("/run/sshd");
     if dir.is_dir() {
         return;
@@ -504,7 +537,7 @@ fn privsep_dir() {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("binding 127.0.0.1:0 for a free port")
@@ -544,7 +577,7 @@ fn listens(pid: i32, port: u16) -> bool {
 }
 
 /// The name of the current user (sshfs logs in as it).
-fn user_name() -> String {
+pub(crate) fn user_name() -> String {
     // SAFETY: passwd is plain data (integers and pointers); all-zero is valid.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 * 1024];
@@ -597,7 +630,7 @@ fn parents() -> HashMap<i32, i32> {
 }
 
 /// Every descendant of `pid` (not `pid` itself), sorted.
-fn descendants(pid: i32) -> Vec<i32> {
+pub(crate) fn descendants(pid: i32) -> Vec<i32> {
     let parents = parents();
     let mut out = Vec::new();
     let mut frontier = vec![pid];

@@ -51,6 +51,8 @@ fn shim_depends_on_none_of_the_engine_crates() {
         "tantivy",
         "lofty",
         "opendal",
+        "russh",
+        "russh-sftp",
         "musicfs-engine",
         "figment",
         "tokio",
@@ -90,6 +92,8 @@ const ENGINE_ROOMS: &[(&str, u32)] = &[
     ("sync", 5),
     ("scan", 4),
     ("content", 4),
+    ("notify", 4),
+    ("views", 4),
     ("origins", 3),
     ("catalog", 2),
     ("config", 1),
@@ -361,4 +365,52 @@ fn no_source_file_is_over_700_lines() {
         "split these by theme (at most {MAX_FILE_LINES} lines):\n{}",
         long.join("\n")
     );
+}
+
+/// Only the origins room (its `remote` folder) talks to opendal and russh:
+/// every other room sees remote origins through `origins::remote`.
+#[test]
+fn only_the_origins_room_uses_opendal() {
+    let src = workspace_root().join("engine/src");
+    for krate in ["opendal::", "russh::", "russh_sftp::"] {
+        let mut users = Vec::new();
+        for file in rust_files(&src) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            if code_lines(&text).any(|l| l.contains(krate)) {
+                users.push(file.strip_prefix(&src).unwrap().to_path_buf());
+            }
+        }
+        assert!(
+            !users.is_empty(),
+            "the check found no user of {krate} at all"
+        );
+        for u in &users {
+            assert!(
+                u.starts_with("origins/remote"),
+                "{} uses {krate}",
+                u.display()
+            );
+        }
+    }
+}
+
+/// Only the views room names tantivy (the search index is derived data
+/// that no other room depends on).
+#[test]
+fn only_the_views_room_uses_tantivy() {
+    let src = workspace_root().join("engine/src");
+    let mut users = Vec::new();
+    for file in rust_files(&src) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        if code_lines(&text).any(|l| l.contains("tantivy::")) {
+            users.push(file.strip_prefix(&src).unwrap().to_path_buf());
+        }
+    }
+    assert!(
+        !users.is_empty(),
+        "the check found no user of tantivy at all"
+    );
+    for u in &users {
+        assert!(u.starts_with("views"), "{} uses tantivy", u.display());
+    }
 }

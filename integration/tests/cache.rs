@@ -41,10 +41,15 @@ fn setup(export: &Path, extra: &str) -> Setup {
     let cache_dir = root.path().join("cache");
     std::fs::create_dir_all(&cache_dir).unwrap();
     let config = root.path().join("config.toml");
+    let any_disk = if extra.contains("cache_min_free_percent") {
+        ""
+    } else {
+        musicfs_integration::CACHE_ON_ANY_DISK
+    };
     std::fs::write(
         &config,
         format!(
-            "origins = [{:?}]\ncache_dir = {:?}\ncache_fetch_timeout_ms = 2000\n{extra}\n",
+            "origins = [{:?}]\ncache_dir = {:?}\ncache_fetch_timeout_ms = 2000\n{any_disk}{extra}\n",
             share.mountpoint(),
             cache_dir
         ),
@@ -717,6 +722,14 @@ fn pinned_files_are_not_evicted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // b made room for c (a was pinned): the writer evicts in batches, so
+    // wait until it has, or b would be read again from the cache.
+    let b_size = std::fs::metadata(&b).unwrap().len();
+    assert!(
+        eventually(Duration::from_secs(20), || cached_bytes(&b) < b_size),
+        "b stayed whole in the cache: {}",
+        cache_status(&m)
+    );
     // b is needed again: a, now the oldest and unpinned, makes room.
     evict(&b);
     assert_eq!(
@@ -768,7 +781,8 @@ fn an_unwritable_cache_dir_is_bypassed_for_a_non_root_engine() {
     std::fs::write(
         &config,
         format!(
-            "origins = [{origin:?}]\ncache_dir = {cache:?}\n[origin.{origin:?}]\ncache = true\n"
+            "origins = [{origin:?}]\ncache_dir = {cache:?}\n{}[origin.{origin:?}]\ncache = true\n",
+            musicfs_integration::CACHE_ON_ANY_DISK
         ),
     )
     .unwrap();
@@ -817,4 +831,61 @@ fn an_unwritable_cache_dir_is_bypassed_for_a_non_root_engine() {
     let _ = within(Duration::from_secs(15), move || shim.wait());
     let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
     assert!(engine.stop().success());
+}
+
+/// A share that drops its connection and is mounted again (a NAS reboot,
+/// an automounter): the engine's origin file, opened before, answers
+/// `ENOTCONN`; it is reopened by path on the new mount and a handle held
+/// open across the reconnect reads on with the right bytes.
+#[test]
+fn a_reconnected_share_is_reopened_and_a_held_file_reads_on() {
+    let mut s = setup(&library(), "");
+    let m = s.mount();
+    // The largest file: chunks the first scan did not cache (it caches the
+    // head and the tail only).
+    let rel = list_files(&m.mnt)
+        .into_iter()
+        .max_by_key(|r| std::fs::metadata(m.mnt.join(r)).map_or(0, |md| md.len()))
+        .unwrap();
+    let p = m.mnt.join(&rel);
+    let want = std::fs::read(s.export_file(&p)).unwrap();
+    // Chunks: a 256 KiB head, 1 MiB bodies, a 128 KiB tail.
+    assert!(
+        want.len() > 1_600_000,
+        "{} is only {} bytes",
+        rel.display(),
+        want.len()
+    );
+    let f = std::fs::File::open(&p).unwrap();
+    let read_at = |off: usize, len: usize| {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        evict(&p);
+        f.read_exact_at(&mut buf, off as u64).map(|()| buf)
+    };
+    // One body chunk through the engine's origin file (opened now).
+    let mid = 300_000;
+    assert_eq!(read_at(mid, 4096).unwrap(), want[mid..mid + 4096]);
+    s.share.reconnect();
+    // Another body chunk, never fetched: the old origin file is dead.
+    let later = 1_400_000;
+    let got = read_at(later, 64 * 1024).unwrap_or_else(|e| {
+        panic!(
+            "a read after the share reconnected failed: {e}\n{}",
+            m.log_text()
+        )
+    });
+    assert!(
+        got == want[later..later + 64 * 1024],
+        "wrong bytes after the reconnect"
+    );
+    assert!(
+        m.log_text()
+            .contains("origin file went stale; reopening it"),
+        "the read did not go through a reopen:\n{}",
+        m.log_text()
+    );
+    // The whole file, and every other one, right.
+    drop(f);
+    read_all(&s, &m);
 }

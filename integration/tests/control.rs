@@ -118,8 +118,9 @@ fn slow_verify_mount(dir: &Path) -> Mount {
     std::fs::write(
         &config,
         format!(
-            "origins = [{origin:?}]\ncache_dir = {:?}\n[origin.{origin:?}]\ncache = true\n",
-            dir.join("cache")
+            "origins = [{origin:?}]\ncache_dir = {:?}\n{}[origin.{origin:?}]\ncache = true\n",
+            dir.join("cache"),
+            musicfs_integration::CACHE_ON_ANY_DISK
         ),
     )
     .unwrap();

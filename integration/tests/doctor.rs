@@ -130,13 +130,15 @@ fn a_user_without_user_allow_other_is_told_what_to_do() {
         "the line does not say what to do:\n{all}"
     );
     assert_eq!(out.status.code(), Some(1), "{all}");
-    // The state and cache directories belong to 65534: those pass.
+    // The state and cache directories belong to 65534: those pass (a
+    // warning that the host's disk is nearly full is a pass too).
     for check in ["state_dir", "cache_dir", "origins"] {
         let l = lines
             .iter()
             .find(|l| l.contains(&format!(" {check}: ")))
             .unwrap_or_else(|| panic!("no {check} line:\n{all}"));
-        assert!(l.starts_with("ok   "), "{all}");
+        let low_disk = l.starts_with("warn ") && l.contains("on its disk: free some space");
+        assert!(l.starts_with("ok   ") || low_disk, "{all}");
     }
     // Every line is one check with a status.
     for l in &lines {

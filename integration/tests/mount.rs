@@ -45,9 +45,12 @@ fn record(e: &ManifestEntry) -> FileRecord {
             disc_total: t.disc_total,
             genre: t.genre.clone(),
             compilation: t.compilation.unwrap_or(false),
+            composer: None,
         },
         props: AudioProps::default(),
         probe_error: None,
+        art: None,
+        is_image: false,
     }
 }
 

@@ -179,6 +179,69 @@ fn second_engine_on_the_same_state_dir_is_refused() {
     assert!(first.stop().success());
 }
 
+/// A mount whose shim and supervisor both hang (SIGSTOP: no successor
+/// will come) is ended by `musicfs unmount --abort`: the request waiting
+/// on it fails at once and the mountpoint is free again, without touching
+/// it.
+#[test]
+fn a_hung_mount_is_ended_by_unmount_abort() {
+    let lib = generated_library(TRACKS, SEED);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    let state = m.state.clone();
+    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
+    assert_eq!(shim.len(), 1, "shim not found");
+    let supervisor = m.pid() as i32;
+    // SAFETY: kill(2) on processes this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGSTOP);
+        libc::kill(shim[0], libc::SIGSTOP);
+    }
+    // A lookup nobody answers.
+    let probe = mnt.join("never-looked-up.flac");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&probe).map(drop));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(2)).is_err(),
+        "the lookup was answered by a stopped shim"
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(musicfs_bin())
+        .args(["unmount", "--abort"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = rx.recv_timeout(Duration::from_secs(10));
+    assert!(
+        matches!(answer, Ok(Err(_))),
+        "the waiting lookup did not fail: {answer:?}"
+    );
+    assert!(
+        !is_mountpoint(&mnt),
+        "still mounted after {:?}",
+        started.elapsed()
+    );
+    let mut rest = pids_with_cmdline(&state.to_string_lossy());
+    rest.extend([supervisor, shim[0]]);
+    for pid in rest {
+        // SAFETY: as above; SIGCONT so the stopped ones die.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGCONT);
+        }
+    }
+    m.abandon();
+}
+
 /// A mountpoint left "Transport endpoint is not connected" by a crash is
 /// cleaned before mounting.
 #[test]
@@ -189,8 +252,11 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
     std::fs::create_dir(&mnt).unwrap();
     let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
     let state = m.state.clone();
-    // Freeze the supervisor (it would clean up after its shim), crash the
-    // shim (SIGKILL: no unmount), then kill the rest.
+    // Crash the shim (SIGKILL: no unmount) and its supervisor, which holds a
+    // copy of the FUSE fd for shim takeovers and would otherwise start a
+    // successor. The supervisor is stopped first: killed while the shim
+    // still runs, it would send the shim its parent-death SIGTERM, and a
+    // shim that wins that race unmounts cleanly, leaving nothing stale.
     let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
     assert_eq!(shim.len(), 1, "shim not found");
     let supervisor = m.pid() as i32;
@@ -199,13 +265,47 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
         libc::kill(supervisor, libc::SIGSTOP);
         libc::kill(shim[0], libc::SIGKILL);
     }
+    // (Best effort: a shim stuck in the kernel is handled below.)
+    let _ = eventually(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{}", shim[0])).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", shim[0]))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    // (The kernel may answer a stat, and a listing it cached, from its
+    // caches; a lookup of a name never asked for must reach the server. A
+    // new name each time: the dying shim may still answer one, and its
+    // miss is then cached.)
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let stale = || {
+        eventually(Duration::from_secs(10), || {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            matches!(
+                std::fs::metadata(mnt.join(format!("never-looked-up-{n}.flac"))),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)
+            )
+        })
+    };
+    // A killed shim can stay stuck in the kernel (a notice write waiting on
+    // a request only a successor would answer), holding the connection:
+    // then the connection is aborted, as an operator would through fusectl.
+    let made = stale() || {
+        abort_fuse_connections(&mnt);
+        stale()
+    };
     assert!(
-        // (stat may still answer from the kernel's attribute cache; readdir cannot.)
-        eventually(Duration::from_secs(10), || matches!(
-            std::fs::read_dir(&mnt),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)
-        )),
-        "could not make a stale mount"
+        made,
+        "could not make a stale mount: a fresh lookup gives {:?}; processes: {:?}",
+        std::fs::metadata(mnt.join("never-looked-up.flac")).map(|_| ()),
+        std::process::Command::new("ps")
+            .args(["-eo", "pid,stat,wchan:32,args"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("musicfs"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>())
     );
     let mut rest = pids_with_cmdline(&state.to_string_lossy());
     rest.push(supervisor);
@@ -272,7 +372,7 @@ fn hung_mountpoint_is_refused_not_waited_on() {
     let status = status.expect("musicfs mount hung on the mountpoint");
     assert!(!status.success(), "mounted over a hung mount");
     assert!(
-        err.contains("does not answer") && err.contains("musicfs unmount --lazy"),
+        err.contains("does not answer") && err.contains("musicfs unmount --abort"),
         "{err}"
     );
     let m2 = Mount::start_at(&[&lib], None, Some(&mnt), &[]);

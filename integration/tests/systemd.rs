@@ -3,81 +3,13 @@
 //! shim stores the FUSE fd with FDSTORE=1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use musicfs_integration::notify::{Datagram, collect, position};
 use musicfs_integration::*;
-
-/// One notify datagram: its text and any file descriptors that came with it.
-struct Datagram {
-    text: String,
-    fds: Vec<OwnedFd>,
-}
-
-fn recv(sock: &UnixDatagram, timeout: Duration) -> Option<Datagram> {
-    use std::os::fd::AsRawFd;
-    sock.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut cmsg = vec![0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr points at live buffers for the duration of the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = cmsg.len();
-    // SAFETY: as above.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return None;
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control buffer the kernel just filled.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<i32>();
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Some(Datagram {
-        text: String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-        fds,
-    })
-}
-
-/// Collects datagrams until `done` says so or `timeout` passes.
-fn collect(
-    sock: &UnixDatagram,
-    timeout: Duration,
-    mut done: impl FnMut(&[Datagram]) -> bool,
-) -> Vec<Datagram> {
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while Instant::now() < deadline && !done(&out) {
-        if let Some(d) = recv(sock, Duration::from_millis(100)) {
-            out.push(d);
-        }
-    }
-    out
-}
-
-fn position(msgs: &[Datagram], needle: &str) -> Option<usize> {
-    msgs.iter()
-        .position(|m| m.text.lines().any(|l| l == needle))
-}
 
 fn sigterm_and_wait(child: &mut Child) {
     // SAFETY: kill(2) on our own child.
@@ -431,6 +363,9 @@ struct Detach(std::path::PathBuf);
 
 impl Drop for Detach {
     fn drop(&mut self) {
+        // A connection this test holds but nobody serves would keep its
+        // waiters in the kernel for ever: abort it first (fusectl).
+        musicfs_integration::abort_fuse_connections(&self.0);
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
@@ -558,4 +493,175 @@ fn restarted_shim_ends_the_connection_left_in_the_fd_store() {
     sigterm_and_wait(&mut second);
     assert_eq!(musicfs_mounts_at(&mnt), 0, "a mount was left behind");
     sigterm_and_wait(&mut engine);
+}
+
+/// Under systemd a restarted shim takes the stored connection over instead
+/// of remounting: the first shim stores its FUSE fd and its takeover state
+/// (`fuse`, `fuse-state`); it is killed under load (8 readers, a walker)
+/// with a file held open; the next one gets both back (`LISTEN_FDS=2`),
+/// adopts the live connection (no new mount, nothing dropped from the
+/// store), and every read, the held file's included, gets the right bytes.
+#[test]
+fn restarted_shim_takes_the_stored_connection_over() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let lib = generated_library(2000, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _detach = Detach(mnt.clone());
+    let mut engine = Command::new(musicfs_bin())
+        .arg("engine")
+        .arg("--origin")
+        .arg(&lib)
+        .arg("--state-dir")
+        .arg(&state)
+        .env_remove("NOTIFY_SOCKET")
+        .env("HOME", dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let shim_bin = musicfs_bin().with_file_name("musicfs-shim");
+    let shim_log = dir.path().join("shims.log");
+    let log = || std::fs::read_to_string(&shim_log).unwrap_or_default();
+    let shim = |notify: &str| {
+        let mut cmd = Command::new("sh");
+        // With stdin piped (the successor), wait for its "go" line first.
+        cmd.arg("-c")
+            .arg("[ -p /dev/stdin ] && read go; LISTEN_PID=$$ exec \"$0\" \"$@\"")
+            .arg(&shim_bin)
+            .arg("--socket")
+            .arg(state.join("engine.sock"))
+            .arg("--mountpoint")
+            .arg(&mnt)
+            .env("MUSICFS_LOG", "info")
+            .env("NOTIFY_SOCKET", dir.path().join(notify))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&shim_log)
+                    .unwrap(),
+            );
+        cmd
+    };
+    let first_sock = UnixDatagram::bind(dir.path().join("a.notify")).unwrap();
+    let mut first = shim("a.notify").stdin(Stdio::null()).spawn().unwrap();
+    let mut msgs = collect(&first_sock, Duration::from_secs(60), |m| {
+        position(m, "READY=1").is_some()
+    });
+    let mut stored = |name: &str| {
+        msgs.iter_mut()
+            .find(|m| m.text.lines().any(|l| l == format!("FDNAME={name}")))
+            .unwrap_or_else(|| panic!("no FDSTORE=1 for {name}\n{}", log()))
+            .fds
+            .pop()
+            .unwrap()
+    };
+    let (fuse, fuse_state) = (stored("fuse"), stored("fuse-state"));
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+
+    let held_path = mnt.join(&list_files(&mnt)[5]);
+    let want = std::fs::read(PathBufFrom::origin(&held_path)).unwrap();
+    let mut held = std::fs::File::open(&held_path).unwrap();
+    let mut head = vec![0u8; 1000.min(want.len())];
+    held.read_exact(&mut head).unwrap();
+    let load = start_load(&mnt);
+    std::thread::sleep(Duration::from_millis(300));
+    // The successor is forked now, while the mount is served: a process
+    // forked from this one (whose threads hold files of the mount) later
+    // would close those inherited files at exec, and each close waits for
+    // an answer that only the successor can give. It waits for a line on
+    // its stdin before it execs the shim.
+    let second_sock = UnixDatagram::bind(dir.path().join("b.notify")).unwrap();
+    let mut second = shim("b.notify");
+    let (a, b) = (fuse.as_raw_fd(), fuse_state.as_raw_fd());
+    // SAFETY: fcntl/dup2 only, between fork and exec.
+    unsafe {
+        second.pre_exec(move || {
+            let (a, b) = (
+                libc::fcntl(a, libc::F_DUPFD, 100),
+                libc::fcntl(b, libc::F_DUPFD, 100),
+            );
+            if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut second = second
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "fuse:fuse-state")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("cannot start the second shim");
+    std::thread::sleep(Duration::from_millis(300));
+    // Killed, it may not exit at once: a thread of it can wait in the
+    // kernel (an invalidation behind a lookup it had read) until the
+    // successor has that lookup resent and answers it. systemd starts the
+    // successor after its stop timeout; here it starts at once.
+    first.kill().unwrap();
+    {
+        use std::io::Write;
+        let mut go = second.stdin.take().unwrap();
+        go.write_all(b"go\n").unwrap();
+    }
+    let msgs = collect(&second_sock, Duration::from_secs(60), |m| {
+        position(m, "READY=1").is_some()
+    });
+    let all: Vec<&str> = msgs.iter().map(|m| m.text.as_str()).collect();
+    assert!(position(&msgs, "READY=1").is_some(), "{all:?}\n{}", log());
+    assert!(
+        !msgs.iter().any(|m| m.text.contains("FDSTORE")),
+        "the new shim touched the fd store: {all:?}"
+    );
+    assert!(
+        log().contains("took over the live FUSE connection"),
+        "{}",
+        log()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || first
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the killed shim never exited"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    load.finish("kill -9 of a shim under systemd", &log());
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    assert!(
+        head == want,
+        "the held file read other bytes across the takeover"
+    );
+    // The same mount, not a new one.
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ours = |info: &str| {
+        info.lines()
+            .find(|l| l.contains(&format!(" {} ", mnt.display())))
+            .map(str::to_string)
+    };
+    assert_eq!(ours(&mounts_before), ours(&mounts_after));
+    assert_eq!(musicfs_mounts_at(&mnt), 1);
+    drop((fuse, fuse_state));
+    sigterm_and_wait(&mut second);
+    assert_eq!(musicfs_mounts_at(&mnt), 0, "a mount was left behind");
+    sigterm_and_wait(&mut engine);
+}
+
+/// The origin of a file of the mount.
+struct PathBufFrom;
+
+impl PathBufFrom {
+    fn origin(p: &Path) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+            &getxattr(p, "user.musicfs.origin").unwrap(),
+        ))
+    }
 }

@@ -3,7 +3,10 @@
 //!
 //! `musicfs_capnp.rs` is generated from `../musicfs.capnp` by `cargo xtask codegen`
 //! and checked in, so building needs no capnp compiler; the `generated_code_is_fresh`
-//! test fails when it is stale.
+//! test fails when it is stale. `holder` is the small fd-holder protocol
+//! between `musicfs mount` and its shim.
+
+pub mod holder;
 
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, unused, unsafe_op_in_unsafe_fn)]
 #[rustfmt::skip]

@@ -1,13 +1,16 @@
-//! What a previous shim of the same systemd unit left behind: its FUSE fd,
-//! which systemd kept in the fd store and hands back to us (`LISTEN_FDS`,
-//! named `fuse`), and its mount. No shim can adopt an initialised FUSE
-//! connection (fuser always waits for INIT), so holding that fd would only
-//! keep a mount alive that nobody serves: every access to it would hang.
-//! We end it instead: abort the connection (its waiters get `ENOTCONN`),
-//! close our copy, ask systemd to drop its own (`FDSTOREREMOVE=1`), and
-//! detach the old mount, so the new one takes its place cleanly.
+//! What a previous shim of the same systemd unit left behind: its FUSE fd
+//! and the takeover state, which systemd kept in the fd store and hands
+//! back to us (`LISTEN_FDS`, named `fuse` and `fuse-state`), and its mount.
+//! With both, the new shim takes the connection over (`take_stored`).
+//! A `fuse` fd without its state (a shim of a kernel that cannot resend,
+//! or an older shim), or one this shim cannot adopt, is ended instead
+//! (`end`): abort the connection (its waiters get `ENOTCONN`), close our
+//! copies, ask systemd to drop its own (`FDSTOREREMOVE=1`), and detach the
+//! old mount, so a fresh one takes its place cleanly.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::takeover::Handed;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
@@ -36,14 +39,11 @@ fn listen_fds() -> Vec<(RawFd, String)> {
         .collect()
 }
 
-/// Ends what a previous shim left (see the module docs). Returns how many
-/// stored FUSE fds were found.
-pub fn end_previous_connection(mountpoint: &Path) -> usize {
-    let fds: Vec<RawFd> = listen_fds()
-        .into_iter()
-        .filter(|(_, name)| name == "fuse")
-        .map(|(fd, _)| fd)
-        .collect();
+/// What the fd store handed back: a connection with its state to take
+/// over, or nothing (a `fuse` fd without its state is ended here). Call
+/// before any thread starts (it edits the environment).
+pub fn take_stored(mountpoint: &Path) -> Option<Handed> {
+    let fds = listen_fds();
     // SAFETY: only clears variables meant for this process; the transport
     // threads have not started yet, so nothing reads the environment.
     unsafe {
@@ -51,25 +51,47 @@ pub fn end_previous_connection(mountpoint: &Path) -> usize {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
-    if fds.is_empty() {
-        return 0;
+    let mut fuse = Vec::new();
+    let mut state = Vec::new();
+    for (fd, name) in fds {
+        // SAFETY: systemd passed these fds to us and nothing else owns them.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        match name.as_str() {
+            "fuse" => fuse.push(owned),
+            "fuse-state" => state.push(owned),
+            _ => {}
+        }
     }
-    warn!(
-        "systemd handed back the FUSE fd of a previous shim of this mount; ending that connection (it cannot be adopted)"
-    );
+    if fuse.len() == 1 && state.len() == 1 {
+        let (fuse, state) = (fuse.pop()?, state.pop()?);
+        info!("systemd handed back the live FUSE connection of a previous shim; taking it over");
+        return Some(Handed { fuse, state });
+    }
+    if !fuse.is_empty() {
+        warn!(
+            "systemd handed back the FUSE fd of a previous shim of this mount without its takeover state; ending that connection"
+        );
+        end(mountpoint, fuse.into_iter().chain(state).collect());
+    }
+    None
+}
+
+/// Ends a stored connection that will not be served again (see the module
+/// docs), closing `fds`.
+pub fn end(mountpoint: &Path, fds: Vec<OwnedFd>) -> usize {
+    let count = fds.len();
     let old = musicfs_mount_at(mountpoint);
     if let Some((_, minor)) = old {
         abort_connection(minor);
     }
-    for fd in &fds {
-        // SAFETY: systemd passed these fds to us and nothing else owns them.
-        unsafe { libc::close(*fd) };
-    }
-    if let Err(e) = sd_notify::notify(&[
-        sd_notify::NotifyState::FdStoreRemove,
-        sd_notify::NotifyState::FdName("fuse"),
-    ]) {
-        warn!("cannot ask systemd to drop the old FUSE fd: {e}");
+    drop(fds);
+    for name in ["fuse", "fuse-state"] {
+        if let Err(e) = sd_notify::notify(&[
+            sd_notify::NotifyState::FdStoreRemove,
+            sd_notify::NotifyState::FdName(name),
+        ]) {
+            warn!("cannot ask systemd to drop the old {name} fd: {e}");
+        }
     }
     if let Some((path, _)) = old {
         match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
@@ -79,7 +101,7 @@ pub fn end_previous_connection(mountpoint: &Path) -> usize {
             }
         }
     }
-    fds.len()
+    count
 }
 
 /// Writes to fusectl's `abort` for FUSE connection `minor` (best effort:

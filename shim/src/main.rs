@@ -1,13 +1,17 @@
 //! `musicfs-shim`: holds the kernel FUSE session and forwards every request to
 //! the engine over Cap'n Proto. Deliberately small: no tree, no cache, no
 //! origins. It never asks fuser to unmount when it dies (no auto-unmount):
-//! it is not fuser's call. Under systemd its fd is stored (FDSTORE); a
-//! restarted shim cannot adopt that connection yet, so it ends it and
-//! mounts afresh (`leftover.rs`).
+//! it is not fuser's call. Its fd outlives it: a holder keeps a copy (the
+//! supervisor through `--holder-fd`, or systemd's fd store), and the next
+//! shim takes the live connection over (`takeover`). A stored connection
+//! that cannot be taken over is ended (`leftover.rs`).
 
 mod fs;
+mod kcache;
 mod leftover;
 mod rpc;
+mod session;
+mod takeover;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,9 +55,16 @@ struct Args {
     /// before the FUSE connection is closed, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     drain_timeout_ms: u64,
-    /// FUSE worker threads (they only parse and queue requests).
+    /// FUSE worker threads (they only parse and queue requests). They
+    /// share one /dev/fuse fd: requests read on a clone fd would be lost
+    /// with the shim, and the kernel resends only those of fds still open.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// The fd-holder socket of `musicfs mount` (inherited at this number):
+    /// it hands over a live connection or asks for a fresh mount, and keeps
+    /// a copy of the connection for the next shim.
+    #[arg(long)]
+    holder_fd: Option<i32>,
 }
 
 fn init_logging() {
@@ -71,7 +82,14 @@ fn init_logging() {
 
 fn run(args: Args) -> Result<()> {
     // Before any thread starts (it edits the environment).
-    leftover::end_previous_connection(&args.mountpoint);
+    let mut stored = leftover::take_stored(&args.mountpoint);
+    let holder = args.holder_fd.map(|fd| {
+        // SAFETY: `musicfs mount` gave us this socket at this number, for us alone.
+        unsafe { takeover::holder::Holder::from_raw(fd) }
+    });
+    if let Some(h) = &holder {
+        stored = h.first().context("the fd holder")?;
+    }
     // Block the stop signals in every thread; one thread waits for them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
@@ -84,29 +102,33 @@ fn run(args: Args) -> Result<()> {
         Duration::from_millis(args.engine_wait_timeout_ms),
     )
     .context("cannot start the transport threads")?;
-    // Wait for the engine in slices, so that a stop signal (blocked, and no
-    // signal thread yet) still ends the wait at once.
-    let connect_deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
-    loop {
-        let slice = connect_deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
-        if transport
-            .wait_first_engine(slice)
-            .map_err(anyhow::Error::msg)?
-        {
-            break;
-        }
-        if Instant::now() >= connect_deadline {
-            bail!(
-                "no engine answered at {} within {} ms",
-                transport.socket().display(),
-                args.connect_timeout_ms
-            );
-        }
-        if let Some(sig) = pending_stop_signal() {
-            info!("{sig} before the mount: stopping");
-            return Ok(());
+    // A connection taken over serves what the kernel holds at once: its
+    // requests park in the transport until an engine answers.
+    if stored.is_none() {
+        // Wait for the engine in slices, so that a stop signal (blocked,
+        // and no signal thread yet) still ends the wait at once.
+        let connect_deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
+        loop {
+            let slice = connect_deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            if transport
+                .wait_first_engine(slice)
+                .map_err(anyhow::Error::msg)?
+            {
+                break;
+            }
+            if Instant::now() >= connect_deadline {
+                bail!(
+                    "no engine answered at {} within {} ms",
+                    transport.socket().display(),
+                    args.connect_timeout_ms
+                );
+            }
+            if let Some(sig) = pending_stop_signal() {
+                info!("{sig} before the mount: stopping");
+                return Ok(());
+            }
         }
     }
 
@@ -126,23 +148,83 @@ fn run(args: Args) -> Result<()> {
         SessionACL::Owner
     };
     config.n_threads = Some(args.threads.max(1));
-    config.clone_fd = true;
+    // No clone fds: see `--threads`.
+    config.clone_fd = false;
     let notices = transport.clone();
     let watchdog_transport = transport.clone();
     let drain_transport = transport.clone();
+    let holder_transport = transport.clone();
     let notifier = std::sync::Arc::new(std::sync::OnceLock::new());
-    let mut session = fuser::Session::new(
-        fs::ShimFs::new(transport, !args.no_passthrough, notifier.clone()),
-        &args.mountpoint,
-        &config,
-    )
-    .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
+    let kcache = Arc::new(kcache::KernelCache::default());
+    let make_fs = |passthrough: bool| {
+        fs::ShimFs::new(
+            transport.clone(),
+            passthrough,
+            notifier.clone(),
+            kcache.clone(),
+        )
+    };
+    let passthrough = !args.no_passthrough;
+    let started = match stored {
+        Some(handed) => match session::adopt(&make_fs, passthrough, handed, &config) {
+            Ok(s) => s,
+            Err(e) if holder.is_none() => {
+                // From the fd store: end that connection, mount afresh.
+                error!(
+                    "cannot take the stored FUSE connection over: {e:#}; ending it and mounting afresh"
+                );
+                leftover::end(&args.mountpoint, Vec::new());
+                session::mount(&make_fs, passthrough, &args.mountpoint, &config)?
+            }
+            Err(e) => return Err(e.context("cannot take the live FUSE connection over")),
+        },
+        None => session::mount(&make_fs, passthrough, &args.mountpoint, &config)?,
+    };
+    let session::Started {
+        mut session,
+        tables,
+        state,
+        adopted,
+        kernel_minor,
+    } = started;
+    // Only the session's own tables hear of changed inodes (not a probe's).
+    kcache.set_open_cache(tables.open_cache());
+    if adopted {
+        // No INIT reached this shim: the protocol minor is the one handed over.
+        kcache.set_kernel_minor(kernel_minor);
+    }
     let mut unmounter = session.unmount_callable();
     let _ = notifier.set(session.notifier());
+    {
+        use std::os::fd::AsFd;
+        let fd = session
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot duplicate the FUSE fd")?;
+        kcache.attach(fd, session.notifier());
+    }
     notices
-        .set_notifier(session.notifier())
+        .set_notifier(session.notifier(), kcache)
         .context("cannot start the notice thread")?;
-    info!(mountpoint = %args.mountpoint.display(), "mounted");
+    if adopted {
+        // Notices of the engine while no shim ran are lost, and this shim
+        // knows none of the directories the kernel holds listings of.
+        notices.forget_everything("took the FUSE connection over");
+    }
+    info!(mountpoint = %args.mountpoint.display(), adopted, passthrough = tables.passthrough_enabled(), "mounted");
+    use std::os::fd::AsFd;
+    // Give the holder its copies before anyone may kill us.
+    if let Some(h) = &holder
+        && !adopted
+    {
+        let sent = match &state {
+            Some(st) => h.hold(session.as_fd(), st.fd()),
+            None => h.refuse(takeover::NO_RESEND),
+        };
+        if let Err(e) = sent {
+            error!("cannot hand the FUSE fd to the holder: {e}");
+        }
+    }
     // Tell the supervisor (reading our stdout) that the mount is live. It may
     // be unmounted again at any moment, so "is it a mountpoint now?" is not
     // a reliable readiness check for the supervisor.
@@ -152,15 +234,25 @@ fn run(args: Args) -> Result<()> {
         let _ = writeln!(out, "READY");
         let _ = out.flush();
     }
-    // Under systemd: keep a copy of the FUSE fd in the fd store (the mount
-    // survives this process while systemd holds it), then report ready.
+    // Under systemd: keep copies of the FUSE fd and its takeover state in
+    // the fd store (the mount survives this process while systemd holds
+    // them), then report ready. A connection taken over is stored already.
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        use std::os::fd::AsFd;
-        if let Err(e) = sd_notify::notify_with_fds(
-            &[NotifyState::FdStore, NotifyState::FdName("fuse")],
-            &[session.as_fd()],
-        ) {
-            error!("cannot store the FUSE fd with systemd: {e}");
+        if !adopted {
+            if let Err(e) = sd_notify::notify_with_fds(
+                &[NotifyState::FdStore, NotifyState::FdName("fuse")],
+                &[session.as_fd()],
+            ) {
+                error!("cannot store the FUSE fd with systemd: {e}");
+            }
+            if let Some(st) = &state
+                && let Err(e) = sd_notify::notify_with_fds(
+                    &[NotifyState::FdStore, NotifyState::FdName("fuse-state")],
+                    &[st.fd()],
+                )
+            {
+                error!("cannot store the takeover state with systemd: {e}");
+            }
         }
         let status = format!("mounted at {}", args.mountpoint.display());
         let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -180,6 +272,14 @@ fn run(args: Args) -> Result<()> {
             })
             .context("cannot start the watchdog thread")?;
     }
+    if let Some(h) = holder {
+        h.serve(move || holder_transport.healthy())
+            .context("cannot start the holder thread")?;
+    }
+    if adopted {
+        // Ready to serve: what the dead shim had read comes again.
+        takeover::resend(session.as_fd());
+    }
 
     let session_done = Arc::new(AtomicBool::new(false));
     let done = session_done.clone();
@@ -196,7 +296,14 @@ fn run(args: Args) -> Result<()> {
                     Ok(sig) => {
                         info!("{sig}: stopping");
                         let _ = sd_notify::notify(&[NotifyState::Stopping]);
-                        stop(&mut unmounter, &mountpoint, &drain_transport, &done, drain);
+                        stop(
+                            &mut unmounter,
+                            adopted,
+                            &mountpoint,
+                            &drain_transport,
+                            &done,
+                            drain,
+                        );
                         return;
                     }
                     Err(e) => {
@@ -236,13 +343,20 @@ fn pending_stop_signal() -> Option<Signal> {
 /// connection.
 fn stop(
     unmounter: &mut fuser::SessionUnmounter,
+    adopted: bool,
     mountpoint: &Path,
     transport: &rpc::Transport,
     session_done: &AtomicBool,
     drain: Duration,
 ) {
     let deadline = Instant::now() + drain;
-    match unmounter.unmount() {
+    // An adopted session has no fuser mount to unmount: unmount the path.
+    let unmounted = if adopted {
+        unmount_path(mountpoint)
+    } else {
+        unmounter.unmount()
+    };
+    match unmounted {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             // Files are open: detach the mount from the tree now; open
@@ -272,6 +386,30 @@ fn stop(
         "drain deadline reached with files still open; closing the FUSE connection"
     );
     std::process::exit(0);
+}
+
+/// Unmount of `mountpoint` (EBUSY while files are open): umount2 as root,
+/// `fusermount3 -u` otherwise.
+fn unmount_path(mountpoint: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let out = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(mountpoint)
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else if String::from_utf8_lossy(&out.stderr).contains("busy") {
+                Err(std::io::Error::from_raw_os_error(libc::EBUSY))
+            } else {
+                Err(std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Lazy unmount: MNT_DETACH as root, `fusermount3 -uz` otherwise.

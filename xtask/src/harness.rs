@@ -217,8 +217,18 @@ pub(crate) fn reuse_generated(dir: &Path, marker: &Path, what: &str) -> Result<b
 /// The library `<work>/lib-<N>`, generated unless a completed generation is there.
 /// The generated library of `tracks` tracks in `work` (made once, marked complete).
 pub(crate) fn ensure_library(work: &Path, tracks: usize) -> Result<PathBuf> {
-    let lib = work.join(format!("lib-{tracks}"));
-    let marker = work.join(format!("lib-{tracks}.complete"));
+    ensure_library_with(work, "lib", tracks, &[])
+}
+
+/// `ensure_library` as `<work>/<name>-<N>`, with more `gen-library` arguments.
+pub(crate) fn ensure_library_with(
+    work: &Path,
+    name: &str,
+    tracks: usize,
+    args: &[&str],
+) -> Result<PathBuf> {
+    let lib = work.join(format!("{name}-{tracks}"));
+    let marker = work.join(format!("{name}-{tracks}.complete"));
     if reuse_generated(&lib, &marker, "library")? {
         return Ok(lib);
     }
@@ -228,6 +238,7 @@ pub(crate) fn ensure_library(work: &Path, tracks: usize) -> Result<PathBuf> {
     cmd.arg("gen-library")
         .arg("--tracks")
         .arg(tracks.to_string())
+        .args(args)
         .arg("--out")
         .arg(&lib);
     let timeout = Duration::from_secs(1800 + tracks as u64 / 10);

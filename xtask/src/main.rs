@@ -30,7 +30,7 @@ enum Task {
     Ci,
     /// Mount a library (a generated demo library unless --origin is given) and show it.
     Demo(demo::Args),
-    /// Read stalls while the engine is killed or swapped under load.
+    /// Read stalls while the engine or the shim is killed or swapped under load.
     Stall(stall::Args),
     /// Measure musicfs beside bindfs and the native origin; record in BENCHMARKS.md.
     Bench(bench::Args),

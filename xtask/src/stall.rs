@@ -1,5 +1,5 @@
-//! Read stalls while the engine is killed and restarted, or swapped, under
-//! load: 4 readers open and read whole files in a loop; every operation's
+//! Read stalls while the engine or the shim is killed and restarted, or
+//! swapped, under load: 4 readers open and read whole files in a loop; every operation's
 //! latency is recorded, and for every fault the time until the first read
 //! that started after it completes.
 
@@ -15,6 +15,14 @@ use anyhow::{Context, Result, bail};
 pub enum Fault {
     Kill9,
     Swap,
+    /// kill -9 of the shim (a new one takes the live connection over).
+    ShimKill9,
+    /// `musicfs shim swap`.
+    ShimSwap,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 4] = [Fault::Kill9, Fault::Swap, Fault::ShimKill9, Fault::ShimSwap];
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +67,23 @@ fn engine_pid(state: &Path) -> Option<i32> {
     None
 }
 
+fn shim_pid(mnt: &Path) -> Option<i32> {
+    let needle = format!("--mountpoint {} ", mnt.display());
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("musicfs-shim") && cmd.contains(&needle) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 struct MountGuard {
     child: Child,
     mnt: PathBuf,
@@ -94,6 +119,8 @@ pub fn measure(
     let root = work.join(match kind {
         Fault::Kill9 => "stall-kill",
         Fault::Swap => "stall-swap",
+        Fault::ShimKill9 => "stall-shim-kill",
+        Fault::ShimSwap => "stall-shim-swap",
     });
     let _ = std::fs::remove_dir_all(&root);
     let mnt = root.join("mnt");
@@ -167,29 +194,37 @@ pub fn measure(
     let mut fault_times = Vec::new();
     std::thread::sleep(Duration::from_millis(1000));
     for _ in 0..faults {
-        let pid = engine_pid(&state).context("no engine running")?;
+        let shim = matches!(kind, Fault::ShimKill9 | Fault::ShimSwap);
+        let who = |_: ()| {
+            if shim {
+                shim_pid(&mnt)
+            } else {
+                engine_pid(&state)
+            }
+        };
+        let pid = who(()).context("no engine or shim running")?;
         fault_times.push(t0.elapsed());
         match kind {
-            Fault::Kill9 => {
-                // SAFETY: kill(2) on the engine this benchmark started.
+            Fault::Kill9 | Fault::ShimKill9 => {
+                // SAFETY: kill(2) on the process this benchmark started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            Fault::Swap => {
+            Fault::Swap | Fault::ShimSwap => {
                 let ok = Command::new(musicfs)
-                    .args(["engine", "swap", "--state-dir"])
+                    .args([if shim { "shim" } else { "engine" }, "swap", "--state-dir"])
                     .arg(&state)
                     .stdout(Stdio::null())
                     .status()?
                     .success();
                 if !ok {
-                    bail!("engine swap failed");
+                    bail!("{kind:?} failed");
                 }
             }
         }
         let wait = Instant::now() + Duration::from_secs(30);
-        while engine_pid(&state).is_none_or(|p| p == pid) {
+        while who(()).is_none_or(|p| p == pid) {
             if Instant::now() > wait {
-                bail!("no new engine after a fault");
+                bail!("no new engine or shim after a fault");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -234,7 +269,7 @@ pub struct Args {
     /// Tracks of the generated library.
     #[arg(long, default_value_t = 2000)]
     tracks: usize,
-    /// Faults of each kind.
+    /// Faults of each kind (engine kill -9, engine swap, shim kill -9, shim swap).
     #[arg(long, default_value_t = 10)]
     faults: usize,
 }
@@ -249,7 +284,7 @@ pub fn run(args: &Args) -> Result<()> {
         None => crate::harness::ensure_library(&work, args.tracks)?,
     };
     let musicfs = crate::harness::target_dir().join("release/musicfs");
-    for kind in [Fault::Kill9, Fault::Swap] {
+    for kind in Fault::ALL {
         let r = measure(&musicfs, &lib, &work, kind, args.faults)?;
         println!(
             "{kind:?}: {} faults, {} reads, {} failed; read latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms; \

@@ -2,6 +2,7 @@
 //!
 //! Tables (schema version 3):
 //! - `meta`: schema version, `next_ino`, `scan_complete`, template hash,
+//!   `generation` (drawn when the catalog is created, given with every entry),
 //!   `clean_close` (1 only between an orderly close and the next open),
 //!   `origin_dev/<id>` (the device of an origin's root at its last full
 //!   scan: an empty root on another device is a share that is not mounted);
@@ -19,7 +20,9 @@
 //! Files: `tables` (table definitions and key encodings), `records` (what
 //! the tables hold), `store` (open, close, schema, origins and meta),
 //! `reads` (the request path), `tree` (the one writer: batches of changes
-//! applied to the tree), `listing` (the hot listing cache).
+//! applied to the tree), `listing` (the hot listing cache), `tracks` (what
+//! the search index reads: every track with its tree path, first-seen times
+//! in `first_seen`, the commit sequence number in `meta`).
 //!
 //! May use: model, config, sys. Never: origins, sync, serve, control.
 //!
@@ -43,18 +46,23 @@
 //! in flight (bounded), writes `clean_close = 1` and closes redb; the next
 //! open reads the flag (`previous_close`: new, clean, unclean) and clears it.
 
+mod covers;
 mod listing;
+mod prefetch;
 mod reads;
 mod records;
 mod store;
 mod tables;
+mod tracks;
 mod tree;
 
 #[cfg(test)]
 mod tests;
 
 pub use records::{
-    Child, FileEntry, InvalidationSink, Invalidations, KnownFile, NodeRec, PreviousClose,
+    Child, CoverSource, FileEntry, InvalidationSink, Invalidations, KnownFile, NodeRec,
+    PreviousClose,
 };
 pub use store::Store;
 pub use tables::{ROOT_INO, SCHEMA_VERSION, file_key, split_file_key};
+pub use tracks::Track;

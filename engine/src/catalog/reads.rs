@@ -9,7 +9,9 @@ use redb::ReadableDatabase;
 
 use crate::catalog::records::{Child, FileEntry, KnownFile, NodeRec};
 use crate::catalog::store::Store;
-use crate::catalog::tables::{CHILDREN, FILES, META, NODES, child_key, file_key, split_file_key};
+use crate::catalog::tables::{
+    CHILDREN, FILES, META, NODES, ROOT_INO, child_key, file_key, split_file_key,
+};
 
 impl Store {
     pub fn node(&self, ino: u64) -> Result<Option<NodeRec>> {
@@ -88,6 +90,41 @@ impl Store {
                     postcard::from_bytes(v.value()).context("corrupt node record")?,
                 )),
                 None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// The tree paths (relative to the root) of the nodes of these origin
+    /// files, in one read transaction; `None` for a file not in the tree.
+    pub fn tree_paths(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<String>>> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let nodes = txn.open_table(NODES)?;
+        keys.iter()
+            .map(|key| {
+                let Some(v) = files.get(key.as_slice())? else {
+                    return Ok(None);
+                };
+                let entry: FileEntry =
+                    postcard::from_bytes(v.value()).context("corrupt file record")?;
+                let mut names = Vec::new();
+                let mut ino = entry.ino;
+                // Bounded: a tree is far shallower than this.
+                for _ in 0..256 {
+                    if ino == ROOT_INO {
+                        names.reverse();
+                        return Ok(Some(names.join("/")));
+                    }
+                    let Some(n) = nodes.get(ino)? else {
+                        return Ok(None);
+                    };
+                    let n: NodeRec =
+                        postcard::from_bytes(n.value()).context("corrupt node record")?;
+                    names.push(n.name);
+                    ino = n.parent;
+                }
+                Ok(None)
             })
             .collect()
     }

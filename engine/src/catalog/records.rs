@@ -28,6 +28,19 @@ pub struct NodeRec {
     pub mtime_ns: i64,
     /// For files: the content version (open handle).
     pub version: u64,
+    /// For an album's cover: where its bytes lie in the origin file named
+    /// by `file_key` (a folder image, or a track with an embedded picture);
+    /// `size_bytes` is the image's length, `version` the origin file's.
+    pub cover: Option<CoverSource>,
+}
+
+/// The range of an origin file that a cover node serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoverSource {
+    pub offset: u64,
+    /// The whole origin file's size (its chunks in the cache are that
+    /// file's).
+    pub source_size: u64,
 }
 
 /// What the catalog knows of an origin file's identity on disk.
@@ -52,13 +65,20 @@ pub struct Child {
 pub struct Invalidations {
     /// (parent, name) entries that vanished or now point elsewhere.
     pub entries: Vec<(u64, String)>,
-    /// Inodes whose attributes or content changed.
+    /// Inodes whose attributes or content changed, and directories whose
+    /// listing changed.
     pub inodes: Vec<u64>,
+    /// The whole tree may have changed (a template change): the kernel must
+    /// drop every name, attribute and listing it holds.
+    pub everything: bool,
+    /// The catalog's commit sequence number after this commit (0: not a
+    /// commit): the search index records the last one it applied.
+    pub commit_seq: u64,
 }
 
 impl Invalidations {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.inodes.is_empty()
+        self.entries.is_empty() && self.inodes.is_empty() && !self.everything
     }
 }
 

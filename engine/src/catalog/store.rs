@@ -35,6 +35,15 @@ pub struct Store {
     closed: AtomicBool,
     /// Writes fail since (ms since the epoch), and why; None while they work.
     write_failure: Mutex<Option<(u64, String)>>,
+    /// This catalog's generation, given with every entry: drawn when the
+    /// catalog is created, so inode numbers of a rebuilt catalog never name
+    /// what the kernel cached from the one before (it takes an entry with
+    /// another generation as a new inode).
+    pub(super) generation: u64,
+    /// Read-ahead of the file for cold walks.
+    prefetch: super::prefetch::Prefetch,
+    /// Album directories get covers (`cover_art`; `set_cover_art`).
+    pub(super) covers: AtomicBool,
 }
 
 /// Free space a reopen after a failed write waits for: a reopen drops the
@@ -52,6 +61,14 @@ fn open_database(path: &Path) -> std::result::Result<Database, redb::DatabaseErr
         }
     });
     builder.create(path)
+}
+
+/// A generation for a new catalog: the clock and the pid, mixed, never 0
+/// or 1 (what engines before generations gave every entry).
+fn new_generation() -> u64 {
+    let seed = (crate::sys::time::now_ns() as u64) ^ (u64::from(std::process::id()) << 40);
+    let g = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    g.max(2)
 }
 
 /// Whether an open failure is corruption: the only kind that moves a
@@ -135,8 +152,11 @@ impl Store {
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
             write_failure: Mutex::new(None),
+            generation: 0,
+            prefetch: Default::default(),
+            covers: AtomicBool::new(true),
         };
-        store.previous_close = store.init_schema(path)?;
+        (store.previous_close, store.generation) = store.init_schema(path)?;
         Ok(store)
     }
 
@@ -156,7 +176,14 @@ impl Store {
     /// Closes the catalog in order: waits (up to `timeout`) for transactions
     /// in flight, records the clean close and closes the database, so the
     /// next open has nothing to recover. Later calls fail with "closed".
+    /// Reads the catalog file ahead of a walk (see `prefetch`): the data
+    /// plane calls it when a listing of the root starts.
+    pub fn read_ahead(&self) {
+        self.prefetch.start(&self.path);
+    }
+
     pub fn close(&self, timeout: std::time::Duration) -> Result<()> {
+        self.prefetch.join();
         let Some(mut guard) = self.db.try_write_for(timeout) else {
             bail!(
                 "a catalog transaction did not finish within {} ms",
@@ -208,7 +235,12 @@ impl Store {
         }
     }
 
-    fn init_schema(&self, path: &Path) -> Result<PreviousClose> {
+    /// The generation of every inode of this catalog.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn init_schema(&self, path: &Path) -> Result<(PreviousClose, u64)> {
         let db = self.db()?;
         let mut txn = db.begin_write()?;
         // Every commit records the allocator state, so that reopening after a
@@ -216,6 +248,7 @@ impl Store {
         txn.set_quick_repair(true);
         let mut rebuild_tree = false;
         let previous;
+        let generation;
         {
             let mut meta = txn.open_table(META)?;
             let version = meta.get("schema_version")?.map(|v| v.value());
@@ -233,7 +266,7 @@ impl Store {
                     meta.insert("scan_complete", 0)?;
                     meta.insert("node_count", 1)?;
                 }
-                Some(old @ (1 | 2)) => {
+                Some(old @ (1..=4)) => {
                     // Older record encodings: drop records and tree, rescan;
                     // the inode table carries over, so paths keep their inodes.
                     info!(
@@ -255,6 +288,15 @@ impl Store {
                     path.display()
                 ),
             }
+            let known = meta.get("generation")?.map(|v| v.value());
+            generation = match known {
+                Some(g) => g,
+                None => {
+                    let g = new_generation();
+                    meta.insert("generation", g)?;
+                    g
+                }
+            };
             let th = template_hash(&self.template.read());
             if meta.get("template_hash")?.map(|v| v.value()) != Some(th) {
                 rebuild_tree = version.is_some();
@@ -272,7 +314,7 @@ impl Store {
             self.rebuild_tree_in(&txn, &self.template.read())?;
         }
         txn.commit()?;
-        Ok(previous)
+        Ok((previous, generation))
     }
 
     /// Runs a write; after a failed one (a full or failing disk: redb then
@@ -363,7 +405,8 @@ impl Store {
 
     /// Changes the path template at run time: the tree is rebuilt from the
     /// file records in one commit (inodes stay with their paths). Returns
-    /// what the kernel must forget: every name under the root, and the root.
+    /// what the kernel must forget: everything (and, for shims that cannot
+    /// drop everything, every name under the root and the root).
     pub fn set_template(&self, template: Template) -> Result<Invalidations> {
         self.writing(|| self.set_template_now(template))
     }
@@ -388,6 +431,9 @@ impl Store {
         self.rebuild_tree_in(&txn, &template)?;
         txn.commit()?;
         inval.inodes.push(ROOT_INO);
+        // Directories keep their inodes across the rebuild, their listings
+        // do not: the kernel drops everything it cached.
+        inval.everything = true;
         *self.template.write() = template;
         info!("path template changed: tree rebuilt");
         Ok(inval)

@@ -4,7 +4,7 @@ use redb::TableDefinition;
 
 use crate::model::template::Template;
 
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 5;
 pub const ROOT_INO: u64 = 1;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -16,6 +16,10 @@ pub(super) const CHILDREN: TableDefinition<&[u8], u64> = TableDefinition::new("c
 /// never given to another directory, so reordering or removing origins in
 /// the configuration can never make a key point into the wrong directory.
 pub(super) const ORIGINS: TableDefinition<&str, u32> = TableDefinition::new("origins");
+/// Inode -> when its path was first given an inode (ns since the epoch): the
+/// "first seen" time of a track (collections' `Recently added`). Catalogs
+/// from before it have no row for older paths (readers fall back).
+pub(super) const FIRST_SEEN: TableDefinition<u64, i64> = TableDefinition::new("first_seen");
 
 /// redb's page cache.
 pub(super) const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;

@@ -25,6 +25,8 @@ fn rec(path: &str, artist: &str, title: &str) -> FileRecord {
         },
         props: AudioProps::default(),
         probe_error: None,
+        art: None,
+        is_image: false,
     }
 }
 
@@ -255,4 +257,96 @@ fn garbage_catalog_is_moved_aside() {
         .filter(|e| e.file_name().to_string_lossy().contains("broken"))
         .collect();
     assert_eq!(aside.len(), 1);
+}
+
+#[test]
+fn replicas_show_once_and_keep_their_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.assign_origins(&["/a".into(), "/b".into()]).unwrap();
+    let mut a = rec("x/song.flac", "A", "Song");
+    a.fingerprint = 7;
+    let mut b = a.clone();
+    b.origin = 1;
+    b.mtime_ns = 99;
+    let mut other = b.clone();
+    other.rel_path = b"x/other.flac".to_vec();
+    other.tags.title = Some("Other".into());
+    s.apply(vec![a.clone()], &[], false).unwrap();
+    s.apply(vec![b.clone(), other], &[], false).unwrap();
+    let album = resolve(&s, "A/Album").unwrap();
+    assert_eq!(
+        ls(&s, album),
+        ["01 - Other.flac", "01 - Song.flac"],
+        "one entry per song"
+    );
+    let ino = resolve(&s, "A/Album/01 - Song.flac").unwrap();
+    assert_eq!(
+        s.file(&file_key(1, b"x/song.flac")).unwrap().unwrap().ino,
+        ino
+    );
+    // A copy with other content is not a replica.
+    let mut c = a.clone();
+    c.fingerprint = 8;
+    c.rel_path = b"x/song.flac".to_vec();
+    c.origin = 2;
+    s.assign_origins(&["/a".into(), "/b".into(), "/c".into()])
+        .unwrap();
+    s.apply(vec![c], &[], false).unwrap();
+    assert_eq!(ls(&s, album).len(), 3, "different bytes: its own entry");
+    // The node's own copy goes: the replica takes the node over.
+    s.apply(Vec::new(), &[file_key(0, b"x/song.flac")], false)
+        .unwrap();
+    assert_eq!(resolve(&s, "A/Album/01 - Song.flac"), Some(ino));
+    let node = s.node(ino).unwrap().unwrap();
+    assert_eq!(node.file_key, file_key(1, b"x/song.flac"));
+    assert_eq!(node.version, b.version());
+    // The last copy goes: so does the entry.
+    s.apply(Vec::new(), &[file_key(1, b"x/song.flac")], false)
+        .unwrap();
+    assert_eq!(resolve(&s, "A/Album/01 - Song.flac"), None);
+}
+
+#[test]
+fn tracks_have_tree_paths_first_seen_times_and_a_commit_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let before = crate::sys::time::now_ns();
+    let inval = s
+        .apply(
+            vec![rec("a.flac", "A", "One"), rec("b.flac", "A", "Two")],
+            &[],
+            true,
+        )
+        .unwrap();
+    assert_eq!(inval.commit_seq, 1);
+    assert_eq!(s.commit_seq().unwrap(), 1);
+    let mut all = Vec::new();
+    let seq = s
+        .for_each_track(|t| {
+            all.push(t);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seq, 1);
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    let paths: Vec<&str> = all.iter().map(|t| t.path.as_str()).collect();
+    assert_eq!(paths, ["A/Album/01 - One.flac", "A/Album/01 - Two.flac"]);
+    for t in &all {
+        assert!(t.first_seen_ns >= before, "first seen now");
+        let one = s.track(t.ino).unwrap().unwrap();
+        assert_eq!((one.path.as_str(), one.parent), (t.path.as_str(), t.parent));
+        assert_eq!(resolve(&s, &t.path), Some(t.ino));
+    }
+    assert!(
+        s.track(ROOT_INO).unwrap().is_none(),
+        "a directory is no track"
+    );
+    // A commit that changes nothing leaves the sequence; a removal moves it.
+    assert_eq!(s.apply(Vec::new(), &[], false).unwrap().commit_seq, 1);
+    let gone = s
+        .apply(Vec::new(), &[file_key(0, b"a.flac")], false)
+        .unwrap();
+    assert_eq!(gone.commit_seq, 2);
+    assert!(s.track(all[0].ino).unwrap().is_none());
 }

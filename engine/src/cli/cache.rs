@@ -210,3 +210,26 @@ fn print_report(report: &[(String, u64)], json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `musicfs search QUERY` and `musicfs search rebuild`.
+pub fn search(rebuild: bool, query: Option<&str>, json: bool, state_dir: &Path) -> Result<()> {
+    if rebuild {
+        let tracks = crate::control::search_rebuild(state_dir, |done, total| {
+            progress_bar(done, total, "tracks");
+        })?;
+        println!("\nsearch index rebuilt: {tracks} tracks");
+        return Ok(());
+    }
+    let Some(query) = query else {
+        anyhow::bail!("give a query (or `rebuild`); see `musicfs search --help`");
+    };
+    let paths = crate::control::search_request(state_dir, query)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&paths)?);
+    } else {
+        for p in paths {
+            println!("{p}");
+        }
+    }
+    Ok(())
+}

@@ -74,6 +74,11 @@ pub enum Command {
         /// Detach now even if files are open (they keep working until closed).
         #[arg(long)]
         lazy: bool,
+        /// First abort the mount's FUSE connection (through fusectl), failing every
+        /// request waiting on it, then detach it: for a mount whose server hangs or died
+        /// stuck in the kernel. Open files get errors.
+        #[arg(long)]
+        abort: bool,
         mountpoint: PathBuf,
     },
     /// Run the engine alone (normally started by `musicfs mount` or systemd).
@@ -85,6 +90,11 @@ pub enum Command {
         /// Unix socket for the data plane (default: STATE_DIR/engine.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
+    },
+    /// The shim (the FUSE half) of a running mount.
+    Shim {
+        #[command(subcommand)]
+        action: ShimAction,
     },
     /// Show the engine's state: catalog, origins, background tasks, counters.
     Status {
@@ -129,6 +139,22 @@ pub enum Command {
     Cache {
         #[command(subcommand)]
         action: CacheAction,
+    },
+    /// Search a running mount's live index: the tree paths of the matching
+    /// tracks (relative to the mount), one per line; `search rebuild`
+    /// rebuilds the index from the catalog with a progress bar.
+    #[command(args_conflicts_with_subcommands = true)]
+    Search {
+        #[command(subcommand)]
+        action: Option<SearchAction>,
+        /// The query, in tantivy's syntax: `artist:björk`,
+        /// `genre:jazz AND year:[1990 TO 1999]`, `"love song"`.
+        query: Option<String>,
+        /// A JSON array of the paths.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Scan the origins once and print what was found (JSON), without mounting.
     Scan {
@@ -221,6 +247,16 @@ pub enum CacheAction {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SearchAction {
+    /// Rebuild the search index from the catalog (searches read the old
+    /// one until the new one is in place).
+    Rebuild {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum EngineAction {
     /// Replace the running engine (e.g. with an upgraded binary) without
     /// unmounting; succeeds only once the new engine serves.
@@ -233,6 +269,20 @@ pub enum EngineAction {
         state_dir: Option<PathBuf>,
         /// The mountpoint whose engine to swap.
         mountpoint: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShimAction {
+    /// Replace the running shim (e.g. with an upgraded binary) without
+    /// unmounting: the new shim takes the live FUSE connection over, then
+    /// the old one leaves; if the new one fails, the old one keeps serving.
+    Swap {
+        /// The new shim binary (default: the one running now).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        target: TargetArgs,
     },
 }
 
@@ -283,7 +333,19 @@ pub fn overrides(cli: &Cli) -> Overrides {
         },
         Command::Engine { library, .. } | Command::Scan { library } => library.overrides(),
         Command::Status { target, .. }
+        | Command::Shim {
+            action: ShimAction::Swap { target, .. },
+        }
         | Command::Metrics { target }
+        | Command::Search {
+            action: None,
+            target,
+            ..
+        }
+        | Command::Search {
+            action: Some(SearchAction::Rebuild { target }),
+            ..
+        }
         | Command::Reload { target }
         | Command::Events { target, .. }
         | Command::Shutdown { target, .. } => Overrides {

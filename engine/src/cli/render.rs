@@ -76,17 +76,23 @@ pub fn render_table(s: &Status) -> String {
     ));
     out.push_str("origins\n");
     for o in &s.origins {
+        let follow = match o.kind.as_str() {
+            "local" => "inotify",
+            "network" | "" => "polling",
+            _ => "listing",
+        };
+        let state = match (o.reachable, o.health.as_str()) {
+            (true, "" | "ready") => "reachable".to_string(),
+            (true, h) => h.to_uppercase(),
+            (false, _) => "UNREACHABLE".to_string(),
+        };
         out.push_str(&format!(
             "  {:<3} {:<12} {:<8} {}\n",
-            o.id,
-            if o.reachable {
-                "reachable"
-            } else {
-                "UNREACHABLE"
-            },
-            if o.local { "inotify" } else { "polling" },
-            o.path
+            o.id, state, follow, o.path
         ));
+        if !o.error.is_empty() {
+            out.push_str(&format!("      {}\n", o.error));
+        }
     }
     out.push_str("tasks\n");
     for t in &s.tasks {
@@ -101,6 +107,25 @@ pub fn render_table(s: &Status) -> String {
                 format!("  last error: {}", t.last_error)
             }
         ));
+    }
+    if !s.notify.is_empty() {
+        out.push_str("change feed\n");
+        for t in &s.notify {
+            out.push_str(&format!(
+                "  {:<9} {}  delivered {}, failed attempts {}, dropped {}, queued {}{}\n",
+                t.state,
+                t.name,
+                t.delivered,
+                t.failed_attempts,
+                t.dropped,
+                t.queued,
+                if t.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("  last error: {}", t.last_error)
+                }
+            ));
+        }
     }
     out.push_str("cache\n");
     for (n, v) in &s.cache {

@@ -1,13 +1,23 @@
 //! The commands: each one a few lines over the rooms that do the work.
 
-use crate::cli::{Cli, Command, EngineAction, config_source, events, load_config, render};
+use crate::cli::{
+    Cli, Command, EngineAction, ShimAction, config_source, events, load_config, render,
+};
 use crate::config::state::supervisor_socket;
 use crate::{control, logging, runtime, scan, supervisor};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Unmount { lazy, mountpoint } = &cli.command {
+    if let Command::Unmount {
+        lazy,
+        abort,
+        mountpoint,
+    } = &cli.command
+    {
         logging::init("info");
-        supervisor::unmount(mountpoint, *lazy)?;
+        if *abort {
+            supervisor::abort_connection(mountpoint)?;
+        }
+        supervisor::unmount(mountpoint, *lazy || *abort)?;
         return Ok(());
     }
     // Needs no configuration (the packaging runs these at build time).
@@ -39,6 +49,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Engine { socket, .. } => runtime::run(&config, socket.clone(), source),
+        Command::Shim {
+            action: ShimAction::Swap { binary, .. },
+        } => {
+            let state_dir = config.resolved_state_dir()?;
+            println!(
+                "{}",
+                supervisor::request_shim_swap(&state_dir, binary.as_deref())?
+            );
+            Ok(())
+        }
         Command::Status { json, .. } => {
             let status = match find_mount(&config)? {
                 Found::One(_, Some(status)) => *status,
@@ -96,6 +116,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("stopped");
             Ok(())
         }
+        Command::Search {
+            action,
+            query,
+            json,
+            ..
+        } => crate::cli::cache::search(
+            action.is_some(),
+            query.as_deref(),
+            *json,
+            &one_mount(&config)?,
+        ),
         Command::Cache { action } => {
             let dir = match action {
                 crate::cli::CacheAction::Pin { .. } | crate::cli::CacheAction::Unpin { .. } => {

@@ -19,3 +19,12 @@ pub const AUDIO_EXTENSIONS: &[&str] = &[
 /// The most bytes the chunk cache keeps by default (`cache_max_bytes`):
 /// about 500 albums of FLAC.
 pub const CACHE_MAX_BYTES: u64 = 20 * 1024 * 1024 * 1024;
+
+/// How long the kernel may keep names, attributes and misses by default
+/// (`entry_ttl_ms`, `negative_ttl_ms`): 4 hours. Every change is pushed to
+/// the kernel as it is committed, so the TTL only bounds what a lost
+/// notice could cost.
+pub const KERNEL_TTL_MS: u32 = 4 * 3600 * 1000;
+
+/// The most entries a search directory lists.
+pub const SEARCH_MAX_RESULTS: usize = 10_000;

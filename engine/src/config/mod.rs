@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::template::{DEFAULT_TEMPLATE, Template};
 
 pub mod defaults;
+pub mod notify;
 pub mod reload;
 pub mod state;
 
@@ -40,7 +41,11 @@ pub struct Config {
     /// Scan worker threads (0 = two per core).
     pub scan_threads: usize,
     /// How long the kernel may cache names and attributes, in milliseconds.
+    /// The engine tells the kernel of every change, so this may be long.
     pub entry_ttl_ms: u32,
+    /// How long the kernel may remember that a name does not exist, in
+    /// milliseconds (0: not at all). A name that appears is pushed at once.
+    pub negative_ttl_ms: u32,
     /// Deadline for one request from the shim to the engine, in milliseconds.
     pub engine_wait_timeout_ms: u64,
     /// Let the kernel read local origin files directly (FUSE passthrough,
@@ -88,10 +93,26 @@ pub struct Config {
     /// Settings of single origins, by origin directory as written in
     /// `origins`: `[origin."/mnt/nas/music"] cache = true`.
     pub origin: std::collections::BTreeMap<PathBuf, OriginSettings>,
+    /// Each album directory holds a `cover.<ext>`, from a folder image or an
+    /// embedded front cover (applied at restart).
+    pub cover_art: bool,
+    /// Tracks after the one opened whose heads are fetched into the chunk
+    /// cache in the background (cached origins only; 0: no prefetch; hot).
+    pub prefetch_tracks: usize,
+    /// The change feed for media servers (`[notify]`; applied at restart).
+    pub notify: notify::NotifyConfig,
+    /// The most entries a search directory, collection or playlist lists
+    /// (hot).
+    pub search_max_results: usize,
+    /// Saved searches, name -> query (tantivy's syntax): each is
+    /// `/.collections/<name>/` and `/.playlists/<name>.m3u8` (hot).
+    pub collections: std::collections::BTreeMap<String, String>,
 }
 
 /// The environment variable that carries the per-origin settings (JSON).
 pub const ORIGIN_SETTINGS_ENV: &str = "MUSICFS_ORIGIN_SETTINGS";
+/// The environment variable that carries the `[collections]` table (JSON).
+pub const COLLECTIONS_ENV: &str = "MUSICFS_COLLECTIONS";
 
 /// Settings of one origin.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +122,25 @@ pub struct OriginSettings {
     /// origins on network filesystems (NFS, SMB, sshfs, any FUSE) are
     /// cached, local disks are not (they keep passthrough).
     pub cache: Option<bool>,
+    /// How often a remote origin (S3, WebDAV) is listed, in seconds
+    /// (default: `poll_interval_s`).
+    pub poll_interval_s: Option<u64>,
+    /// A remote origin's first-byte deadline for a read (ms; default 1000).
+    pub first_byte_timeout_ms: Option<u64>,
+    /// A remote origin's deadline for a whole request (ms; default 10000).
+    pub request_timeout_ms: Option<u64>,
+    /// Connections to a remote origin at most (default 8).
+    pub connections: Option<usize>,
+    /// S3: files holding the access key id and the secret key (else the
+    /// standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables).
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// WebDAV: the user, and a file holding the password.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Which copy of a file held by several origins is read first (lower
+    /// first; default: the origin's place in `origins`).
+    pub priority: Option<u32>,
 }
 
 impl Default for Config {
@@ -113,7 +153,8 @@ impl Default for Config {
             allow_other: false,
             log_level: "info".to_string(),
             scan_threads: 0,
-            entry_ttl_ms: 60_000,
+            entry_ttl_ms: defaults::KERNEL_TTL_MS,
+            negative_ttl_ms: defaults::KERNEL_TTL_MS,
             engine_wait_timeout_ms: 30_000,
             passthrough: true,
             watch: "auto".to_string(),
@@ -135,6 +176,11 @@ impl Default for Config {
             cache_fetch_timeout_ms: 10_000,
             cache_scrub_chunks_per_hour: 3600,
             origin: std::collections::BTreeMap::new(),
+            cover_art: true,
+            prefetch_tracks: 2,
+            notify: notify::NotifyConfig::default(),
+            search_max_results: defaults::SEARCH_MAX_RESULTS,
+            collections: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -183,7 +229,8 @@ impl Config {
         }
         // Only the keys of this struct: other MUSICFS_* variables (MUSICFS_LOG,
         // MUSICFS_SHIM, test harness settings) are not configuration.
-        // MUSICFS_ORIGINS is a ':'-separated list, like PATH.
+        // MUSICFS_ORIGINS is a ':'-separated list, like PATH (or one per
+        // line, for URLs).
         let env = Env::prefixed("MUSICFS_").only(&[
             "mountpoint",
             "template",
@@ -192,6 +239,7 @@ impl Config {
             "log_level",
             "scan_threads",
             "entry_ttl_ms",
+            "negative_ttl_ms",
             "engine_wait_timeout_ms",
             "passthrough",
             "watch",
@@ -208,6 +256,9 @@ impl Config {
             "cache_min_free_percent",
             "cache_fetch_timeout_ms",
             "cache_scrub_chunks_per_hour",
+            "prefetch_tracks",
+            "cover_art",
+            "search_max_results",
         ]);
         fig = fig.merge(env);
         // MUSICFS_AUDIO_EXTENSIONS is a ','-separated list.
@@ -227,8 +278,30 @@ impl Config {
                     .with_context(|| format!("{ORIGIN_SETTINGS_ENV} is not valid"))?;
             fig = fig.merge(Serialized::default("origin", settings));
         }
+        // `[notify]`, as JSON (how `musicfs mount` passes it on).
+        if let Ok(json) = std::env::var(notify::NOTIFY_ENV) {
+            let n: notify::NotifyConfig = serde_json::from_str(&json)
+                .with_context(|| format!("{} is not valid", notify::NOTIFY_ENV))?;
+            fig = fig.merge(Serialized::default("notify", n));
+        }
+        // Collections, as JSON (how `musicfs mount` passes them on).
+        if let Ok(json) = std::env::var(COLLECTIONS_ENV) {
+            let table: std::collections::BTreeMap<String, String> = serde_json::from_str(&json)
+                .with_context(|| format!("{COLLECTIONS_ENV} is not valid"))?;
+            fig = fig.merge(Serialized::default("collections", table));
+        }
         if let Some(list) = std::env::var_os("MUSICFS_ORIGINS") {
-            let origins: Vec<PathBuf> = std::env::split_paths(&list).collect();
+            // URLs hold ':' themselves: a list with a newline is split there.
+            let origins: Vec<PathBuf> = if list.as_encoded_bytes().contains(&b'\n') {
+                list.to_string_lossy()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            } else {
+                std::env::split_paths(&list).collect()
+            };
             fig = fig.merge(Serialized::default("origins", origins));
         }
         fig = fig.merge(Serialized::defaults(overrides));
@@ -263,9 +336,13 @@ impl Config {
         if self.cache_min_free_percent > 90 {
             bail!("cache_min_free_percent must be at most 90");
         }
+        if self.search_max_results == 0 {
+            bail!("search_max_results must be > 0");
+        }
         if self.cache_fetch_timeout_ms == 0 {
             bail!("cache_fetch_timeout_ms must be > 0");
         }
+        self.notify.validate()?;
         if self.audio_extensions.is_empty() {
             bail!("audio_extensions must name at least one extension");
         }
@@ -329,6 +406,23 @@ impl Config {
             None => "default".to_string(),
         };
         Ok(base.join(name))
+    }
+
+    /// The settings of single origins, by origin.
+    /// Every origin has one, with its priority (its place in `origins`
+    /// unless set).
+    pub fn origin_settings(&self) -> std::collections::HashMap<PathBuf, OriginSettings> {
+        let mut all: std::collections::HashMap<PathBuf, OriginSettings> = self
+            .origin
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (i, o) in self.origins.iter().enumerate() {
+            let s = all.entry(o.clone()).or_default();
+            s.priority
+                .get_or_insert(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        all
     }
 
     /// The origins whose caching is set, with the setting.

@@ -60,6 +60,8 @@ const COLD_FIELDS: &[&str] = &[
     "drain_timeout_ms",
     "cache_dir",
     "cache_scrub_chunks_per_hour",
+    "notify",
+    "cover_art",
 ];
 
 /// The cold fields that differ between two configurations.

@@ -408,3 +408,58 @@ pub fn cache_request(
         }
     })
 }
+
+/// Client: the tree paths matching `query` (`musicfs search`).
+pub fn search_request(state_dir: &Path, query: &str) -> Result<Vec<String>> {
+    let query = query.to_string();
+    with_engine(
+        state_dir,
+        Some(Duration::from_secs(60)),
+        |engine| async move {
+            let mut req = engine.search_request();
+            req.get().set_query(&query);
+            let a = req.send().promise.await.map_err(remote)?;
+            let paths = a.get()?.get_paths()?;
+            let mut out = Vec::with_capacity(paths.len() as usize);
+            for p in paths.iter() {
+                out.push(p?.to_string()?);
+            }
+            Ok(out)
+        },
+    )
+}
+
+/// Client: rebuilds the search index (`musicfs search rebuild`), with
+/// `progress(done, total)` in tracks; returns the tracks indexed.
+pub fn search_rebuild(state_dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<u64> {
+    with_engine(
+        state_dir,
+        Some(Duration::from_secs(24 * 3600)),
+        |engine| async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut req = engine.search_rebuild_request();
+            req.get()
+                .set_progress(capnp_rpc::new_client(ProgressForwarder(tx)));
+            let a = req.send().promise.await.map_err(remote)?;
+            let job = a.get()?.get_job()?;
+            let result = job.result_request().send().promise;
+            tokio::pin!(result);
+            let answer = loop {
+                tokio::select! {
+                    Some((done, total)) = rx.recv() => progress(done, total),
+                    r = &mut result => break r.map_err(remote)?,
+                }
+            };
+            while let Ok((done, total)) = rx.try_recv() {
+                progress(done, total);
+            }
+            let tracks = answer
+                .get()?
+                .get_report()?
+                .iter()
+                .find(|c| text(c.get_name()) == "tracks")
+                .map_or(0, |c| c.get_value());
+            Ok(tracks)
+        },
+    )
+}

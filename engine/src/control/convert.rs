@@ -43,6 +43,9 @@ pub(super) fn write_status(mut s: engine_status::Builder<'_>, st: &Status) {
         e.set_path(&o.path);
         e.set_reachable(o.reachable);
         e.set_local(o.local);
+        e.set_kind(&o.kind);
+        e.set_health(&o.health);
+        e.set_error(&o.error);
     }
     let mut list = s.reborrow().init_tasks(len32(st.tasks.len()));
     for (i, t) in st.tasks.iter().enumerate() {
@@ -51,6 +54,18 @@ pub(super) fn write_status(mut s: engine_status::Builder<'_>, st: &Status) {
         e.set_running(t.running);
         e.set_restarts(t.restarts);
         e.set_last_error(&t.last_error);
+    }
+    let mut list = s.reborrow().init_notify(len32(st.notify.len()));
+    for (i, t) in st.notify.iter().enumerate() {
+        let mut e = list.reborrow().get(len32(i));
+        e.set_name(&t.name);
+        e.set_state(&t.state);
+        e.set_delivered(t.delivered);
+        e.set_failed_attempts(t.failed_attempts);
+        e.set_dropped(t.dropped);
+        e.set_queued(t.queued);
+        e.set_last_error(&t.last_error);
+        e.set_last_ok_ms(t.last_ok_ms);
     }
     let mut list = s.reborrow().init_counters(len32(st.counters.len()));
     for (i, (n, v)) in st.counters.iter().enumerate() {
@@ -97,6 +112,9 @@ pub(super) fn read_status(s: engine_status::Reader<'_>) -> Result<Status> {
                 path: text(o.get_path()),
                 reachable: o.get_reachable(),
                 local: o.get_local(),
+                kind: text(o.get_kind()),
+                health: text(o.get_health()),
+                error: text(o.get_error()),
             })
             .collect(),
         tasks: s
@@ -113,6 +131,20 @@ pub(super) fn read_status(s: engine_status::Reader<'_>) -> Result<Status> {
             .get_counters()?
             .iter()
             .map(|c| (text(c.get_name()), c.get_value()))
+            .collect(),
+        notify: s
+            .get_notify()?
+            .iter()
+            .map(|t| crate::notify::TargetStatus {
+                name: text(t.get_name()),
+                state: text(t.get_state()),
+                delivered: t.get_delivered(),
+                failed_attempts: t.get_failed_attempts(),
+                dropped: t.get_dropped(),
+                queued: t.get_queued(),
+                last_error: text(t.get_last_error()),
+                last_ok_ms: t.get_last_ok_ms(),
+            })
             .collect(),
     })
 }

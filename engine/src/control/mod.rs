@@ -37,7 +37,10 @@ mod rpc;
 mod server;
 
 pub use cache::ChunkCacheView;
-pub use client::{CacheAnswer, cache_request, fetch_metrics, our_peer, remote, with_gate};
+pub use client::{
+    CacheAnswer, cache_request, fetch_metrics, our_peer, remote, search_rebuild, search_request,
+    with_gate,
+};
 pub use rpc::{ProgressForwarder, check_peer, server_connection, server_peer};
 
 pub use client::{
@@ -76,6 +79,15 @@ pub trait Handle: Send + Sync {
     /// Keeps the files under `path` (relative to the mount) off the
     /// eviction list, or stops; returns how many files.
     fn cache_pin(&self, path: &[u8], pinned: bool) -> Result<u64>;
+    /// The tree paths of the tracks matching `query` (the live index).
+    fn search(&self, query: &str) -> Result<Vec<String>>;
+    /// Rebuilds the search index from the catalog; returns the tracks
+    /// indexed. `cancel` stops the wait.
+    fn search_rebuild(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<u64>;
 }
 
 /// The engine's status, as `musicfs status --json` prints it (stable keys).
@@ -107,6 +119,8 @@ pub struct Status {
     pub origins: Vec<OriginState>,
     pub tasks: Vec<TaskInfo>,
     pub counters: Vec<(String, u64)>,
+    /// The change feed's targets.
+    pub notify: Vec<crate::notify::TargetStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +129,9 @@ pub struct OriginState {
     pub path: String,
     pub reachable: bool,
     pub local: bool,
+    pub kind: String,
+    pub health: String,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]

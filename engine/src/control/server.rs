@@ -391,6 +391,36 @@ impl engine::Server for EngineImpl {
         results.get().set_files(files);
         Ok(())
     }
+
+    async fn search(
+        self: capnp::capability::Rc<Self>,
+        params: engine::SearchParams,
+        mut results: engine::SearchResults,
+    ) -> Result<(), capnp::Error> {
+        let query = params.get()?.get_query()?.to_string()?;
+        let rt = self.rt.clone();
+        let paths = blocking(move || rt.search(&query)).await?;
+        let mut list = results.get().init_paths(len32(paths.len()));
+        for (i, p) in paths.iter().enumerate() {
+            list.set(len32(i), p);
+        }
+        Ok(())
+    }
+
+    async fn search_rebuild(
+        self: capnp::capability::Rc<Self>,
+        params: engine::SearchRebuildParams,
+        mut results: engine::SearchRebuildResults,
+    ) -> Result<(), capnp::Error> {
+        let progress = params.get()?.get_progress()?;
+        let rt = self.rt.clone();
+        let job = Job::start(progress, move |report, cancel| {
+            rt.search_rebuild(report, cancel)
+                .map(|n| (vec![("tracks", n)], false))
+        });
+        results.get().set_job(capnp_rpc::new_client(job));
+        Ok(())
+    }
 }
 
 fn verify_figures(r: &VerifyReport) -> (Vec<(&'static str, u64)>, bool) {

@@ -409,6 +409,8 @@ mod tests {
             tags,
             props: AudioProps::default(),
             probe_error: None,
+            art: None,
+            is_image: false,
         }
     }
 

@@ -174,6 +174,65 @@ impl FdCache {
         Ok(open)
     }
 
+    /// Opens `path` again in place of the held file of version `version`
+    /// of `ino` (a network filesystem answered ESTALE or ENOTCONN on the
+    /// old one: a remount, a reconnect). Only the same content is taken,
+    /// else ESTALE: the same version, or, since a remounted share may
+    /// number its inodes anew (sshfs does), the same size and mtime
+    /// (`size_mtime`) and content that `same_content` accepts (the caller
+    /// compares the catalog's fingerprint of that version). The handles
+    /// that pinned the old file keep their pins.
+    pub fn reopen(
+        &self,
+        ino: u64,
+        version: u64,
+        origin: u32,
+        path: &Path,
+        size_mtime: (u64, i64),
+        same_content: impl FnOnce(&File, u64) -> bool,
+    ) -> io::Result<OpenFile> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        self.origin_opens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        if content_version(meta.len(), mtime_ns, meta.ino()) != version {
+            let same = (meta.len(), mtime_ns) == size_mtime && same_content(&file, meta.len());
+            if !same {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE));
+            }
+        }
+        let open = OpenFile {
+            version,
+            size_bytes: meta.len(),
+            mtime_ns,
+            local: false,
+            origin,
+            file: Arc::new(file),
+        };
+        let mut inner = self.inner.lock();
+        let now = inner.tick();
+        match inner.files.get_mut(&(ino, version)) {
+            Some(held) => {
+                held.open = open.clone();
+                held.used = now;
+            }
+            None => {
+                let keep = inner.capacity - 1;
+                inner.shrink(false, keep);
+                inner.files.insert(
+                    (ino, version),
+                    Held {
+                        open: open.clone(),
+                        used: now,
+                        pins: 0,
+                    },
+                );
+            }
+        }
+        Ok(open)
+    }
+
     /// A handle opened version `version` of `ino`: its file stays open
     /// until the handle is released (`unpin`).
     pub fn pin(&self, ino: u64, version: u64) {

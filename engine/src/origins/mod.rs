@@ -1,7 +1,8 @@
 //! The origins: where the music lives. The table of configured origins by
 //! persistent id, bounded probes of their directories, and local file
 //! access for the data plane (an LRU of open files, reads that never wait
-//! for the disk). Remote backends (S3, WebDAV, SFTP) will live here too.
+//! for the disk), and the remote origins (`remote`: S3 and WebDAV through
+//! opendal, with deadlines, pools and health).
 //!
 //! May use: config, sys. Never: catalog internals, sync, serve, control.
 //!
@@ -19,6 +20,7 @@
 
 mod local;
 mod probe;
+pub mod remote;
 mod table;
 
 pub use local::{FdCache, OpenFile, PINNED_MAX, is_local_fs, pread_nowait};
@@ -26,4 +28,4 @@ pub use probe::{
     PROBE_TIMEOUT, Probe, absolutize, check_origins, check_origins_except, load_config, probe_all,
     probe_dirs,
 };
-pub use table::{OriginTable, Origins};
+pub use table::{OriginTable, Origins, Settings};

@@ -122,13 +122,19 @@ pub fn probe_dirs(paths: &[PathBuf]) -> Vec<Result<(), String>> {
 /// Absolute origin paths: they name origins in the catalog and the status.
 /// Bounded: an origin on a hung filesystem keeps its absolute form.
 pub fn absolutize(origins: &mut [PathBuf]) {
-    let probes = probe_all(origins);
-    for (o, probe) in origins.iter_mut().zip(probes) {
+    // Remote origins (URLs) stay as written.
+    let mut local: Vec<&mut PathBuf> = origins
+        .iter_mut()
+        .filter(|o| !crate::origins::remote::is_remote(o))
+        .collect();
+    let dirs: Vec<PathBuf> = local.iter().map(|o| o.to_path_buf()).collect();
+    let probes = probe_all(&dirs);
+    for (o, probe) in local.iter_mut().zip(probes) {
         match probe.and_then(|p| p.canonical) {
-            Some(canonical) => *o = canonical,
+            Some(canonical) => **o = canonical,
             None => {
-                if let Ok(abs) = std::path::absolute(&*o) {
-                    *o = abs;
+                if let Ok(abs) = std::path::absolute(&**o) {
+                    **o = abs;
                 }
             }
         }
@@ -166,7 +172,17 @@ pub fn check_origins_except(
         bail!("no origin directory given (use --origin DIR or `origins` in the config file)");
     }
     let mut offline = Vec::new();
-    for (o, answer) in config.origins.iter().zip(probe_dirs(&config.origins)) {
+    // Remote origins: their URL is checked here, their server by the
+    // syncer (a server that is down must not keep the mount from coming up).
+    let (remote, local): (Vec<PathBuf>, Vec<PathBuf>) = config
+        .origins
+        .iter()
+        .cloned()
+        .partition(|o| crate::origins::remote::is_remote(o));
+    for o in &remote {
+        crate::origins::remote::RemoteSpec::parse(o)?;
+    }
+    for (o, answer) in local.iter().zip(probe_dirs(&local)) {
         match answer {
             Ok(()) => {}
             Err(why) if known(o) => offline.push((o.clone(), why)),

@@ -31,6 +31,8 @@ pub struct Runtime {
     pub store: Arc<Store>,
     pub shared: Arc<Shared>,
     pub syncer: Arc<Syncer>,
+    /// The search index and the virtual directories made from it.
+    pub views: Arc<crate::views::Views>,
     pub state_dir: PathBuf,
     pub started: Instant,
     /// Set at shutdown: every background task stops.
@@ -111,6 +113,24 @@ impl Runtime {
         if table.iter().next().is_none() {
             warn!("no origins to follow");
         }
+        self.start_remote_health();
+    }
+
+    /// Health checks of the remote origins (in parallel, under one
+    /// deadline, each when it is due: see `origins::remote::health`).
+    /// Runs while the engine does; a reload's new remotes are found by the
+    /// next round.
+    fn start_remote_health(&self) {
+        let origins = self.syncer.origins.clone();
+        let stop = self.stop.clone();
+        let handle = supervise("remote-health", self.stop.clone(), move || {
+            while !stop.load(Ordering::Relaxed) {
+                origins.check_remotes();
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Ok(())
+        });
+        self.own(handle);
     }
 
     /// The ordered stop: no new requests; in-flight ones answered (until the
@@ -133,6 +153,10 @@ impl Runtime {
         self.stop.store(true, Ordering::Relaxed);
         for flag in self.watchers.lock().values() {
             flag.store(true, Ordering::Relaxed);
+        }
+        if let Some(n) = self.syncer.notifier() {
+            // A delivery in flight is abandoned: the feed is advisory.
+            n.stop(Duration::from_secs(1));
         }
         let left = self.shared.drain(deadline);
         if let Some(cache) = self.shared.content() {

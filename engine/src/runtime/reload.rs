@@ -58,6 +58,7 @@ impl Runtime {
         check_origins_except(&new, |p| old.origins.iter().any(|o| o == p))?;
         crate::logging::validate(&new.log_level)?;
         let template = Template::parse(&new.template)?;
+        crate::views::validate_collections(&new.collections)?;
         let mut report = ReloadReport::default();
         if !from_supervisor {
             report.restart_needed = cold_changes(&old, &new);
@@ -69,9 +70,7 @@ impl Runtime {
             != (&new.watch, new.debounce_ms, new.poll_interval_s);
         if old.origins == new.origins && old.origin != new.origin {
             let (by_id, _) = self.store.assign_origins(&new.origins)?;
-            self.syncer
-                .origins
-                .replace(by_id, new.origin_cache_settings());
+            self.syncer.origins.replace(by_id, new.origin_settings());
             self.config.lock().origin = new.origin.clone();
             self.ensure_cache(&new)?;
             report.applied.push("origin".into());
@@ -81,9 +80,7 @@ impl Runtime {
             let (by_id, stale) = self.store.assign_origins(&new.origins)?;
             // From here on the new origins are in force.
             self.config.lock().origins = new.origins.clone();
-            self.syncer
-                .origins
-                .replace(by_id, new.origin_cache_settings());
+            self.syncer.origins.replace(by_id, new.origin_settings());
             self.ensure_cache(&new)?;
             let after = self.syncer.origins.snapshot();
             let added: Vec<u32> = after
@@ -148,6 +145,22 @@ impl Runtime {
                 .store(new.entry_ttl_ms, Ordering::Relaxed);
             report.applied.push("entry_ttl_ms".into());
         }
+        if old.collections != new.collections {
+            self.views.set_collections(&new.collections);
+            self.config.lock().collections = new.collections.clone();
+            report.applied.push("collections".into());
+        }
+        if old.search_max_results != new.search_max_results {
+            self.views.set_max_results(new.search_max_results);
+            self.config.lock().search_max_results = new.search_max_results;
+            report.applied.push("search_max_results".into());
+        }
+        if old.negative_ttl_ms != new.negative_ttl_ms {
+            self.shared
+                .negative_ttl_ms
+                .store(new.negative_ttl_ms, Ordering::Relaxed);
+            report.applied.push("negative_ttl_ms".into());
+        }
         if old.scan_threads != new.scan_threads {
             self.syncer
                 .threads
@@ -177,13 +190,20 @@ impl Runtime {
             self.apply_cache_limits(&new);
             report.applied.push("cache limits".into());
         }
+        if old.prefetch_tracks != new.prefetch_tracks {
+            self.shared
+                .prefetch_tracks
+                .store(new.prefetch_tracks, Ordering::Relaxed);
+            report.applied.push("prefetch_tracks".into());
+        }
         if old.open_files_max != new.open_files_max {
             self.shared.set_open_files_max(new.open_files_max);
             report.applied.push("open_files_max".into());
         }
         if old.audio_extensions != new.audio_extensions {
-            self.syncer
-                .set_extensions(AudioExtensions::new(&new.audio_extensions));
+            self.syncer.set_extensions(
+                AudioExtensions::new(&new.audio_extensions).with_folder_images(old.cover_art),
+            );
             // A full pass lists what is now included and drops what is not.
             let s = self.syncer.clone();
             let handle = supervise("sync-extensions", self.stop.clone(), move || {

@@ -25,6 +25,7 @@ use crate::scan::AudioExtensions;
 use crate::serve::{Shared, serve};
 use crate::sync::Syncer;
 use crate::tasks::supervise;
+use crate::views::{Tee, Views};
 
 /// Takes the state directory's lock: one engine per state directory. The
 /// error names the holder's PID.
@@ -122,7 +123,17 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     )?;
 
     let store = Arc::new(Store::open_or_rebuild(&catalog_file(&state_dir), template)?);
+    // The first walk after a start reads the catalog: ahead of it.
+    store.read_ahead();
     let previous = store.previous_close();
+    // Album covers on or off: a tree built the other way is rebuilt now,
+    // before anything is served (a new engine makes the kernel forget all).
+    if store.set_cover_art(config.cover_art)?.is_some() {
+        info!(
+            cover_art = config.cover_art,
+            "tree laid out again for cover_art"
+        );
+    }
     if previous == PreviousClose::Unclean {
         info!(
             "the previous engine did not close the catalog (crash or kill); its last commit is kept"
@@ -147,7 +158,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     }
     let complete = store.scan_complete()?;
     let (by_id, stale_origins) = store.assign_origins(&config.origins)?;
-    let origins = Origins::new(by_id, config.origin_cache_settings());
+    let origins = Origins::new(by_id, config.origin_settings());
     let mut syncer = Syncer::new(
         store.clone(),
         origins.clone(),
@@ -155,7 +166,9 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         config.checkpoint_files,
     );
     syncer.set_stale_origins(stale_origins);
-    syncer.set_extensions(AudioExtensions::new(&config.audio_extensions));
+    syncer.set_extensions(
+        AudioExtensions::new(&config.audio_extensions).with_folder_images(config.cover_art),
+    );
     syncer.set_stop(stop.clone());
     // Before the first scan: it caches the head and tail chunks of files
     // of cached origins as it reads their tags.
@@ -217,11 +230,50 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
     }
     let shared = Shared::new(store.clone(), origins.clone(), config.entry_ttl_ms);
     shared.set_open_files_max(config.open_files_max);
+    shared
+        .negative_ttl_ms
+        .store(config.negative_ttl_ms, Ordering::Relaxed);
     store.set_listing_cache_limit(config.listing_cache_entries);
-    syncer.set_sink(shared.clone());
+    // The search index: fed by the same commits, after the kernel's notices.
+    // A bad `[collections]` table does not stop the mount (a reload of one
+    // is refused): its collections are left out, and the log says why.
+    let collections = match crate::views::validate_collections(&config.collections) {
+        Ok(()) => config.collections.clone(),
+        Err(e) => {
+            warn!("the [collections] table is left out: {e:#}");
+            Default::default()
+        }
+    };
+    let names = origins.clone();
+    let views = Arc::new(Views::new(
+        &state_dir,
+        store.clone(),
+        Box::new(move |id| {
+            names
+                .root(id)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        }),
+        config.search_max_results,
+        &collections,
+    ));
+    views.set_sink(shared.clone());
+    shared.set_views(views.clone());
+    syncer.set_sink(Arc::new(Tee {
+        kernel: shared.clone(),
+        views: views.clone(),
+    }));
+    // The change feed: what the commits from now on change (a first scan
+    // is not announced; a media server reads a new library itself).
+    if let Some(n) = crate::notify::Notifier::start(&config.notify)? {
+        syncer.set_notifier(n);
+    }
     shared
         .cache_fetch_timeout_ms
         .store(config.cache_fetch_timeout_ms, Ordering::Relaxed);
+    shared
+        .prefetch_tracks
+        .store(config.prefetch_tracks, Ordering::Relaxed);
     let syncer = Arc::new(syncer);
     let runtime = Arc::new(Runtime {
         config: parking_lot::Mutex::new(config.clone()),
@@ -229,6 +281,7 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
         store: store.clone(),
         shared: shared.clone(),
         syncer: syncer.clone(),
+        views: views.clone(),
         state_dir: state_dir.clone(),
         started,
         stop: stop.clone(),
@@ -287,6 +340,10 @@ pub fn run(config: &Config, socket: Option<PathBuf>, source: ConfigSource) -> Re
             .context("cannot start the watchdog thread")?;
     }
 
+    // The index: opened, or rebuilt from the catalog, behind the mount.
+    let (v, st) = (views.clone(), stop.clone());
+    let handle = supervise("search-index", stop.clone(), move || v.run(&st));
+    runtime.own(handle);
     // Follow the origins, then reconcile what changed while we were away.
     runtime.start_all_watchers(config);
     let rt = runtime.clone();

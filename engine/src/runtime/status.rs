@@ -21,17 +21,55 @@ fn collect(rt: &Runtime) -> Result<Status> {
     let syncer = &rt.syncer;
     let (files, nodes, bytes) = shared.store.totals()?;
     let table = syncer.origins.snapshot();
-    let paths: Vec<PathBuf> = table.iter().map(|(_, p)| p.to_path_buf()).collect();
-    let reachable: Vec<bool> = probe_dirs(&paths).into_iter().map(|r| r.is_ok()).collect();
+    let paths: Vec<PathBuf> = table
+        .iter()
+        .filter(|(id, _)| !table.is_remote(*id))
+        .map(|(_, p)| p.to_path_buf())
+        .collect();
+    let mut probes = probe_dirs(&paths).into_iter();
     let origins = table
         .iter()
-        .zip(reachable)
-        .map(|((id, p), answers)| OriginState {
-            id,
-            path: p.display().to_string(),
-            // An empty mountpoint answers stat: the syncer knows it is away.
-            reachable: answers && !syncer.is_offline(id),
-            local: table.is_local(id),
+        .map(|(id, p)| {
+            let away = syncer.offline_reason(id);
+            let (kind, health, error, answers) = match table.remote(id) {
+                Some(Ok(r)) => {
+                    let state = r.health.state();
+                    let error = r.health.last_error().or(away.clone()).unwrap_or_default();
+                    let up = state != crate::origins::remote::State::Offline;
+                    (
+                        r.spec.scheme.name().to_string(),
+                        state.name().to_string(),
+                        error,
+                        up,
+                    )
+                }
+                Some(Err(why)) => (
+                    "remote".to_string(),
+                    "offline".to_string(),
+                    why.to_string(),
+                    false,
+                ),
+                None => {
+                    let answer = probes.next().unwrap_or(Err("not probed".into()));
+                    let kind = if table.is_local(id) {
+                        "local"
+                    } else {
+                        "network"
+                    };
+                    let error = answer.clone().err().or(away.clone()).unwrap_or_default();
+                    (kind.to_string(), String::new(), error, answer.is_ok())
+                }
+            };
+            OriginState {
+                id,
+                path: p.display().to_string(),
+                // An empty mountpoint answers stat: the syncer knows it is away.
+                reachable: answers && away.is_none(),
+                local: table.is_local(id),
+                kind,
+                health,
+                error,
+            }
         })
         .collect();
     let tasks = task_states()
@@ -51,12 +89,17 @@ fn collect(rt: &Runtime) -> Result<Status> {
         ("opens".into(), get(&c.opens)),
         ("reads".into(), get(&c.reads)),
         ("read_bytes".into(), get(&c.read_bytes)),
+        ("prefetched".into(), get(&c.prefetched)),
         ("probed".into(), get(&s.probed)),
         ("unchanged".into(), get(&s.unchanged)),
         ("removed".into(), get(&s.removed)),
         ("commits".into(), get(&s.commits)),
         ("full_scans".into(), get(&s.full_scans)),
         ("reloads".into(), get(&rt.reloads)),
+        (
+            "notify_dropped".into(),
+            crate::notify::DROPPED.load(Ordering::Relaxed),
+        ),
     ];
     let write_failure = rt.store.write_failure();
     Ok(Status {
@@ -98,6 +141,7 @@ fn collect(rt: &Runtime) -> Result<Status> {
         origins,
         tasks,
         counters,
+        notify: syncer.notifier().map(|n| n.status()).unwrap_or_default(),
     })
 }
 
@@ -201,5 +245,17 @@ impl Handle for Runtime {
 
     fn cache_pin(&self, path: &[u8], pinned: bool) -> Result<u64> {
         self.pin_path(path, pinned)
+    }
+
+    fn search(&self, query: &str) -> Result<Vec<String>> {
+        self.views.search_paths(query)
+    }
+
+    fn search_rebuild(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<u64> {
+        self.views.rebuild(progress, cancel)
     }
 }

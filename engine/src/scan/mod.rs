@@ -25,16 +25,18 @@ use tracing::{info, warn};
 
 use crate::model::FileRecord;
 
+mod art;
 mod containers;
 mod fingerprint;
 mod tags;
 
 pub use fingerprint::fingerprint_file;
-pub use tags::{MAX_HEADER_READ_BYTES, probe_file};
+pub use tags::{MAX_HEADER_READ_BYTES, Source, probe_file, probe_source};
 
-/// The extensions of the files the scan lists (from `audio_extensions`).
+/// The extensions of the files the scan lists (from `audio_extensions`),
+/// and whether folder images are listed too (`cover_art`).
 #[derive(Clone, Debug)]
-pub struct AudioExtensions(std::collections::HashSet<Vec<u8>>);
+pub struct AudioExtensions(std::collections::HashSet<Vec<u8>>, bool);
 
 impl AudioExtensions {
     pub fn new<S: AsRef<str>>(list: &[S]) -> AudioExtensions {
@@ -42,13 +44,22 @@ impl AudioExtensions {
             list.iter()
                 .map(|e| e.as_ref().to_ascii_lowercase().into_bytes())
                 .collect(),
+            false,
         )
+    }
+
+    /// These, and folder images (`cover.*`, `folder.*`, `front.*`,
+    /// `album.*`), the sources of album covers.
+    pub fn with_folder_images(mut self, yes: bool) -> AudioExtensions {
+        self.1 = yes;
+        self
     }
 
     /// Whether a file of this name is listed.
     pub fn matches(&self, name: &[u8]) -> bool {
         let (_, ext) = crate::model::template::split_ext(name);
         ext.is_some_and(|e| self.0.contains(&e.to_ascii_lowercase()))
+            || (self.1 && crate::model::is_folder_image(name))
     }
 }
 

@@ -12,7 +12,12 @@ use lofty::prelude::{Accessor, ItemKey};
 use lofty::probe::Probe;
 
 use crate::model::{AudioProps, FileRecord, Tags};
-use crate::scan::fingerprint::fingerprint_file;
+use crate::scan::fingerprint::{fingerprint_file, fingerprint_source};
+
+/// What the tag readers read from: a local file, or a remote object read
+/// through the chunk cache.
+pub trait Source: Read + Seek {}
+impl<T: Read + Seek> Source for T {}
 
 /// Most bytes the tag reader may read from one file. Tags and stream headers
 /// live in the first few hundred KiB of real files (cover art aside); a file
@@ -35,34 +40,122 @@ pub fn probe_file(origin: u32, abs: &Path, rel_path: Vec<u8>) -> io::Result<File
         tags: Tags::default(),
         props: AudioProps::default(),
         probe_error: None,
+        art: None,
+        is_image: false,
     };
     if meta.len() == 0 {
         rec.probe_error = Some("empty file".into());
         return Ok(rec);
     }
-    match read_tags(file, meta.len()) {
-        Ok((format, tags, props)) => {
+    let mut file = file;
+    if crate::model::is_folder_image(&rec.rel_path) {
+        image(&mut rec, &mut file);
+        return Ok(rec);
+    }
+    match read_tags(&mut file, meta.len()) {
+        Ok((format, tags, props, art)) => {
             rec.format = Some(format);
             rec.tags = tags;
             rec.props = props;
+            rec.art = art;
         }
         Err(e) => rec.probe_error = Some(e),
     }
     Ok(rec)
 }
 
-fn read_tags(mut file: File, size: u64) -> Result<(String, Tags, AudioProps), String> {
+/// Probes a file read through `source` (a remote object, through the
+/// chunk cache), with the size, mtime and inode stand-in its listing gave.
+pub fn probe_source(
+    origin: u32,
+    rel_path: Vec<u8>,
+    (size_bytes, mtime_ns, origin_ino): (u64, i64, u64),
+    mut source: impl Source,
+) -> FileRecord {
+    let mut rec = FileRecord {
+        origin,
+        rel_path,
+        size_bytes,
+        mtime_ns,
+        origin_ino,
+        fingerprint: 0,
+        format: None,
+        tags: Tags::default(),
+        props: AudioProps::default(),
+        probe_error: None,
+        art: None,
+        is_image: false,
+    };
+    if size_bytes == 0 {
+        rec.probe_error = Some("empty file".into());
+        return rec;
+    }
+    if crate::model::is_folder_image(&rec.rel_path) {
+        image(&mut rec, &mut source);
+        return rec;
+    }
+    match fingerprint_source(&mut source, size_bytes) {
+        Ok(fp) => rec.fingerprint = fp,
+        Err(e) => {
+            rec.probe_error = Some(format!("cannot read it: {e}"));
+            return rec;
+        }
+    }
+    match read_tags(&mut source, size_bytes) {
+        Ok((format, tags, props, art)) => {
+            rec.format = Some(format);
+            rec.tags = tags;
+            rec.props = props;
+            rec.art = art;
+        }
+        Err(e) => rec.probe_error = Some(e),
+    }
+    rec
+}
+
+/// A folder image: never a track, its type by its magic bytes (none: not
+/// an image, no cover).
+fn image(rec: &mut FileRecord, file: &mut impl Source) {
+    rec.is_image = true;
+    rec.format = Some("image".into());
+    let mut magic = [0u8; 32];
+    let mut n = 0;
+    let _ = file.seek(SeekFrom::Start(0));
+    while n < magic.len() {
+        match file.read(&mut magic[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    match crate::model::image_ext(&magic[..n]) {
+        Some(ext) => {
+            rec.art = Some(crate::model::Art {
+                offset: 0,
+                len: rec.size_bytes,
+                ext: ext.to_string(),
+            })
+        }
+        None => {
+            rec.probe_error =
+                Some("not an image this reader knows (jpg, png, webp, gif, bmp)".into())
+        }
+    }
+}
+
+type Read4 = (String, Tags, AudioProps, Option<crate::model::Art>);
+
+fn read_tags<S: Source>(file: &mut S, size: u64) -> Result<Read4, String> {
     // The formats lofty does not read, by their magic.
-    if let Some(found) = crate::scan::containers::read(&mut file, size) {
-        return found;
+    if let Some(found) = crate::scan::containers::read(&mut *file, size) {
+        return found.map(|(f, t, p)| (f, t, p, None));
     }
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let reader = BoundedReader::new(
-        BufReader::with_capacity(64 * 1024, file),
+        BufReader::with_capacity(64 * 1024, &mut *file),
         MAX_HEADER_READ_BYTES,
     );
     let options = ParseOptions::new()
-        .read_cover_art(false)
+        .read_cover_art(true)
         .parsing_mode(ParsingMode::Relaxed);
     let tagged = Probe::new(reader)
         .options(options)
@@ -85,6 +178,12 @@ fn read_tags(mut file: File, size: u64) -> Result<(String, Tags, AudioProps), St
         fill(&mut tags.album, tag.album());
         fill(&mut tags.title, tag.title());
         fill(&mut tags.genre, tag.genre());
+        if tags.composer.is_none() {
+            tags.composer = tag
+                .get_string(ItemKey::Composer)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+        }
         if tags.album_artist.is_none() {
             tags.album_artist = tag
                 .get_string(ItemKey::AlbumArtist)
@@ -107,7 +206,9 @@ fn read_tags(mut file: File, size: u64) -> Result<(String, Tags, AudioProps), St
         sample_rate_hz: p.sample_rate(),
         channels: p.channels(),
     };
-    Ok((format, tags, props))
+    let art = crate::scan::art::front_cover(&tagged)
+        .and_then(|(data, ext)| crate::scan::art::locate(file, size, &data, ext));
+    Ok((format, tags, props, art))
 }
 
 fn fill(slot: &mut Option<String>, value: Option<std::borrow::Cow<'_, str>>) {

@@ -10,18 +10,18 @@
 //! origin's pool, under `cache_fetch_timeout_ms` (see `reply`).
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::catalog::split_file_key;
 use crate::content::{ChunkCache, ContentInfo, ContentKey, Layout};
 use crate::metrics;
 use crate::origins::OpenFile;
+use crate::serve::copies::{Source, read_chunk, sources_of};
 use crate::serve::files::Origin;
 use crate::serve::pools::Turn;
 use crate::serve::reply::Reply;
@@ -33,25 +33,34 @@ pub(super) const CACHE_POOL: u32 = u32::MAX;
 /// Chunks fetched ahead of a sequential reader.
 const READ_AHEAD_CHUNKS: u32 = 4;
 /// Chunks being read ahead at most, in all.
-const READ_AHEAD_MAX: usize = 16;
+pub(super) const READ_AHEAD_MAX: usize = 16;
 /// Cached handles remembered at most (past it, unpinned ones are dropped and
 /// found again from the catalog).
 const HANDLES_MAX: usize = 16 * 1024;
 
 /// One content version of a file of a cached origin, as a handle reads it.
 pub(super) struct CachedFile {
-    ino: u64,
+    pub(super) ino: u64,
     /// The handle's version (its `fh`).
-    version: u64,
-    origin: u32,
-    path: PathBuf,
-    key: ContentKey,
-    layout: Layout,
-    info: ContentInfo,
+    pub(super) version: u64,
+    pub(super) origin: u32,
+    pub(super) path: PathBuf,
+    pub(super) key: ContentKey,
+    pub(super) layout: Layout,
+    pub(super) info: ContentInfo,
+    /// Every copy of the file (this origin's first), by priority.
+    pub(super) sources: Vec<Source>,
+    /// Remote copies' ETags (by origin), learnt at their first fetch
+    /// (`serve::remote`).
+    pub(super) etags: parking_lot::Mutex<HashMap<u32, Option<String>>>,
+    /// The origin the last fetch came from (u32::MAX: none yet).
+    pub(super) served: std::sync::atomic::AtomicU32,
     /// Where the last read ended (sequential reads get read-ahead).
     next_offset: AtomicU64,
     /// 1 + the chunk whose read-ahead was scheduled last (once per chunk).
     ahead: std::sync::atomic::AtomicU32,
+    /// An album cover: the (offset, length) of the origin file it serves.
+    range: Option<(u64, u64)>,
     /// The chunk the last read used, verified: a sequential reader's next
     /// requests (the kernel asks 128 KiB at a time) are answered from it on
     /// the connection thread, with no lookup.
@@ -59,6 +68,22 @@ pub(super) struct CachedFile {
 }
 
 impl CachedFile {
+    /// The copies in the order to try now: ready origins first, then by
+    /// priority.
+    pub(super) fn sources_now(&self, shared: &Shared) -> Vec<&Source> {
+        let table = shared.origins.snapshot();
+        let mut v: Vec<&Source> = self.sources.iter().collect();
+        v.sort_by_key(|s| (table.readiness(s.origin), table.priority(s.origin)));
+        v
+    }
+
+    /// The pool a fetch runs on: the first copy's origin's.
+    pub(super) fn pool(&self, shared: &Shared) -> u32 {
+        self.sources_now(shared)
+            .first()
+            .map_or(self.origin, |s| s.origin)
+    }
+
     fn memo(&self, i: u32) -> Option<Arc<[u8]>> {
         match &*self.memo.lock() {
             Some((at, bytes)) if *at == i => Some(bytes.clone()),
@@ -130,7 +155,8 @@ impl CachedHandles {
     }
 }
 
-fn cached_file(
+pub(super) fn cached_file(
+    shared: &Shared,
     ino: u64,
     version: u64,
     origin: &Origin,
@@ -139,6 +165,9 @@ fn cached_file(
 ) -> CachedFile {
     let rel = split_file_key(&origin.file_key).map_or(&[][..], |(_, r)| r);
     CachedFile {
+        sources: sources_of(shared, ino, origin, (version, size_bytes, mtime_ns)),
+        etags: parking_lot::Mutex::new(HashMap::new()),
+        served: std::sync::atomic::AtomicU32::new(u32::MAX),
         ino,
         version,
         origin: origin.id,
@@ -154,6 +183,7 @@ fn cached_file(
         next_offset: AtomicU64::new(0),
         ahead: std::sync::atomic::AtomicU32::new(0),
         memo: parking_lot::Mutex::new(None),
+        range: origin.range,
     }
 }
 
@@ -189,7 +219,7 @@ pub(super) fn handle(shared: &Shared, ino: u64, fh: u64) -> Option<Result<Arc<Ca
     if origin.version != fh {
         return Some(Err(libc::ESTALE));
     }
-    let f = cached_file(ino, fh, &origin, origin.size_bytes, origin.mtime_ns);
+    let f = cached_file(shared, ino, fh, &origin, origin.size_bytes, origin.mtime_ns);
     Some(Ok(shared.cached_handles.insert(Arc::new(f), false)))
 }
 
@@ -230,6 +260,7 @@ pub(super) fn open_from_cache(
     }
     let cache = cache_for(shared, origin)?;
     let f = cached_file(
+        shared,
         ino,
         origin.version,
         origin,
@@ -250,6 +281,20 @@ pub(super) fn open_from_cache(
 pub(super) fn open_from_origin(shared: &Shared, id: u64, ino: u64, origin: &Origin) -> Vec<u8> {
     bump(&shared.counters.opens, 1);
     metrics::record_open();
+    if origin.remote {
+        // A remote object opens at the catalog's version without a round
+        // trip: every fetch asks for exactly that version (`serve::remote`).
+        let file = cached_file(
+            shared,
+            ino,
+            origin.version,
+            origin,
+            origin.size_bytes,
+            origin.mtime_ns,
+        );
+        shared.cached_handles.insert(Arc::new(file), true);
+        return opened_frame(id, origin.version);
+    }
     let opened = match shared.fds.get(ino, origin.version) {
         Some(f) => Ok(f),
         None => shared.fds.open(ino, origin.id, &origin.path, false),
@@ -257,12 +302,13 @@ pub(super) fn open_from_origin(shared: &Shared, id: u64, ino: u64, origin: &Orig
     match opened {
         Ok(f) => {
             shared.fds.pin(ino, f.version);
-            let file = cached_file(ino, f.version, origin, f.size_bytes, f.mtime_ns);
+            let file = cached_file(shared, ino, f.version, origin, f.size_bytes, f.mtime_ns);
             shared.cached_handles.insert(Arc::new(file), true);
             opened_frame(id, f.version)
         }
         Err(e) => {
             debug!(ino, path = %origin.path.display(), "open failed: {e}");
+            shared.note_error(ino, format_args!("open {}: {e}", origin.path.display()));
             let errno = match e.raw_os_error() {
                 Some(libc::ENOENT | libc::ENOTDIR)
                     if crate::serve::files::origin_away(&origin.root) =>
@@ -325,43 +371,16 @@ pub(super) fn read_from_cache(
     Some(out)
 }
 
-/// The origin file of a cached handle: held, or opened again by path if it
-/// is still the handle's content (size and mtime); else ESTALE.
-fn origin_file(shared: &Shared, f: &CachedFile) -> Result<OpenFile, i32> {
-    if let Some(open) = shared.fds.get(f.ino, f.version) {
-        return Ok(open);
-    }
-    let open = shared
-        .fds
-        .open(f.ino, f.origin, &f.path, false)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => libc::ESTALE,
-            _ => errno_of(&e),
-        })?;
-    if (open.size_bytes, open.mtime_ns) != (f.info.size_bytes, f.info.mtime_ns) {
-        warn!(ino = f.ino, path = %f.path.display(), "a handle's version of the file is gone from the origin and not all of it is cached: ESTALE");
-        return Err(libc::ESTALE);
-    }
-    Ok(open)
-}
-
 /// Fetches chunk `i` of `f` from its origin and offers it to the cache;
 /// `demand`: a reader waits for it (a miss), else it is read ahead.
-fn fetch_chunk(
+pub(super) fn fetch_chunk(
     shared: &Shared,
     cache: &ChunkCache,
     f: &CachedFile,
     i: u32,
     demand: bool,
 ) -> Result<Arc<[u8]>, i32> {
-    let started = Instant::now();
-    let fetched = read_chunk(shared, f, i);
-    metrics::observe_origin_fetch(
-        f.origin,
-        || shared.origins.root(f.origin),
-        started.elapsed(),
-    );
-    let buf = fetched?;
+    let buf = read_chunk(shared, f, i)?;
     if demand {
         bump(&cache.counters.fetched, 1);
     }
@@ -371,29 +390,6 @@ fn fetch_chunk(
     let bytes: Arc<[u8]> = buf.into();
     cache.put(&f.key, i, &f.info, bytes.clone());
     Ok(bytes)
-}
-
-/// The bytes of chunk `i` of `f`, read from its origin.
-fn read_chunk(shared: &Shared, f: &CachedFile, i: u32) -> Result<Vec<u8>, i32> {
-    let (start, len) = f.layout.range(i);
-    let open = origin_file(shared, f)?;
-    let mut buf = vec![0u8; len as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match open.file.read_at(&mut buf[filled..], start + filled as u64) {
-            Ok(0) => {
-                warn!(ino = f.ino, path = %f.path.display(), "the origin file is shorter than its version: ESTALE");
-                return Err(libc::ESTALE);
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                warn!(ino = f.ino, path = %f.path.display(), "origin read failed: {e}");
-                return Err(errno_of(&e));
-            }
-        }
-    }
-    Ok(buf)
 }
 
 /// The origin step of a read: cached chunks from the cache, the rest from
@@ -467,7 +463,7 @@ pub(super) fn read_ahead(shared: &Arc<Shared>, f: &Arc<CachedFile>, offset: u64,
             continue;
         }
         shared.pools.submit(
-            f.origin,
+            f.pool(shared),
             Box::new(move |turn| {
                 if let Some(cache) = sh.content.get() {
                     if matches!(turn, Turn::Run)
@@ -503,6 +499,18 @@ pub(super) fn dispatch_read(
     offset: u64,
     size: u32,
 ) {
+    // An album cover reads a range of its origin file.
+    let (offset, size) = match f.range {
+        None => (offset, size),
+        Some((base, len)) if offset < len => (
+            base + offset,
+            u32::try_from((len - offset).min(u64::from(size))).unwrap_or(size),
+        ),
+        Some(_) => {
+            reply.send(&respond(reply.id, 0, |mut r| r.set_data(&[])));
+            return;
+        }
+    };
     // The chunk the last read used: answered here, at once.
     if let Some(data) = read_from_memo(&f, offset, size) {
         bump(&shared.counters.reads, 1);
@@ -531,7 +539,7 @@ pub(super) fn dispatch_read(
             sh.deadlines.watch(&reply, sh.fetch_timeout());
             let sh2 = sh.clone();
             sh.pools.submit(
-                f.origin,
+                f.pool(&sh),
                 Box::new(move |turn| {
                     let result = match turn {
                         Turn::Run => crate::serve::connection::guarded(
@@ -549,6 +557,13 @@ pub(super) fn dispatch_read(
                             read_ahead(&sh2, &f, offset, data.len());
                         }
                         Err(errno) => {
+                            sh2.note_error(
+                                f.ino,
+                                format_args!(
+                                    "read at {offset}: {}",
+                                    std::io::Error::from_raw_os_error(errno)
+                                ),
+                            );
                             reply.send(&error_frame(id, errno));
                         }
                     }

@@ -138,6 +138,10 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
             request::Forget(_) => {}
             request::Open(o) => {
                 let (ino, flags, pt) = (o.get_ino(), o.get_flags(), o.get_passthrough());
+                if crate::views::is_virtual(ino) {
+                    send(&writer, &crate::serve::views::open(shared, id, ino, flags));
+                    continue;
+                }
                 match origin_of(shared, ino) {
                     Err(errno) => send(&writer, &error_frame(id, errno)),
                     Ok(origin) if cache_for(shared, &origin).is_some() => {
@@ -148,6 +152,7 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                             flags,
                             origin,
                         );
+                        crate::serve::prefetch::after_open(shared, ino);
                     }
                     Ok(origin) if origin.local => {
                         let opened = guarded(
@@ -190,6 +195,11 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
             request::Read(r) => {
                 let (ino, fh) = (r.get_ino(), r.get_fh());
                 let (offset, size) = (r.get_offset(), r.get_size());
+                if crate::views::is_virtual(ino) {
+                    let frame = crate::serve::views::read(shared, id, ino, offset, size);
+                    send(&writer, &frame);
+                    continue;
+                }
                 match cached::handle(shared, ino, fh) {
                     Some(Ok(f)) => {
                         dispatch_read(shared, Reply::new(id, writer.clone(), op), f, offset, size);
@@ -206,7 +216,11 @@ fn connection(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                 // One lookup of the handle's file serves both paths.
                 let held = shared.fds.get(ino, fh);
                 let cached = held.as_ref().and_then(|f| {
-                    guarded(id, || read_cached(shared, id, f, offset, size), || None)
+                    guarded(
+                        id,
+                        || read_cached(shared, id, (ino, f), offset, size),
+                        || None,
+                    )
                 });
                 if let Some(frame) = cached {
                     send(&writer, &frame);

@@ -34,6 +34,12 @@ pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
     let table = shared.origins.snapshot();
     // An origin removed by a reload: its files are on their way out.
     let root = table.root(origin).ok_or(libc::ESTALE)?;
+    // An album cover: a range of its origin file, which is what is opened.
+    let range = node.cover.map(|c| (c.offset, node.size_bytes));
+    let size_bytes = node.cover.map_or(node.size_bytes, |c| c.source_size);
+    if let Some((base, len)) = range {
+        shared.note_cover((ino, node.version), base, len);
+    }
     Ok(Origin {
         id: origin,
         root: root.to_path_buf(),
@@ -41,10 +47,30 @@ pub(super) fn origin_of(shared: &Shared, ino: u64) -> Result<Origin, i32> {
         version: node.version,
         local: table.is_local(origin),
         cached: table.is_cached(origin),
-        size_bytes: node.size_bytes,
+        remote: table.is_remote(origin),
+        size_bytes,
         mtime_ns: node.mtime_ns,
         file_key: node.file_key,
+        range,
     })
+}
+
+/// A read of an album cover's file, in its origin file: the offset moved
+/// by the cover's, the size cut at its end; `None` past its end.
+pub(super) fn cover_window(
+    shared: &Shared,
+    handle: (u64, u64),
+    offset: u64,
+    size: u32,
+) -> Option<(u64, u32)> {
+    match shared.cover_range(handle) {
+        None => Some((offset, size)),
+        Some((base, len)) if offset < len => Some((
+            base + offset,
+            u32::try_from((len - offset).min(u64::from(size))).unwrap_or(size),
+        )),
+        Some(_) => None,
+    }
 }
 
 /// The origin file behind a file node, read once per request.
@@ -63,6 +89,11 @@ pub(super) struct Origin {
     pub(super) local: bool,
     /// Read through the chunk cache.
     pub(super) cached: bool,
+    /// A remote origin (S3, WebDAV): no file to open.
+    pub(super) remote: bool,
+    /// An album cover: (offset, length) of the origin file it serves
+    /// (`size_bytes` and `version` are then the origin file's).
+    pub(super) range: Option<(u64, u64)>,
 }
 
 /// Opens a file. With `passthrough` (and a local origin) the origin file goes
@@ -86,6 +117,7 @@ pub(super) fn open(
         path,
         version,
         local,
+        range,
         ..
     } = origin;
     // Open now, so that a vanished origin file fails the open(2), not a
@@ -101,7 +133,7 @@ pub(super) fn open(
                 debug!(ino, path = %path.display(), "the origin file changed since the catalog saw it; this handle reads it as it is now");
             }
             shared.fds.pin(ino, f.version);
-            let attach = passthrough && local;
+            let attach = passthrough && local && range.is_none();
             let frame = respond(id, 0, |r| {
                 let mut o = r.init_opened();
                 o.set_fh(f.version);
@@ -121,6 +153,7 @@ pub(super) fn open(
                 _ => errno_of(&e),
             };
             debug!(ino, path = %path.display(), "open failed: {e}");
+            shared.note_error(ino, format_args!("open {}: {e}", path.display()));
             (error_frame(id, errno), None)
         }
     }
@@ -145,13 +178,16 @@ pub(super) fn send_open(writer: &Writer, (frame, file): (Vec<u8>, Option<Arc<Fil
 pub(super) fn read_cached(
     shared: &Shared,
     id: u64,
-    f: &OpenFile,
+    (ino, f): (u64, &OpenFile),
     offset: u64,
     size: u32,
 ) -> Option<Vec<u8>> {
     if !f.local {
         return None;
     }
+    let Some((offset, size)) = cover_window(shared, (ino, f.version), offset, size) else {
+        return Some(respond(id, 0, |mut r| r.set_data(&[])));
+    };
     let want = (size.min(MAX_READ_BYTES) as u64).min(f.size_bytes.saturating_sub(offset)) as usize;
     let mut buf = vec![0u8; want];
     let n = if want == 0 {
@@ -188,6 +224,7 @@ fn handle_file(
     } = origin_of(shared, ino)?;
     let f = shared.fds.open(ino, id, &path, local).map_err(|e| {
         debug!(ino, path = %path.display(), "cannot reopen for a read: {e}");
+        shared.note_error(ino, format_args!("reopen {}: {e}", path.display()));
         match e.raw_os_error() {
             Some(libc::ENOENT) => libc::ESTALE,
             _ => errno_of(&e),
@@ -195,6 +232,10 @@ fn handle_file(
     })?;
     if f.version != fh {
         warn!(ino, path = %path.display(), "a handle's version of the file is gone (replaced while no engine held it open): ESTALE");
+        shared.note_error(
+            ino,
+            format_args!("{}: the handle's version is gone (ESTALE)", path.display()),
+        );
         return Err(libc::ESTALE);
     }
     shared.fds.pin(ino, fh);
@@ -211,11 +252,15 @@ pub(super) fn read(
 ) -> Vec<u8> {
     bump(&shared.counters.reads, 1);
     metrics::record_read();
-    let size = size.min(MAX_READ_BYTES) as usize;
     let f = match handle_file(shared, ino, fh, held) {
         Ok(f) => f,
         Err(errno) => return error_frame(id, errno),
     };
+    // After `handle_file`: its lookup of the node knows a cover's range.
+    let Some((offset, size)) = cover_window(shared, (ino, f.version), offset, size) else {
+        return respond(id, 0, |mut r| r.set_data(&[]));
+    };
+    let size = size.min(MAX_READ_BYTES) as usize;
     let result = (|| -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; size];
         let mut filled = 0;
@@ -238,6 +283,7 @@ pub(super) fn read(
         }
         Err(e) => {
             warn!(ino, "origin read failed: {e}");
+            shared.note_error(ino, format_args!("read at {offset}: {e}"));
             error_frame(id, errno_of(&e))
         }
     }

@@ -1,7 +1,6 @@
 //! Metadata requests, answered inline from the catalog: lookup, getattr,
 //! opendir/readdir (from the opendir snapshot), statfs, xattrs, ping.
 
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -9,14 +8,19 @@ use anyhow::Result;
 use musicfs_schema::request;
 use tracing::warn;
 
-use crate::catalog::{Child, Store};
+use crate::catalog::Child;
+use crate::serve::dir_handles::{join_offset, split_offset};
 use crate::serve::shared::{MAX_READDIR_ENTRIES, Shared};
-use crate::serve::wire::{error_frame, fill_attr, fill_entry, respond};
+use crate::serve::wire::{error_frame, fill_attr, fill_entry, fill_negative_entry, respond};
 
 pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>) -> Vec<u8> {
     let result = (|| -> Result<Vec<u8>> {
         let store = &shared.store;
         let ttl = shared.entry_ttl_ms.load(Ordering::Relaxed);
+        let generation = store.generation();
+        if let Some(answer) = crate::serve::views::answer(shared, id, &which) {
+            return answer;
+        }
         Ok(match which {
             request::Lookup(l) => {
                 let (parent, name) = (l.get_parent(), l.get_name()?);
@@ -34,10 +38,15 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
                     Err(_) => None,
                 };
                 match found {
-                    Some((ino, node)) => {
-                        respond(id, 0, |r| fill_entry(r.init_entry(), ino, &node, ttl))
+                    Some((ino, node)) => respond(id, 0, |r| {
+                        fill_entry(r.init_entry(), ino, &node, ttl, generation)
+                    }),
+                    None if store.node(parent)?.is_some() => {
+                        match shared.negative_ttl_ms.load(Ordering::Relaxed) {
+                            0 => error_frame(id, libc::ENOENT),
+                            neg => respond(id, 0, |r| fill_negative_entry(r.init_entry(), neg)),
+                        }
                     }
-                    None if store.node(parent)?.is_some() => error_frame(id, libc::ENOENT),
                     None => error_frame(id, libc::ESTALE),
                 }
             }
@@ -71,7 +80,7 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
             },
             request::Readdir(rd) => {
                 let snapshot = shared.dir_handles.get(rd.get_fh(), rd.get_ino());
-                readdir(store, id, rd, ttl, snapshot)?
+                readdir(shared, id, rd, ttl, snapshot)?
             }
             request::Statfs(_) => {
                 let (files, nodes, bytes) = store.totals()?;
@@ -87,7 +96,7 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
             request::Readlink(_) => error_frame(id, libc::EINVAL),
             request::Getxattr(g) => {
                 let name = g.get_name()?;
-                match xattrs(shared, g.get_ino())
+                match crate::serve::xattrs::xattrs(shared, g.get_ino())
                     .into_iter()
                     .find(|(n, _)| n.as_bytes() == name)
                 {
@@ -96,7 +105,7 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
                 }
             }
             request::Listxattr(ino) => {
-                let attrs = xattrs(shared, ino);
+                let attrs = crate::serve::xattrs::xattrs(shared, ino);
                 respond(id, 0, |r| {
                     let mut list = r.init_names(u32::try_from(attrs.len()).unwrap_or(0));
                     for (i, (n, _)) in attrs.iter().enumerate() {
@@ -122,25 +131,47 @@ pub(super) fn metadata(shared: &Shared, id: u64, which: request::WhichReader<'_>
 }
 
 fn readdir(
-    store: &Store,
+    shared: &Shared,
     id: u64,
     rd: request::readdir::Reader<'_>,
     ttl: u32,
-    snapshot: Option<Arc<Vec<Child>>>,
+    handle: Option<Arc<Vec<Child>>>,
 ) -> Result<Vec<u8>> {
-    let (ino, offset, plus) = (rd.get_ino(), rd.get_offset(), rd.get_plus());
+    let store = &shared.store;
+    let (ino, plus) = (rd.get_ino(), rd.get_plus());
     let max = rd.get_max_entries().clamp(1, MAX_READDIR_ENTRIES) as usize;
+    if ino == crate::catalog::ROOT_INO && rd.get_offset() == 0 {
+        // A walk starts here: the catalog is read ahead of it.
+        store.read_ahead();
+    }
     let Some(node) = store.node(ino)? else {
         return Ok(error_frame(id, libc::ESTALE));
     };
     if !node.is_dir {
         return Ok(error_frame(id, libc::ENOTDIR));
     }
-    // A handle from another engine (before a restart) has no snapshot here:
-    // the current listing serves it.
-    let children = match snapshot {
-        Some(s) => s,
-        None => store.children(ino)?,
+    // The listing a reader started on: its handle's (opendir), else the
+    // snapshot its offset names. A reader starting without a handle gets a
+    // snapshot when its listing takes more than one answer. A handle or
+    // snapshot from another engine (before a restart), or one that was
+    // dropped, is read from the current listing.
+    let (sid, offset) = split_offset(rd.get_offset());
+    let (children, sid) = match handle {
+        Some(s) => (s, 0),
+        None => match (sid != 0)
+            .then(|| shared.dir_handles.snapshot(sid, ino))
+            .flatten()
+        {
+            Some(s) => (s, sid),
+            None => {
+                let current = store.children(ino)?;
+                if offset == 0 && current.len() + 2 > max {
+                    (current.clone(), shared.dir_handles.keep(ino, current))
+                } else {
+                    (current, 0)
+                }
+            }
+        },
     };
     // Positions: 0 = ".", 1 = "..", 2.. = children. An entry's offset cookie
     // is its position + 1, i.e. where the next call starts.
@@ -167,10 +198,10 @@ fn readdir(
         for (i, (name, child, is_dir)) in batch.iter().enumerate() {
             let mut e = list.reborrow().get(u32::try_from(i).unwrap_or(0));
             e.set_name(name.as_bytes());
-            e.set_offset((start + i) as u64 + 1);
+            e.set_offset(join_offset(sid, (start + i) as u64 + 1));
             if plus {
                 if let Some(Some(rec)) = recs.get(i) {
-                    fill_entry(e.init_entry(), *child, rec, ttl);
+                    fill_entry(e.init_entry(), *child, rec, ttl, store.generation());
                 }
             } else {
                 let mut a = e.init_entry().init_attr();
@@ -183,34 +214,4 @@ fn readdir(
             }
         }
     }))
-}
-
-/// The `user.musicfs.*` extended attributes of a node.
-fn xattrs(shared: &Shared, ino: u64) -> Vec<(&'static str, Vec<u8>)> {
-    let Ok(Some(node)) = shared.store.node(ino) else {
-        return Vec::new();
-    };
-    let Ok(Some(entry)) = shared.store.file(&node.file_key) else {
-        return Vec::new();
-    };
-    let rec = entry.rec;
-    let mut out = Vec::new();
-    if let Some(path) = shared.origin_path(rec.origin, &rec.rel_path) {
-        out.push(("user.musicfs.origin", path.as_os_str().as_bytes().to_vec()));
-    }
-    if let Some(f) = &rec.format {
-        out.push(("user.musicfs.format", f.as_bytes().to_vec()));
-    }
-    if let Some(e) = &rec.probe_error {
-        out.push(("user.musicfs.error", e.as_bytes().to_vec()));
-    }
-    // The bytes of the file in the chunk cache (0 for local origins).
-    let cached = match shared.content() {
-        Some(c) if shared.origins.snapshot().is_cached(rec.origin) => c.cached_bytes(
-            &crate::content::ContentKey::of(&node.file_key, node.size_bytes, node.mtime_ns),
-        ),
-        _ => 0,
-    };
-    out.push(("user.musicfs.cached", cached.to_string().into_bytes()));
-    out
 }

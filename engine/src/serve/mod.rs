@@ -23,10 +23,13 @@
 //! request reads its node once (`origin_of`); open files come from
 //! `origins::FdCache`. With passthrough the origin fd goes back to the shim
 //! with `SCM_RIGHTS` and the kernel reads the origin directly. `Counters`
-//! count requests, opens, reads and origin opens. `opendir` snapshots the
-//! directory's listing under a handle (`DirHandles`, bounded, random per-
-//! engine base); `readdir` offsets index that snapshot, so a directory that
-//! changes while it is read neither skips nor repeats an unchanged entry.
+//! count requests, opens, reads and origin opens. A reader of a directory
+//! reads the listing as it started (`DirHandles`, bounded, random per-
+//! engine bases): under its opendir handle, or, as the shim opens
+//! directories without asking (`no_opendir`), under a snapshot id that the
+//! readdir offsets carry (`id << 32 | position`, for listings longer than
+//! one answer), so a directory that changes while it is read neither skips
+//! nor repeats an unchanged entry.
 //! `Shared::invalidate` sends an `invalidate` notice (id 0) to every
 //! connected shim after a commit; the shim forwards it to the kernel from its
 //! own notice thread (a notice may wait on a directory lock that an in-flight
@@ -44,14 +47,19 @@
 
 mod cached;
 mod connection;
+mod copies;
 mod dir_handles;
 mod files;
 mod metadata;
 mod ping;
 mod pools;
+mod prefetch;
+mod remote;
 mod reply;
 mod shared;
+mod views;
 mod wire;
+mod xattrs;
 
 pub use connection::serve;
 pub use ping::{PingError, ping};

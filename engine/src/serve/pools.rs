@@ -124,6 +124,22 @@ pub(super) struct OriginPools {
 }
 
 impl OriginPools {
+    /// Whether `origin` answers: no thread of its pool has been on one job
+    /// past `STUCK_AFTER`, and its queue is short (background work such as
+    /// prefetch never queues behind a busy or hung origin).
+    pub(super) fn answering(&self, origin: u32) -> bool {
+        let Some(pool) = self.pools.lock().get(&origin).cloned() else {
+            return true;
+        };
+        let now = Instant::now();
+        let stuck = pool
+            .running
+            .lock()
+            .iter()
+            .any(|r| r.is_some_and(|t| now.duration_since(t) > STUCK_AFTER));
+        !stuck && !pool.stuck.load(Ordering::Acquire)
+    }
+
     /// Runs `job` on `origin`'s pool, or tells it `Refused` at once.
     pub(super) fn submit(&self, origin: u32, job: IoJob) {
         let pool = {

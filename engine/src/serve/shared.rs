@@ -29,6 +29,9 @@ pub const MAX_READ_BYTES: u32 = 4 * 1024 * 1024;
 pub const MAX_READDIR_ENTRIES: u32 = 1024;
 
 /// State shared by every connection.
+/// Files whose serving origin is remembered at most.
+const SERVED_FROM_MAX: usize = 64 * 1024;
+
 pub struct Shared {
     pub store: Arc<Store>,
     /// Origin directories by origin id, and whether each is on a local
@@ -43,6 +46,9 @@ pub struct Shared {
     pub(super) started: Instant,
     /// Kernel cache lifetime for entries and attributes (hot: reload).
     pub entry_ttl_ms: AtomicU32,
+    /// Kernel cache lifetime of a miss (a lookup of a name that does not
+    /// exist; hot: reload).
+    pub negative_ttl_ms: AtomicU32,
     /// Set at shutdown: new connections are refused.
     pub(super) stopping: AtomicBool,
     /// Requests read and not yet answered.
@@ -53,14 +59,29 @@ pub struct Shared {
     pub counters: Counters,
     /// The chunk cache, once an origin needs it (`set_content`).
     pub(super) content: std::sync::OnceLock<Arc<ChunkCache>>,
+    /// The search views (`/.search`, `/.collections`, `/.playlists`).
+    pub(super) views: std::sync::OnceLock<Arc<crate::views::Views>>,
     /// Handles on files of cached origins.
     pub(super) cached_handles: CachedHandles,
+    /// Which origin served each file last (the `served_from` xattr;
+    /// bounded: forgotten past `SERVED_FROM_MAX` files).
+    served_from: Mutex<std::collections::HashMap<u64, u32>>,
+    /// Album covers' ranges in their origin files, by (inode, version), so
+    /// that a handle reads the range of the version it opened: noted by every
+    /// lookup of a cover's node (`files::origin_of`), which every open and
+    /// every read of a handle this engine did not open passes through.
+    /// Never dropped (one per cover version this engine opened).
+    cover_ranges: parking_lot::RwLock<std::collections::HashMap<(u64, u64), (u64, u64)>>,
+    /// The last error met on each file (the `error` xattr; bounded).
+    pub(super) last_errors: crate::serve::xattrs::LastErrors,
     /// Requests waiting on an origin, with their deadline.
     pub(super) deadlines: Deadlines,
     /// Origin I/O, a pool per origin (and one for cache hits).
     pub(super) pools: OriginPools,
     /// The deadline of an origin fetch for a cached origin (ms; hot).
     pub cache_fetch_timeout_ms: AtomicU64,
+    /// Tracks after an opened one whose heads are prefetched (hot).
+    pub prefetch_tracks: AtomicUsize,
 }
 
 /// Request counters, for the log, the status and counter-based tests.
@@ -72,6 +93,8 @@ pub struct Counters {
     pub read_bytes: std::sync::atomic::AtomicU64,
     /// Origin files actually opened (fd cache misses).
     pub origin_opens: std::sync::atomic::AtomicU64,
+    /// Heads of next tracks fetched into the chunk cache (prefetch).
+    pub prefetched: std::sync::atomic::AtomicU64,
 }
 
 pub(super) fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
@@ -101,20 +124,30 @@ impl Shared {
             origins,
             started: Instant::now(),
             entry_ttl_ms: AtomicU32::new(entry_ttl_ms),
+            negative_ttl_ms: AtomicU32::new(entry_ttl_ms),
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
             fds: FdCache::default(),
             counters: Counters::default(),
             content: std::sync::OnceLock::new(),
+            views: std::sync::OnceLock::new(),
             cached_handles: CachedHandles::default(),
+            served_from: Mutex::new(std::collections::HashMap::new()),
+            last_errors: crate::serve::xattrs::LastErrors::default(),
+            cover_ranges: parking_lot::RwLock::new(std::collections::HashMap::new()),
             deadlines: Deadlines::default(),
             pools: OriginPools::default(),
             cache_fetch_timeout_ms: AtomicU64::new(10_000),
+            prefetch_tracks: AtomicUsize::new(2),
         })
     }
 
     /// Gives the data plane its chunk cache (once; later calls keep the first).
+    pub fn set_views(&self, views: Arc<crate::views::Views>) {
+        let _ = self.views.set(views);
+    }
+
     pub fn set_content(&self, cache: Arc<ChunkCache>) {
         let _ = self.content.set(cache);
     }
@@ -215,6 +248,7 @@ impl Shared {
                 e.set_parent(*parent);
                 e.set_name(name.as_bytes());
             }
+            i.set_everything(inval.everything);
             let mut inodes = i.init_inodes(u32::try_from(inval.inodes.len()).unwrap_or(0));
             for (n, ino) in inval.inodes.iter().enumerate() {
                 inodes.set(u32::try_from(n).unwrap_or(0), *ino);
@@ -231,8 +265,51 @@ impl Shared {
         }
     }
 
+    /// Notes that `origin` served file `ino`.
+    pub(super) fn note_served_from(&self, ino: u64, origin: u32) {
+        let mut m = self.served_from.lock();
+        if m.len() >= SERVED_FROM_MAX {
+            m.clear();
+        }
+        m.insert(ino, origin);
+    }
+
+    pub(super) fn note_cover(&self, handle: (u64, u64), offset: u64, len: u64) {
+        if self.cover_ranges.read().get(&handle) != Some(&(offset, len)) {
+            self.cover_ranges.write().insert(handle, (offset, len));
+        }
+    }
+
+    /// The range of its origin file that cover `ino` serves.
+    pub(super) fn cover_range(&self, handle: (u64, u64)) -> Option<(u64, u64)> {
+        self.cover_ranges.read().get(&handle).copied()
+    }
+
+    /// Notes the last error of file `ino` (its `user.musicfs.error`).
+    pub(super) fn note_error(&self, ino: u64, what: impl std::fmt::Display) {
+        self.last_errors.note(ino, what.to_string());
+    }
+
+    /// The origin that served file `ino` last, if it is remembered.
+    pub(super) fn served_from(&self, ino: u64) -> Option<u32> {
+        self.served_from.lock().get(&ino).copied()
+    }
+
     pub fn origin_path(&self, origin: u32, rel: &[u8]) -> Option<PathBuf> {
         let root = self.origins.root(origin)?;
+        if crate::origins::remote::is_remote(&root) {
+            // The object's URL: the origin's without its query, then the path.
+            let url = root.to_string_lossy();
+            let base = url
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('/');
+            return Some(PathBuf::from(format!(
+                "{base}/{}",
+                String::from_utf8_lossy(rel)
+            )));
+        }
         Some(root.join(OsStr::from_bytes(rel)))
     }
 }

@@ -39,11 +39,19 @@ pub(super) fn fill_entry(
     ino: u64,
     node: &NodeRec,
     ttl_ms: u32,
+    generation: u64,
 ) {
-    e.set_generation(1);
+    e.set_generation(generation);
     e.set_entry_ttl_ms(ttl_ms);
     e.set_attr_ttl_ms(ttl_ms);
     fill_attr(e.init_attr(), ino, node);
+}
+
+/// A lookup miss: an entry of inode 0, which the kernel keeps as a
+/// negative entry for `ttl_ms` (until a notice says the name appeared).
+pub(super) fn fill_negative_entry(mut e: musicfs_schema::entry::Builder<'_>, ttl_ms: u32) {
+    e.set_entry_ttl_ms(ttl_ms);
+    e.init_attr().set_ino(0);
 }
 
 /// A connection's write half; responses are written whole under its lock.

@@ -90,6 +90,10 @@ pub(super) fn engine_command(
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .env("MUSICFS_ENTRY_TTL_MS", config.entry_ttl_ms.to_string())
+        .env(
+            "MUSICFS_NEGATIVE_TTL_MS",
+            config.negative_ttl_ms.to_string(),
+        )
         .env("MUSICFS_SCAN_THREADS", config.scan_threads.to_string())
         .env(
             "MUSICFS_CHECKPOINT_FILES",
@@ -137,6 +141,27 @@ pub(super) fn engine_command(
             crate::config::ORIGIN_SETTINGS_ENV,
             serde_json::to_string(&config.origin)?,
         )
+        .env(
+            "MUSICFS_PREFETCH_TRACKS",
+            config.prefetch_tracks.to_string(),
+        )
+        .env("MUSICFS_COVER_ART", config.cover_art.to_string())
+        // The change feed, its paths below the mountpoint unless set.
+        .env(crate::config::notify::NOTIFY_ENV, {
+            let mut n = config.notify.clone();
+            if n.path_prefix.is_none() {
+                n.path_prefix.clone_from(&config.mountpoint);
+            }
+            serde_json::to_string(&n)?
+        })
+        .env(
+            "MUSICFS_SEARCH_MAX_RESULTS",
+            config.search_max_results.to_string(),
+        )
+        .env(
+            crate::config::COLLECTIONS_ENV,
+            serde_json::to_string(&config.collections)?,
+        )
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
@@ -144,8 +169,13 @@ pub(super) fn engine_command(
     Ok(cmd)
 }
 
-pub(super) fn shim_command(config: &Config, mountpoint: &Path, socket: &Path) -> Command {
-    let mut cmd = Command::new(shim_binary());
+pub(super) fn shim_command(
+    config: &Config,
+    mountpoint: &Path,
+    socket: &Path,
+    binary: &Path,
+) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.arg("--socket")
         .arg(socket)
         .arg("--mountpoint")

@@ -2,7 +2,10 @@
 //! foreground, and takes the mount down cleanly on Ctrl-C or SIGTERM.
 //!
 //! Files: `pair` (start both, then supervise: restarts, heartbeats,
-//! signals), `children` (commands, start and stop of each child),
+//! signals), `children` (commands, start and stop of each child), `holder`
+//! (the fd holder: a copy of the shim's FUSE connection and its takeover
+//! state), `shim` (shims that take that connection over: after a death, a
+//! hang, for `shim swap`),
 //! `backoff` (restart policy), `requests` (the supervisor socket: swap,
 //! reload, shutdown), `reload`, `client` (the CLI side of that socket),
 //! `mountpoint` (checks, stale mounts, unmount).
@@ -40,14 +43,16 @@
 
 mod backoff;
 mod children;
+mod holder;
 mod mountpoint;
 mod pair;
 mod progress;
 mod reload;
 mod requests;
 mod rpc;
+mod shim;
 
 pub use children::shim_binary;
-pub use mountpoint::{is_mountpoint, lazy_unmount, prepare_mountpoint, unmount};
+pub use mountpoint::{abort_connection, is_mountpoint, lazy_unmount, prepare_mountpoint, unmount};
 pub use pair::run;
-pub use rpc::{request_reload, request_shutdown, request_swap};
+pub use rpc::{request_reload, request_shim_swap, request_shutdown, request_swap};

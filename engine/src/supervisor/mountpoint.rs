@@ -66,7 +66,7 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
         .context("cannot start a thread")?;
     let Ok(state) = rx.recv_timeout(MOUNTPOINT_CHECK_TIMEOUT) else {
         bail!(
-            "mountpoint {} does not answer within {} s (a FUSE mount whose server hangs?); detach it with `musicfs unmount --lazy {}`",
+            "mountpoint {} does not answer within {} s (a FUSE mount whose server hangs?); end it with `musicfs unmount --abort {}`",
             mountpoint.display(),
             MOUNTPOINT_CHECK_TIMEOUT.as_secs(),
             mountpoint.display()
@@ -127,4 +127,92 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where fusectl shows the kernel's FUSE connections.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Aborts the FUSE connection mounted on `mountpoint` through fusectl
+/// (mounting fusectl if it is not), so that every request waiting on it
+/// fails at once: the way out of a mount whose server hangs, or died stuck
+/// in the kernel (a notice write waiting on a request nobody will answer
+/// keeps a killed server's connection open). The mountpoint itself is
+/// never touched (it may hang): its connection is found in
+/// /proc/self/mountinfo.
+pub fn abort_connection(mountpoint: &Path) -> Result<()> {
+    let target = std::path::absolute(mountpoint)
+        .with_context(|| format!("cannot make {} absolute", mountpoint.display()))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    let Some(minor) = fuse_minor(&info, &target) else {
+        bail!("{} is not a FUSE mount", target.display());
+    };
+    let dir = Path::new(FUSECTL);
+    if !dir.join(minor.to_string()).exists() {
+        nix::mount::mount(
+            Some("fusectl"),
+            dir,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("cannot mount fusectl on {FUSECTL}"))?;
+    }
+    std::fs::write(dir.join(format!("{minor}/abort")), "1")
+        .with_context(|| format!("cannot abort FUSE connection {minor} through {FUSECTL}"))?;
+    warn!(mountpoint = %target.display(), connection = minor, "FUSE connection aborted");
+    Ok(())
+}
+
+/// The device minor (the fusectl connection number) of the FUSE mount on
+/// `target`, from mountinfo's text (the last mount there wins).
+fn fuse_minor(mountinfo: &str, target: &Path) -> Option<u32> {
+    let want = target.to_str()?;
+    mountinfo
+        .lines()
+        .rfind(|l| {
+            let point = l.split(' ').nth(4).map(unescape);
+            let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+            point.as_deref() == Some(want) && fstype.is_some_and(|t| t.starts_with("fuse"))
+        })
+        .and_then(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse().ok())
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .and_then(|o| std::str::from_utf8(o).ok());
+        match (b[i], oct.and_then(|o| u8::from_str_radix(o, 8).ok())) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_fuse_connection_of_a_mountpoint() {
+        let info = "22 1 0:21 / /sys rw - sysfs sysfs rw\n\
+                    97 29 0:52 / /srv/my\\040music rw,nosuid - fuse.musicfs musicfs rw\n\
+                    98 29 0:53 / /srv/other rw - fuse.sshfs x rw\n";
+        assert_eq!(fuse_minor(info, Path::new("/srv/my music")), Some(52));
+        assert_eq!(fuse_minor(info, Path::new("/srv/other")), Some(53));
+        assert_eq!(fuse_minor(info, Path::new("/sys")), None);
+        assert_eq!(fuse_minor(info, Path::new("/srv")), None);
+    }
 }

@@ -13,11 +13,12 @@ use crate::origins::check_origins_except;
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::children::{
     ENGINE_START_TIMEOUT, default_engine_binary, engine_command, heartbeat_timer, shim_binary,
-    shim_command, stop_child, stop_engine, wait_shim_ready, wait_until,
+    stop_child, stop_engine, wait_until,
 };
 use crate::supervisor::mountpoint::{is_mountpoint, lazy_unmount, prepare_mountpoint};
 use crate::supervisor::reload::reload;
-use crate::supervisor::requests::{Control, control_request};
+use crate::supervisor::requests::{Control, Shims, control_request};
+use crate::supervisor::shim::{self, ShimPlace};
 
 /// Runs the pair until a signal, an external unmount or a fatal error.
 pub fn run(config: &Config, source: ConfigSource) -> Result<()> {
@@ -94,18 +95,19 @@ async fn supervise(
         _ = sigterm.recv() => { stop_engine(&mut engine, state_dir, config.drain_timeout()).await; return Ok(()); }
         _ = sigint.recv() => { stop_engine(&mut engine, state_dir, config.drain_timeout()).await; return Ok(()); }
     }
-    let mut shim = match shim_command(config, mountpoint, socket).spawn() {
+    // The shim's connection, held here so that the mount outlives it.
+    let place = ShimPlace {
+        config: &config.clone(),
+        mountpoint,
+        socket,
+    };
+    let (mut shim, mut held) = match shim::start(&place, &shim_binary(), None).await {
         Ok(s) => s,
         Err(e) => {
             stop_engine(&mut engine, state_dir, config.drain_timeout()).await;
-            bail!("cannot start {}: {e}", shim_binary().display());
+            return Err(e.context(format!("cannot start {}", shim_binary().display())));
         }
     };
-    if let Err(e) = wait_shim_ready(&mut shim).await {
-        stop_child(&mut shim, "shim", config.drain_timeout()).await;
-        stop_engine(&mut engine, state_dir, config.drain_timeout()).await;
-        return Err(e);
-    }
     info!(
         mountpoint = %mountpoint.display(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -136,6 +138,8 @@ async fn supervise(
     let mut restart_why = String::new();
     // The drain deadline of the final stop (`musicfs shutdown --timeout`).
     let mut drain = config.drain_timeout();
+    // When the current shim was killed for a missed heartbeat.
+    let mut shim_killed_at: Option<Instant> = None;
     let result = loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: unmounting"); break Ok(()); }
@@ -154,12 +158,21 @@ async fn supervise(
                     _ = sigint.recv() => { info!("interrupted during a reload: unmounting"); break Ok(()); }
                 }
             }
-            status = shim.wait() => {
-                break match status {
-                    Ok(s) if s.success() => { info!("unmounted"); Ok(()) }
-                    Ok(s) => { error!("the shim exited ({s})"); Err(anyhow::anyhow!("the shim exited ({s})")) }
-                    Err(e) => Err(e.into()),
+            status = shim.child.wait() => {
+                let status = match status {
+                    Ok(s) if s.success() => { info!("unmounted"); break Ok(()); }
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
                 };
+                let Some(h) = held.as_ref() else {
+                    error!("the shim exited ({status})");
+                    break Err(anyhow::anyhow!("the shim exited ({status})"));
+                };
+                error!("the shim exited ({status}); a new shim takes the live connection over");
+                match shim::replace(&place, &shim, h, &format!("the previous shim exited ({status})")).await {
+                    Ok(new) => { shim = new; shim_killed_at = None; }
+                    Err(e) => { error!("{e:#}"); break Err(e); }
+                }
             }
             status = engine.wait(), if engine_alive => {
                 engine_alive = false;
@@ -195,7 +208,8 @@ async fn supervise(
                 }
             }
             Some(asked) = control.recv() => {
-                let outcome = control_request(asked, config, &source, state_dir, socket, &mut engine, &mut engine_bin).await;
+                let shims = Shims { place: &place, shim: &mut shim, held: held.as_ref() };
+                let outcome = control_request(asked, config, &source, state_dir, socket, &mut engine, &mut engine_bin, shims).await;
                 match outcome {
                     Control::Shutdown(d) => {
                         info!("shutdown requested: unmounting");
@@ -224,7 +238,36 @@ async fn supervise(
                     continue;
                 }
                 let sock = socket.to_path_buf();
-                let answer = tokio::task::spawn_blocking(move || crate::serve::ping(&sock, heartbeat_timeout)).await;
+                let (answer, shim_answers) = tokio::join!(
+                    tokio::task::spawn_blocking(move || crate::serve::ping(&sock, heartbeat_timeout)),
+                    shim::answers(&shim, heartbeat_timeout),
+                );
+                if let Some(h) = held.as_ref()
+                    && !shim_answers
+                    && matches!(shim.child.try_wait(), Ok(None))
+                {
+                    match shim_killed_at {
+                        None => {
+                            error!(
+                                "the shim did not answer a heartbeat within {} ms; killing it (its FUSE connection stays held)",
+                                heartbeat_timeout.as_millis()
+                            );
+                            let _ = shim.child.start_kill();
+                            shim_killed_at = Some(Instant::now());
+                        }
+                        // Killed, yet not gone: one of its threads waits in
+                        // the kernel (an invalidation behind a lookup that
+                        // only a resend can answer). Its successor frees it.
+                        Some(at) if at.elapsed() >= heartbeat_timeout => {
+                            error!("the killed shim has not exited (a thread waits in the kernel); a new shim takes the connection over beside it");
+                            match shim::replace(&place, &shim, h, "the previous shim was killed and did not exit").await {
+                                Ok(new) => { shim = new; shim_killed_at = None; }
+                                Err(e) => { error!("{e:#}"); break Err(e); }
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
                 let hung = match answer {
                     Ok(Ok(_)) => {
                         engine_healthy = true;
@@ -262,7 +305,9 @@ async fn supervise(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // In order: the shim first (it unmounts, answers what is in flight),
     // then the engine (drains, stops its tasks, closes the catalog).
-    stop_child(&mut shim, "shim", drain).await;
+    stop_child(&mut shim.child, "shim", drain).await;
+    // Let the connection go: nobody serves it any more.
+    drop(held.take());
     if matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
         || is_mountpoint(mountpoint).unwrap_or(false)
     {

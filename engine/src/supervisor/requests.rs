@@ -10,8 +10,10 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::config::reload::ConfigSource;
 use crate::supervisor::children::{engine_command, stop_engine, wait_healthy};
+use crate::supervisor::holder::Held;
 use crate::supervisor::reload::{Heartbeat, reload};
 use crate::supervisor::rpc::{Asked, Request};
+use crate::supervisor::shim::{Shim, ShimPlace};
 
 /// How long a new engine may take to answer its first heartbeat during a swap.
 pub(super) const SWAP_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,8 +29,16 @@ pub(super) enum Control {
     Reloaded(Heartbeat),
 }
 
+/// The shim side of the mount, for `shim swap`.
+pub(super) struct Shims<'a, 'b> {
+    pub(super) place: &'a ShimPlace<'b>,
+    pub(super) shim: &'a mut Shim,
+    pub(super) held: Option<&'a Held>,
+}
+
 /// One control request from `supervisor.sock` (see `rpc`): answered
 /// through its channel; the outcome tells the loop what changed.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn control_request(
     asked: Asked,
     config: &mut Config,
@@ -37,6 +47,7 @@ pub(super) async fn control_request(
     socket: &Path,
     engine: &mut Child,
     engine_bin: &mut PathBuf,
+    shims: Shims<'_, '_>,
 ) -> Control {
     let Asked { request, answer } = asked;
     let (outcome, result) = match request {
@@ -55,6 +66,11 @@ pub(super) async fn control_request(
             )
             .await;
             (Control::Swapped, r.map_err(|e| format!("{e:#}")))
+        }
+        Request::ShimSwap(binary) => {
+            let new = binary.unwrap_or_else(|| shims.shim.binary.clone());
+            let r = crate::supervisor::shim::swap(shims.place, shims.shim, shims.held, new).await;
+            (Control::Continue, r.map_err(|e| format!("{e:#}")))
         }
     };
     let _ = answer.send(result);

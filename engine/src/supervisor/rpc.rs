@@ -25,6 +25,8 @@ pub(super) enum Request {
     Reload,
     /// `None`: the engine binary running now. Progress: (step, of).
     Swap(Option<PathBuf>, mpsc::UnboundedSender<(u64, u64)>),
+    /// `None`: the shim binary running now.
+    ShimSwap(Option<PathBuf>),
 }
 
 /// A request with the way back for its answer (a message, or why not).
@@ -143,6 +145,18 @@ impl supervisor::Server for Supervisor {
         Ok(())
     }
 
+    async fn shim_swap(
+        self: capnp::capability::Rc<Self>,
+        params: supervisor::ShimSwapParams,
+        mut results: supervisor::ShimSwapResults,
+    ) -> Result<(), capnp::Error> {
+        let binary = params.get()?.get_binary()?.to_str().map_err(failed)?;
+        let binary = (!binary.is_empty()).then(|| PathBuf::from(binary));
+        let answer = self.ask(Request::ShimSwap(binary)).await?;
+        results.get().set_message(&answer);
+        Ok(())
+    }
+
     async fn reload(
         self: capnp::capability::Rc<Self>,
         _: supervisor::ReloadParams,
@@ -254,6 +268,18 @@ pub fn request_swap(
         while let Ok((done, total)) = rx.try_recv() {
             progress(done, total);
         }
+        Ok(answer.get()?.get_message()?.to_string()?)
+    })
+}
+
+/// `musicfs shim swap`: asks the supervisor of `state_dir` to replace its
+/// shim; the answer says how long the switch took.
+pub fn request_shim_swap(state_dir: &Path, binary: Option<&Path>) -> Result<String> {
+    let binary = binary.map(|b| b.display().to_string()).unwrap_or_default();
+    with_supervisor(state_dir, Duration::from_secs(90), |s| async move {
+        let mut req = s.shim_swap_request();
+        req.get().set_binary(binary.as_str());
+        let answer = req.send().promise.await.map_err(refusal)?;
         Ok(answer.get()?.get_message()?.to_string()?)
     })
 }

@@ -51,6 +51,10 @@ impl Syncer {
         sub: &Path,
         mut dir_mtimes: Option<&mut HashMap<PathBuf, i64>>,
     ) -> Result<()> {
+        // A remote origin is listed whole (its listing is cheap to compare).
+        if let Some(remote) = self.remote_of(origin) {
+            return self.sync_remote(origin, &*remote?);
+        }
         let root = self.origin_root(origin)?;
         let exts = self.extensions();
         let start = root.join(sub);
@@ -124,11 +128,13 @@ impl Syncer {
                 let Ok(meta) = entry.metadata() else { continue };
                 let same = unchanged(known.get(&rel), entry.path(), &meta);
                 seen.insert(rel.clone());
+                // Folder images (cover sources) are not tracks: not counted.
+                let track = u64::from(!crate::model::is_folder_image(&rel));
                 if same {
-                    self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                    self.counters.unchanged.fetch_add(track, Ordering::Relaxed);
                     continue;
                 }
-                self.counters.found.fetch_add(1, Ordering::Relaxed);
+                self.counters.found.fetch_add(track, Ordering::Relaxed);
                 jobs.push((origin, entry.into_path(), rel));
                 if jobs.len() >= self.checkpoint_files.load(Ordering::Relaxed) {
                     self.check_stop()?;
@@ -173,7 +179,8 @@ impl Syncer {
                         fingerprint: e.rec.fingerprint,
                     });
                     if !unchanged(known.as_ref(), &abs, &m) {
-                        self.counters.found.fetch_add(1, Ordering::Relaxed);
+                        let track = u64::from(!crate::model::is_folder_image(rel));
+                        self.counters.found.fetch_add(track, Ordering::Relaxed);
                         jobs.push((origin, abs, rel.clone()));
                     }
                 }

@@ -35,6 +35,9 @@ pub fn follow_origin(
     interval: Duration,
     stop: &AtomicBool,
 ) -> Result<()> {
+    if syncer.origins.snapshot().is_remote(origin) {
+        return poll_remote(syncer, origin, interval, stop);
+    }
     let root = syncer.origin_root(origin)?;
     if !syncer.origin_usable(origin, &root)? {
         anyhow::bail!("origin {} is not reachable", root.display());
@@ -108,5 +111,50 @@ pub fn poll_network(
             dir_mtimes.clear();
         }
         syncer.sync_origin_pruned(origin, Path::new(""), Some(&mut dir_mtimes))?;
+    }
+}
+
+/// Lists a remote origin every `interval` (or its own `poll_interval_s`)
+/// until `stop`, and at once when its health checks find it ready again
+/// after it was not (a catch-up, seed 4.2.6). A failed listing ends the
+/// run (retried by the supervisor with backoff); the files stay.
+pub fn poll_remote(
+    syncer: &Syncer,
+    origin: u32,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let table = syncer.origins.snapshot();
+    let remote = match table.remote(origin) {
+        Some(Ok(r)) => r.clone(),
+        Some(Err(why)) => anyhow::bail!("remote origin cannot be used: {why}"),
+        None => anyhow::bail!("origin {origin} is not remote"),
+    };
+    let interval = table
+        .settings(origin)
+        .poll_interval_s
+        .map_or(interval, Duration::from_secs)
+        .max(Duration::from_secs(1));
+    drop(table);
+    info!(origin = %remote.spec.url, interval_s = interval.as_secs(), "listing for changes (remote origin)");
+    if syncer.take_dirty(origin) || syncer.is_offline(origin) {
+        syncer.sync_remote(origin, &remote)?;
+    }
+    let mut was_ready = remote.health.state() == crate::origins::remote::State::Ready;
+    loop {
+        let until = Instant::now() + interval;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let ready = remote.health.state() == crate::origins::remote::State::Ready;
+            let back = ready && !was_ready;
+            was_ready = ready;
+            if back || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        syncer.sync_remote(origin, &remote)?;
     }
 }

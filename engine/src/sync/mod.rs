@@ -9,6 +9,9 @@
 //! - `watch_local` follows a local origin with inotify (debounced; a queue
 //!   overflow triggers a rescan of the origin, never silence).
 //! - `poll_network` rescans an origin on a network filesystem periodically.
+//! - `sync_remote` (file `remote`) applies the listing of a remote origin
+//!   (S3, WebDAV), and `poll_remote` lists it periodically and at once when
+//!   its health checks find it back.
 //! - `follow_origin` picks one of them once the origin can be seen; the
 //!   task supervisor (`tasks`) restarts a watcher that fails, with backoff.
 //!
@@ -44,14 +47,17 @@
 //! the stop flag at every checkpoint. Every commit with changes is an event.
 
 mod delta;
+mod feed;
 mod follow;
 mod inotify;
+mod remote;
 mod syncer;
 mod warm;
 
 #[cfg(test)]
 mod tests;
 
-pub use follow::{WatchMode, follow_origin, poll_network};
+pub use follow::{WatchMode, follow_origin, poll_network, poll_remote};
 pub use inotify::{WatchLimit, watch_local};
+pub use remote::RemoteSource;
 pub use syncer::{SyncCounters, Syncer};

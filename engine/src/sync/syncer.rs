@@ -60,6 +60,8 @@ pub struct Syncer {
     /// The chunk cache: files of cached origins get their head and tail
     /// chunks cached as they are probed.
     content: std::sync::OnceLock<Arc<crate::content::ChunkCache>>,
+    /// The change feed, if `[notify]` names a target.
+    notifier: std::sync::OnceLock<Arc<crate::notify::Notifier>>,
 }
 
 impl Syncer {
@@ -83,7 +85,28 @@ impl Syncer {
             dirty: parking_lot::Mutex::new(std::collections::HashSet::new()),
             offline: parking_lot::Mutex::new(HashMap::new()),
             content: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The chunk cache, if there is one.
+    pub(super) fn content(&self) -> Option<&crate::content::ChunkCache> {
+        self.content.get().map(|c| &**c)
+    }
+
+    /// The flag that stops long scans.
+    pub(super) fn stop_flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    /// Gives the syncer the change feed (once).
+    pub fn set_notifier(&self, n: Arc<crate::notify::Notifier>) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// The change feed, if there is one.
+    pub fn notifier(&self) -> Option<&Arc<crate::notify::Notifier>> {
+        self.notifier.get()
     }
 
     /// Gives the syncer the chunk cache (once).
@@ -150,6 +173,11 @@ impl Syncer {
             crate::events::emit("origin", format!("origin {} is back", root.display()));
         }
         was
+    }
+
+    /// Why `origin` was found unreachable, if it is not caught up yet.
+    pub fn offline_reason(&self, origin: u32) -> Option<String> {
+        self.offline.lock().get(&origin).cloned()
     }
 
     /// Whether `origin` was found unreachable and is not caught up yet.
@@ -240,7 +268,15 @@ impl Syncer {
         let (n_up, n_rm) = (upserts.len(), removals.len());
         let inval = {
             let _w = self.write_lock.lock();
-            self.store.apply(upserts, removals, complete)?
+            match self.notifier.get() {
+                Some(n) => {
+                    let feed = crate::sync::feed::Feed::before(&self.store, &upserts, removals);
+                    let inval = self.store.apply(upserts, removals, complete)?;
+                    n.send(&feed.after(&self.store));
+                    inval
+                }
+                None => self.store.apply(upserts, removals, complete)?,
+            }
         };
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -324,9 +360,11 @@ impl Syncer {
                 }
             }
         });
+        // Folder images (cover sources) are not tracks: not counted.
+        let tracks = out.iter().filter(|r| !r.is_image).count();
         self.counters
             .probed
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
+            .fetch_add(tracks as u64, Ordering::Relaxed);
         out
     }
 

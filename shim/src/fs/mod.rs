@@ -4,7 +4,10 @@
 //! here with EROFS.
 
 mod passthrough;
+mod tables;
 mod wire;
+
+pub use tables::Tables;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -23,9 +26,12 @@ use std::sync::{Arc, OnceLock};
 
 use tracing::{debug, info};
 
+use crate::kcache::KernelCache;
 use crate::rpc::{Resp, Transport};
 use passthrough::{PageCache, Passthrough};
-use wire::{Owner, attr_from, body, entry_from, kind_of, readdir_request, reply_xattr};
+use wire::{
+    Owner, attr_from, body, ends_listing, entry_from, kind_of, readdir_request, reply_xattr,
+};
 
 pub struct ShimFs {
     t: Transport,
@@ -36,6 +42,10 @@ pub struct ShimFs {
     /// The session's notifier, once the session exists (for attribute
     /// invalidations the open path needs at once).
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// What the kernel offered at INIT (kept for a successor shim).
+    offer: Arc<OnceLock<crate::takeover::KernelOffer>>,
+    /// What the kernel may cache, and the TTLs it may cache it for.
+    kcache: Arc<KernelCache>,
 }
 
 /// The open flags of a handle read through the page cache. When it takes
@@ -57,7 +67,8 @@ fn cache_flags(
     {
         debug!(ino, "attribute invalidation not delivered: {e}");
     }
-    flags
+    // Read-only: a close needs no flush round trip.
+    flags | FopenFlags::FOPEN_NOFLUSH
 }
 
 impl ShimFs {
@@ -65,19 +76,38 @@ impl ShimFs {
         t: Transport,
         passthrough: bool,
         notifier: Arc<OnceLock<fuser::Notifier>>,
+        kcache: Arc<KernelCache>,
     ) -> ShimFs {
+        // The open cache is given to `kcache` by whoever keeps this
+        // filesystem (`Tables::open_cache`): a probe's must not be.
+        let passthrough = Arc::new(Passthrough::new(passthrough));
         ShimFs {
             notifier,
+            offer: Arc::default(),
+            kcache,
             t,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
-            passthrough: Arc::new(Passthrough::new(passthrough)),
+            passthrough,
             page_cache: Arc::new(PageCache::default()),
         }
     }
 }
 
 impl ShimFs {
+    /// The handle tables, shared with this filesystem.
+    pub fn tables(&self) -> Tables {
+        Tables {
+            passthrough: self.passthrough.clone(),
+            page_cache: self.page_cache.clone(),
+        }
+    }
+
+    /// Filled by `init` with the kernel's offer.
+    pub fn kernel_offer(&self) -> Arc<OnceLock<crate::takeover::KernelOffer>> {
+        self.offer.clone()
+    }
+
     fn owner(&self) -> Owner {
         Owner {
             uid: self.uid,
@@ -86,8 +116,20 @@ impl ShimFs {
     }
 }
 
+/// Notes a request the kernel resent after a shim died (bit 63 in its
+/// id): fuser answers it with that exact id.
+fn note_resent(req: &Request) {
+    if req.unique().0 >> 63 == 1 {
+        info!(
+            id = format_args!("{:#x}", req.unique().0),
+            "answering a request the kernel resent"
+        );
+    }
+}
+
 impl Filesystem for ShimFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.kcache.set_kernel_minor(config.kernel_abi().1);
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
@@ -112,11 +154,14 @@ impl Filesystem for ShimFs {
             "FUSE session initialised"
         );
         let _ = config.set_max_background(64);
+        let _ = self.offer.set(crate::takeover::KernelOffer::record(config));
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        note_resent(req);
         let owner = self.owner();
+        let kcache = self.kcache.clone();
         self.t.call(
             "lookup",
             |r| {
@@ -125,8 +170,11 @@ impl Filesystem for ShimFs {
                 l.set_name(name.as_bytes());
             },
             move |res| match body(res) {
+                // A miss is an entry of inode 0: the kernel keeps it as a
+                // negative entry for its TTL (the engine pushes the name
+                // when it appears).
                 Ok(response::Entry(Ok(e))) => match entry_from(e, owner) {
-                    Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(e.generation)),
+                    Ok(e) => reply.entry(&kcache.ttl(e.ttl), &e.attr, Generation(e.generation)),
                     Err(_) => reply.error(Errno::EIO),
                 },
                 Ok(_) => reply.error(Errno::EIO),
@@ -145,13 +193,14 @@ impl Filesystem for ShimFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let owner = self.owner();
+        let kcache = self.kcache.clone();
         self.t.call(
             "getattr",
             |mut r| r.set_getattr(ino.0),
             move |res| match body(res) {
                 Ok(response::Attr(a)) => match a.get_attr() {
                     Ok(attr) => reply.attr(
-                        &Duration::from_millis(u64::from(a.get_ttl_ms())),
+                        &kcache.ttl(Duration::from_millis(u64::from(a.get_ttl_ms()))),
                         &attr_from(attr, owner),
                     ),
                     Err(_) => reply.error(Errno::EIO),
@@ -162,22 +211,13 @@ impl Filesystem for ShimFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.t.call(
-            "opendir",
-            |r| {
-                let mut o = r.init_opendir();
-                o.set_ino(ino.0);
-                o.set_flags(flags.0 as u32);
-            },
-            move |res| match body(res) {
-                Ok(response::Opened(o)) => {
-                    reply.opened(FileHandle(o.get_fh()), FopenFlags::FOPEN_KEEP_CACHE)
-                }
-                Ok(_) => reply.error(Errno::EIO),
-                Err(errno) => reply.error(errno),
-            },
-        );
+    /// Directories open without a word to the engine: ENOSYS makes the
+    /// kernel stop sending opendir and releasedir (`no_opendir`), and open
+    /// every directory with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`, so a
+    /// cached listing costs no round trip. readdir then carries no handle;
+    /// the engine keeps what a reader started on by the offsets.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -188,6 +228,11 @@ impl Filesystem for ShimFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.kcache.note_dir(ino.0);
+        if self.kcache.take_eof(ino.0, offset) {
+            return reply.ok();
+        }
+        let kcache = self.kcache.clone();
         self.t.call(
             "readdir",
             |r| readdir_request(r, ino, fh, offset, false),
@@ -197,6 +242,7 @@ impl Filesystem for ShimFs {
                     Ok(_) => return reply.error(Errno::EIO),
                     Err(errno) => return reply.error(errno),
                 };
+                let (mut added, mut last) = (0, 0);
                 for e in entries.iter() {
                     let (Ok(name), Ok(entry)) = (e.get_name(), e.get_entry()) else {
                         continue;
@@ -210,6 +256,10 @@ impl Filesystem for ShimFs {
                     ) {
                         break;
                     }
+                    (added, last) = (added + 1, e.get_offset());
+                }
+                if ends_listing(added, entries.len(), false) {
+                    kcache.note_eof(ino.0, last);
                 }
                 reply.ok();
             },
@@ -224,7 +274,12 @@ impl Filesystem for ShimFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.kcache.note_dir(ino.0);
+        if self.kcache.take_eof(ino.0, offset) {
+            return reply.ok();
+        }
         let owner = self.owner();
+        let kcache = self.kcache.clone();
         self.t.call(
             "readdirplus",
             |r| readdir_request(r, ino, fh, offset, true),
@@ -234,6 +289,7 @@ impl Filesystem for ShimFs {
                     Ok(_) => return reply.error(Errno::EIO),
                     Err(errno) => return reply.error(errno),
                 };
+                let (mut added, mut last) = (0, 0);
                 for e in entries.iter() {
                     let (Ok(name), Ok(entry)) = (e.get_name(), e.get_entry()) else {
                         continue;
@@ -245,12 +301,16 @@ impl Filesystem for ShimFs {
                         entry.attr.ino,
                         e.get_offset(),
                         OsStr::from_bytes(name),
-                        &entry.ttl,
+                        &kcache.ttl(entry.ttl),
                         &entry.attr,
                         Generation(entry.generation),
                     ) {
                         break;
                     }
+                    (added, last) = (added + 1, e.get_offset());
+                }
+                if ends_listing(added, entries.len(), true) {
+                    kcache.note_eof(ino.0, last);
                 }
                 reply.ok();
             },
@@ -274,11 +334,17 @@ impl Filesystem for ShimFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        note_resent(req);
         let raw = flags.0;
         if raw & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) != 0 {
             return reply.error(Errno::EROFS);
         }
+        // A reopen of the version the engine last opened (and no notice
+        // changed since) is answered here.
+        let Some(reply) = self.passthrough.open_cached(ino.0, reply) else {
+            return;
+        };
         let pt = self.passthrough.clone();
         let cache = self.page_cache.clone();
         let notifier = self.notifier.clone();
@@ -322,7 +388,7 @@ impl Filesystem for ShimFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -331,6 +397,7 @@ impl Filesystem for ShimFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        note_resent(req);
         self.t.call(
             "read",
             |r| {
@@ -360,8 +427,10 @@ impl Filesystem for ShimFs {
     ) {
         // The kernel ignores release errors: answer now, tell the engine after.
         reply.ok();
-        if !self.passthrough.release(ino.0, fh.0) {
-            self.page_cache.release(ino.0, fh.0);
+        match self.passthrough.release(ino.0, fh.0) {
+            Some(false) => return, // opened here: the engine never saw it
+            Some(true) => {}
+            None => self.page_cache.release(ino.0, fh.0),
         }
         self.t.send_oneway(|r| {
             let mut p = r.init_release();

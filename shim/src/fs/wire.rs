@@ -13,6 +13,18 @@ use crate::rpc::{CallError, Resp};
 const READDIR_BATCH: u32 = 128;
 const READDIRPLUS_BATCH: u32 = 48;
 
+/// Whether an answer of `got` entries (of which `added` went to the
+/// kernel) ended the listing: the engine gives as many as were asked for
+/// unless the listing ends first, and every one of them went in.
+pub(super) fn ends_listing(added: usize, got: u32, plus: bool) -> bool {
+    let asked = if plus {
+        READDIRPLUS_BATCH
+    } else {
+        READDIR_BATCH
+    };
+    added > 0 && added == got as usize && got < asked
+}
+
 /// The body of a successful response, or the errno for the caller.
 pub(super) fn body(res: Result<Resp<'_>, CallError>) -> Result<response::WhichReader<'_>, Errno> {
     let r = res.map_err(CallError::errno)?.msg;

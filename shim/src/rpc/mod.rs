@@ -16,7 +16,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +25,11 @@ use std::time::{Duration, Instant};
 use musicfs_schema::{request, response};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
+
+use crate::kcache::KernelCache;
+use notices::{Notice, forget_everything, notice};
+
+mod notices;
 
 /// Requests in flight (sent or parked) before new ones are refused with EAGAIN.
 pub const MAX_PENDING: usize = 64 * 1024;
@@ -151,16 +155,12 @@ struct State {
     /// notice can wait on a directory lock that an in-flight lookup holds,
     /// and that lookup's answer comes through the reader thread.
     notices: Mutex<Option<std::sync::mpsc::SyncSender<Notice>>>,
+    /// What the kernel caches, dropped whole for each new engine.
+    kcache: std::sync::OnceLock<Arc<KernelCache>>,
     /// The highest request id the current connection answered: a request
     /// in flight when an engine ended is not blamed for it if the engine
     /// answered one sent after it.
     answered_max: AtomicU64,
-}
-
-/// What the kernel must forget.
-pub enum Notice {
-    Entry(u64, Vec<u8>),
-    Inode(u64),
 }
 
 /// The shim's handle on the engine; cheap to clone.
@@ -180,6 +180,7 @@ impl Transport {
             request_timeout,
             socket,
             notices: Mutex::new(None),
+            kcache: std::sync::OnceLock::new(),
             answered_max: AtomicU64::new(0),
         });
         let s = state.clone();
@@ -215,30 +216,24 @@ impl Transport {
         self.state.pending.lock().len()
     }
 
-    /// Starts passing the engine's invalidation notices to the kernel.
-    pub fn set_notifier(&self, notifier: fuser::Notifier) -> std::io::Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(64 * 1024);
-        std::thread::Builder::new()
-            .name("musicfs-notify".into())
-            .spawn(move || {
-                for notice in rx {
-                    let res = match &notice {
-                        Notice::Entry(parent, name) => notifier.inval_entry(
-                            fuser::INodeNo(*parent),
-                            std::ffi::OsStr::from_bytes(name),
-                        ),
-                        Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
-                    };
-                    // ENOENT: the kernel had nothing cached for it, which is fine.
-                    if let Err(e) = res
-                        && e.raw_os_error() != Some(libc::ENOENT)
-                    {
-                        debug!("invalidation not delivered: {e}");
-                    }
-                }
-            })?;
+    /// Starts passing the engine's invalidation notices to the kernel;
+    /// `kcache` is dropped whole when a new engine connects.
+    pub fn set_notifier(
+        &self,
+        notifier: fuser::Notifier,
+        kcache: Arc<KernelCache>,
+    ) -> std::io::Result<()> {
+        let _ = self.state.kcache.set(kcache.clone());
+        let tx = notices::start(notifier, kcache)?;
         *self.state.notices.lock() = Some(tx);
         Ok(())
+    }
+
+    /// Makes the kernel drop everything it cached (after `set_notifier`).
+    pub fn forget_everything(&self, why: &str) {
+        if let Some(k) = self.state.kcache.get() {
+            forget_everything(&self.state, k, why);
+        }
     }
 
     /// Waits at most `timeout` for an engine: Ok(true) once one serves,
@@ -406,6 +401,9 @@ fn link_down(state: &State, link: &mut Link, generation: u64) {
     {
         let _ = stream.shutdown(std::net::Shutdown::Both);
         *link = Link::Down;
+        if let Some(k) = state.kcache.get() {
+            k.forget_opens();
+        }
         warn!(
             generation,
             "engine connection lost; requests park until an engine is back"
@@ -466,33 +464,6 @@ fn reader(state: Arc<State>, stream: UnixStream, generation: u64) {
     }
     let mut link = state.link.lock();
     link_down(&state, &mut link, generation);
-}
-
-/// Queues an engine notice (id 0) for the kernel.
-fn notice(state: &State, resp: response::Reader<'_>) {
-    let Ok(response::Invalidate(inv)) = resp.which() else {
-        return;
-    };
-    let Some(tx) = state.notices.lock().clone() else {
-        return;
-    };
-    let mut queued = Vec::new();
-    if let Ok(entries) = inv.get_entries() {
-        for e in entries.iter() {
-            if let Ok(name) = e.get_name() {
-                queued.push(Notice::Entry(e.get_parent(), name.to_vec()));
-            }
-        }
-    }
-    if let Ok(inodes) = inv.get_inodes() {
-        queued.extend(inodes.iter().map(Notice::Inode));
-    }
-    for n in queued {
-        if tx.try_send(n).is_err() {
-            warn!("invalidation queue full; the kernel may show stale names until their TTL ends");
-            break;
-        }
-    }
 }
 
 /// Connects and says hello. Err(Some(reason)) when the engine refuses us.
@@ -584,6 +555,14 @@ fn connector(state: &Arc<State>) {
                     std::thread::sleep(RECONNECT_PAUSE);
                     continue;
                 };
+                // What the kernel cached came from the engine before this
+                // one, which may have left changes untold (or a rebuilt
+                // catalog): it is dropped before this engine answers.
+                if generation > 1
+                    && let Some(k) = state.kcache.get()
+                {
+                    forget_everything(state, k, "a new engine");
+                }
                 {
                     let mut link = state.link.lock();
                     *link = Link::Up { stream, generation };

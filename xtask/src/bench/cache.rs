@@ -98,7 +98,7 @@ impl Bench {
             &rig.config,
             format!(
                 "# Written by `cargo xtask bench` for the chunk cache rows.\n\
-                 origins = [{}]\ncache_dir = {}\n",
+                 origins = [{}]\ncache_dir = {}\ncache_min_free_percent = 0\n",
                 toml_string(&share_mnt.to_string_lossy()),
                 toml_string(&rig.cache_dir.to_string_lossy())
             ),

@@ -30,7 +30,20 @@
 //!    cached reads beside native reads, opens of cached files beside opens on the share, and the
 //!    hit ratio of a media-server-like probe scan; they get their own table, each row beside its
 //!    own baseline.
-//! 6. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
+//! 6. Remote-origin rows (issue 13; `--no-remote` skips them), on two generated libraries of
+//!    20-second tracks (`<work-dir>/remote-lib-<R>`, `--remote-tracks`, default 2000, and
+//!    `<work-dir>/remote-read-lib-<N>`, `--remote-read-tracks`, default 24), served on 127.0.0.1
+//!    by `moto_server` (S3, filled with `rclone copy`) and `rclone serve webdav`: the S3 scan rate
+//!    (mount start to the first `sync finished`), first-byte latency cold and cached, whole-file
+//!    reads over WebDAV beside `rclone mount --vfs-cache-mode full` of the same remote and native
+//!    reads, and the stall of reads while S3 (first origin) is SIGSTOPped and WebDAV (second)
+//!    takes over. A missing server is shown as missing. Their own table, like the cache rows.
+//! 7. Search rows (issue 15), on the big library with a fresh state dir: the index build rate
+//!    (the first start's background build, from the engine's log), query latency (the stat of a
+//!    new `/.search/<query>` name runs the query), `ls` of a search directory and `ls -l` of the
+//!    bounded `All tracks` collection, and `musicfs search rebuild`; `--search-only` runs only
+//!    these.
+//! 8. The table is printed and, unless `--no-record`, written to `BENCHMARKS.md` (one section per
 //!    `--tracks` value, newest first).
 //!
 //! Nothing here asserts on a time: targets are shown as met or missed, never enforced.
@@ -47,11 +60,17 @@ mod mounts;
 mod peers;
 mod procfs;
 mod record;
+mod remote;
+mod remotefail;
+mod remotetable;
 mod report;
 mod retag;
 mod runner;
 mod scale;
+mod scalewalk;
 mod scan;
+mod search;
+mod servers;
 mod setup;
 mod share;
 mod stalls;
@@ -67,7 +86,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::harness::{ensure_library, on_path, utc_now, workspace_root};
+use crate::harness::{ensure_library, ensure_library_with, on_path, utc_now, workspace_root};
 use cachelib::{TRACK_SECS, ensure_cache_library};
 use consts::RECORD_FILE;
 use mounts::clear_stale_mount;
@@ -93,6 +112,11 @@ pub struct Args {
     /// state dir, one changed track, idle RSS); 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     pub big_tracks: usize,
+    /// Seconds of audio per track of the scale library (default: the generator's). The scale
+    /// rows measure tags and trees, not audio: short tracks make a 1M-track library fit a
+    /// small disk (0.1 s: about 4 KiB a file).
+    #[arg(long)]
+    pub big_seconds: Option<f64>,
     /// Tracks in the library of the chunk cache rows (noise-encoded 4-minute tracks, half flac,
     /// half 320k mp3, read through an sshfs share on 127.0.0.1); 0 skips them.
     #[arg(long, default_value_t = 8)]
@@ -107,6 +131,20 @@ pub struct Args {
     /// native copy of the musicfs tree).
     #[arg(long)]
     pub no_peers: bool,
+    /// Skip the remote-origin rows (S3 on moto_server, WebDAV on `rclone serve webdav`).
+    #[arg(long)]
+    pub no_remote: bool,
+    /// Tracks (20-second, the standard format mix) of the S3 library of the remote scan-rate and
+    /// first-byte rows.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub remote_tracks: u64,
+    /// Tracks (20-second wav and flac) of the library of the remote read and failover rows.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
+    pub remote_read_tracks: u64,
+    /// Only the search rows (index build rate, query latency, `ls` of a search directory,
+    /// rebuild) on the `--big-tracks` library; the table is printed, not recorded.
+    #[arg(long)]
+    pub search_only: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -147,13 +185,27 @@ pub fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("resolving {}", work.display()))?;
 
     let bin = build(&target, &work)?;
-    let lib = ensure_library(&work, args.tracks)?;
-    let big_lib = if args.big_tracks > 0 {
-        Some(ensure_library(&work, args.big_tracks)?)
-    } else {
-        None
+    let big_lib = match (args.big_tracks, args.big_seconds) {
+        (0, _) => None,
+        (n, None) => Some(ensure_library(&work, n)?),
+        (n, Some(secs)) => {
+            let secs = secs.to_string();
+            Some(ensure_library_with(
+                &work,
+                &format!("lib-{secs}s"),
+                n,
+                &["--seconds", &secs],
+            )?)
+        }
     };
-    let cache_lib = if args.cache_tracks > 0 {
+    let lib = match &big_lib {
+        Some(big) if args.search_only => big.clone(),
+        _ => {
+            ensure!(!args.search_only, "--search-only needs --big-tracks > 0");
+            ensure_library(&work, args.tracks)?
+        }
+    };
+    let cache_lib = if args.cache_tracks > 0 && !args.search_only {
         Some(ensure_cache_library(&work, args.cache_tracks)?)
     } else {
         None
@@ -193,12 +245,21 @@ pub fn run(args: &Args) -> Result<()> {
         notes: Vec::new(),
         rows: Vec::new(),
         cache_rows: Vec::new(),
+        remote_rows: Vec::new(),
         peers,
         peer_paths,
     };
     let lib_size = tree_size(&bench.lib)?;
     bench.check_memory(lib_size.bytes);
 
+    if args.search_only {
+        bench.measure_search(&bench.lib.clone(), args.big_tracks)?;
+        println!("{}", table::render_table(&bench.rows));
+        for n in &bench.notes {
+            println!("- {n}");
+        }
+        return Ok(());
+    }
     let scan_tracks = bench.measure_scan()?;
     bench.measure_start()?;
     bench.measure_trees(scan_tracks)?;
@@ -227,6 +288,30 @@ pub fn run(args: &Args) -> Result<()> {
             failure = Some(e.context("the chunk cache rows failed (the rows so far were kept)"));
         }
     }
+    let mut remote_library = None;
+    if !args.no_remote {
+        let (tracks, read_tracks) = (
+            args.remote_tracks as usize,
+            args.remote_read_tracks as usize,
+        );
+        match remote_libraries(&bench.work, tracks, read_tracks) {
+            Ok((scan_lib, read_lib, described)) => {
+                remote_library = Some(described);
+                if let Err(e) = bench.measure_remote(&scan_lib, &read_lib) {
+                    bench.note(format!("the remote-origin rows stopped early: {e:#}"));
+                    failure.get_or_insert(
+                        e.context("the remote-origin rows failed (the rows so far were kept)"),
+                    );
+                }
+            }
+            Err(e) => {
+                bench.note(format!(
+                    "the remote-origin libraries could not be made: {e:#}"
+                ));
+                failure.get_or_insert(e);
+            }
+        }
+    }
     let mut big_library = None;
     if let Some(big_lib) = &big_lib {
         let size = tree_size(big_lib)?;
@@ -238,7 +323,10 @@ pub fn run(args: &Args) -> Result<()> {
             size.bytes,
             big_lib.display()
         ));
-        if let Err(e) = bench.measure_big(big_lib, args.big_tracks) {
+        if let Err(e) = bench
+            .measure_big(big_lib, args.big_tracks)
+            .and_then(|()| bench.measure_search(big_lib, args.big_tracks))
+        {
             bench.note(format!(
                 "{} tracks: the scale measurements stopped early: {e:#}",
                 fmt_thousands(args.big_tracks as f64)
@@ -251,7 +339,11 @@ pub fn run(args: &Args) -> Result<()> {
 
     let report = Report {
         tracks: args.tracks,
-        command: command_line(args.big_tracks, args.cache_tracks),
+        command: command_line(
+            args.big_tracks,
+            args.cache_tracks,
+            (!args.no_remote).then_some(args.remote_tracks as usize),
+        ),
         date: utc_now(),
         machine: machine_info(&bench.work),
         commit: git_commit(),
@@ -266,8 +358,10 @@ pub fn run(args: &Args) -> Result<()> {
         ),
         big_library,
         cache_library,
+        remote_library,
         rows: std::mem::take(&mut bench.rows),
         cache_rows: std::mem::take(&mut bench.cache_rows),
+        remote_rows: std::mem::take(&mut bench.remote_rows),
         notes: std::mem::take(&mut bench.notes),
     };
     let section = report.section();
@@ -284,4 +378,32 @@ pub fn run(args: &Args) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The two libraries of the remote rows (made once) and their description for the report.
+fn remote_libraries(
+    work: &Path,
+    tracks: usize,
+    read_tracks: usize,
+) -> Result<(PathBuf, PathBuf, String)> {
+    let scan_lib = remote::ensure_remote_library(work, "remote-lib", tracks, &[])?;
+    let read_lib = remote::ensure_remote_library(
+        work,
+        "remote-read-lib",
+        read_tracks,
+        &["--formats", "wav=2,flac=1"],
+    )?;
+    let (scan, read) = (tree_size(&scan_lib)?, tree_size(&read_lib)?);
+    let described = format!(
+        "scan/first byte: {tracks} tracks of {s} s (standard mix), {} files, {} in `{}`; \
+         reads/failover: {read_tracks} tracks of {s} s (wav 2 : flac 1), {} files, {} in `{}`",
+        scan.files,
+        fmt_bytes(scan.bytes),
+        scan_lib.display(),
+        read.files,
+        fmt_bytes(read.bytes),
+        read_lib.display(),
+        s = remote::REMOTE_SECONDS,
+    );
+    Ok((scan_lib, read_lib, described))
 }

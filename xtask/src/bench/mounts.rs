@@ -28,9 +28,10 @@ pub(super) struct MusicfsMount {
 }
 
 impl MusicfsMount {
+    /// Starts `musicfs mount` with one `--origin` per entry of `origins` (a directory or a URL).
     pub(super) fn start(
         bin: &Path,
-        lib: &Path,
+        origins: &[&Path],
         state: &Path,
         mnt: &Path,
         log: &Path,
@@ -48,10 +49,11 @@ impl MusicfsMount {
             utc_now()
         )?;
         let mut cmd = Command::new(bin);
-        cmd.arg("mount")
-            .arg("--origin")
-            .arg(lib)
-            .arg("--state-dir")
+        cmd.arg("mount");
+        for origin in origins {
+            cmd.arg("--origin").arg(origin);
+        }
+        cmd.arg("--state-dir")
             .arg(state)
             .arg(mnt)
             .envs(env.iter().copied())

@@ -27,7 +27,9 @@ until a readdir of the mountpoint lists an entry; the tree walk is
 `find ROOT -type f -printf '%s\\n'` with the page cache dropped first; \"read every file\" reads
 each file with a 128 KiB buffer in one thread, cold (page cache dropped before each pass) or with
 the origin warm (the native tree is read first, then bindfs and musicfs each on their first pass
-through FUSE, then native again). Targets are reported, never asserted.
+through FUSE, then native again); \"open+close of every file\" opens and closes every file in
+walkdir order right after the warm reads (microseconds per file; the walk that lists them is not
+timed). Targets are reported, never asserted.
 
 The rows that start with \"M tracks:\" ran on a second generated library of `--big-tracks` tracks
 (default 100000; `0` skips them). The initial scan is one mount with a fresh state dir, page
@@ -47,6 +49,11 @@ memory in MB (10^6 bytes).
 The second table, the chunk cache rows, ran on a third library of `--cache-tracks` noise-encoded
 4-minute tracks (default 8, half flac, half 320k mp3; `0` skips them) shared over sshfs (sshd on
 127.0.0.1); each row is beside its own baseline, and the note under it says what each row measures.
+
+The third table, the remote-origin rows (issue 13; `--no-remote` skips them, `--remote-tracks`,
+default 2000, sizes the S3 scan library, `--remote-read-tracks`, default 24, the read library),
+needs `moto_server` (PyPI `moto[server]`) and `rclone`: S3 on moto and WebDAV on `rclone serve
+webdav`, both on 127.0.0.1; the note under it says what each row measures.
 
 This file keeps the latest run per library size, newest first.
 ";

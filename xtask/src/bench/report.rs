@@ -10,6 +10,7 @@ use super::cachetable::{CACHE_NOTE, CacheRow, render_cache_table};
 use super::consts::SECTION_END;
 use super::procfs::meminfo_kb;
 use super::record::section_start;
+use super::remotetable::{REMOTE_NOTE, render_remote_table};
 use super::table::{Row, render_table};
 use crate::harness::{run_captured, workspace_root};
 
@@ -24,8 +25,11 @@ pub(super) struct Report {
     pub(super) big_library: Option<String>,
     /// The library of the chunk cache rows (`--cache-tracks`), if they ran.
     pub(super) cache_library: Option<String>,
+    /// The libraries of the remote-origin rows (`--remote-tracks`), if they ran.
+    pub(super) remote_library: Option<String>,
     pub(super) rows: Vec<Row>,
     pub(super) cache_rows: Vec<CacheRow>,
+    pub(super) remote_rows: Vec<CacheRow>,
     pub(super) notes: Vec<String>,
 }
 
@@ -45,6 +49,9 @@ impl Report {
         if let Some(cache) = &self.cache_library {
             let _ = writeln!(s, "- cache library: {cache}");
         }
+        if let Some(remote) = &self.remote_library {
+            let _ = writeln!(s, "- remote libraries: {remote}");
+        }
         let _ = writeln!(s);
         s.push_str(&render_table(&self.rows));
         if !self.cache_rows.is_empty() {
@@ -52,6 +59,12 @@ impl Report {
             s.push_str(&render_cache_table(&self.cache_rows));
             let _ = writeln!(s);
             s.push_str(CACHE_NOTE);
+        }
+        if !self.remote_rows.is_empty() {
+            let _ = writeln!(s);
+            s.push_str(&render_remote_table(&self.remote_rows));
+            let _ = writeln!(s);
+            s.push_str(REMOTE_NOTE);
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s);
@@ -66,14 +79,20 @@ impl Report {
     }
 }
 
-/// The command line of this run, with `--big-tracks` and `--cache-tracks` spelled out even when
-/// they were defaulted.
-pub(super) fn command_line(big_tracks: usize, cache_tracks: usize) -> String {
+/// The command line of this run, with `--big-tracks`, `--cache-tracks` and (unless
+/// `--no-remote`) `--remote-tracks` spelled out even when they were defaulted.
+pub(super) fn command_line(
+    big_tracks: usize,
+    cache_tracks: usize,
+    remote_tracks: Option<usize>,
+) -> String {
     let mut args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
-    for (flag, value) in [
+    let mut spelled = vec![
         ("--big-tracks", big_tracks),
         ("--cache-tracks", cache_tracks),
-    ] {
+    ];
+    spelled.extend(remote_tracks.map(|n| ("--remote-tracks", n)));
+    for (flag, value) in spelled {
         if !args
             .iter()
             .any(|a| a == flag || a.starts_with(&format!("{flag}=")))

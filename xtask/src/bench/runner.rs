@@ -30,6 +30,8 @@ pub(super) struct Bench {
     pub(super) rows: Vec<Row>,
     /// The chunk cache rows (their own table: each has its own baseline).
     pub(super) cache_rows: Vec<CacheRow>,
+    /// The remote-origin rows (their own table).
+    pub(super) remote_rows: Vec<CacheRow>,
     /// The peers of the walk and read rows; `None` with `--no-peers`.
     pub(super) peers: Option<PeerPlan>,
     pub(super) peer_paths: PeerPaths,
@@ -82,7 +84,20 @@ impl Bench {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<(MusicfsMount, Duration)> {
-        let mut m = MusicfsMount::start(&self.bin, lib, state, mnt, &self.log, label, env)?;
+        self.mount_origins(&[lib], state, mnt, label, env, timeout)
+    }
+
+    /// [`Bench::mount_at`] with several origins (directories or URLs), in priority order.
+    pub(super) fn mount_origins(
+        &self,
+        origins: &[&Path],
+        state: &Path,
+        mnt: &Path,
+        label: &str,
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(MusicfsMount, Duration)> {
+        let mut m = MusicfsMount::start(&self.bin, origins, state, mnt, &self.log, label, env)?;
         let took = m.wait_ready(timeout)?;
         // Untimed; if the message ever changes this just waits 5 s.
         let _ = m.wait_announced(Duration::from_secs(5));

@@ -1,5 +1,5 @@
 //! The scale rows (`--big-tracks`): initial scan, start with a persistent state dir, one changed
-//! track, idle RSS.
+//! track, idle RSS; then `scalewalk`: the full walk, open handles, one big directory.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -42,6 +42,7 @@ impl Bench {
         clear_stale_mount(&mnt)?;
         fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
         let state = self.work.join(format!("state-big-{tracks}"));
+        let _inotify = self.raise_inotify_limit(tracks);
 
         // 1. The initial scan: a fresh state dir, cold page cache when possible.
         if state.exists() {
@@ -142,7 +143,38 @@ impl Bench {
         ));
 
         // 3. and 4. One mount with the sync debug log: idle RSS, then the changed tracks.
-        self.measure_changes(lib, tracks, &state, &mnt)
+        self.measure_changes(lib, tracks, &state, &mnt)?;
+        // 5. and 6. The full walk and the open handles; one directory of 100,000 entries.
+        self.measure_big_walk(lib, tracks, &state)?;
+        self.measure_big_dir()
+    }
+
+    /// The changed-track rows need inotify on every directory of the big library; a
+    /// machine's default limit may be lower (the engine then polls every 300 s). As root the
+    /// limit is raised for the run (and put back after it), with a note.
+    fn raise_inotify_limit(&mut self, tracks: usize) -> Option<RestoreWatches> {
+        let now = fs::read_to_string(WATCHES_KNOB)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())?;
+        let want = tracks.max(1 << 16);
+        if now >= want {
+            return None;
+        }
+        match fs::write(WATCHES_KNOB, want.to_string()) {
+            Ok(()) => {
+                self.note(format!(
+                    "fs.inotify.max_user_watches raised from {now} to {want} for the scale rows"
+                ));
+                Some(RestoreWatches(now))
+            }
+            Err(e) => {
+                self.note(format!(
+                "fs.inotify.max_user_watches is {now} and could not be raised ({e}): the engine \
+                 may poll the big library instead of following it"
+                ));
+                None
+            }
+        }
     }
 
     fn measure_changes(
@@ -364,5 +396,16 @@ impl Bench {
             apply_ms,
             visible_ms,
         }))
+    }
+}
+
+const WATCHES_KNOB: &str = "/proc/sys/fs/inotify/max_user_watches";
+
+/// Puts the inotify watch limit back when dropped.
+struct RestoreWatches(usize);
+
+impl Drop for RestoreWatches {
+    fn drop(&mut self) {
+        let _ = fs::write(WATCHES_KNOB, self.0.to_string());
     }
 }

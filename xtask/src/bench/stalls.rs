@@ -1,4 +1,4 @@
-//! Read stalls while the engine is killed or swapped under load (measured by `crate::stall`).
+//! Read stalls while the engine or the shim is killed or swapped under load (measured by `crate::stall`).
 
 use anyhow::Result;
 
@@ -6,8 +6,9 @@ use super::runner::Bench;
 use super::table::{below, solo_row};
 
 impl Bench {
-    /// Read stalls and failed reads while the engine is killed (kill -9) and
-    /// swapped, 10 times each, under 4 readers (see `stall.rs`).
+    /// Read stalls and failed reads while the engine, then the shim, is
+    /// killed (kill -9) and swapped, 10 times each, under 4 readers (see
+    /// `stall.rs`).
     pub(super) fn measure_stalls(&mut self) -> Result<()> {
         use crate::stall::{Fault, measure};
         let musicfs = self.bin.clone();
@@ -18,6 +19,12 @@ impl Bench {
                 1000.0,
             ),
             (Fault::Swap, "engine swap x10 under load", 250.0),
+            (
+                Fault::ShimKill9,
+                "shim kill -9 + takeover x10 under load",
+                1000.0,
+            ),
+            (Fault::ShimSwap, "shim swap x10 under load", 250.0),
         ] {
             let r = measure(&musicfs, &self.lib, &self.work, kind, 10)?;
             self.rows.push(solo_row(

@@ -196,3 +196,58 @@ fn no_peers_keeps_the_old_columns() {
     assert!(!table.contains("musefs"), "{table}");
     assert!(table.starts_with("| what "), "{table}");
 }
+
+#[test]
+fn remote_spread_picks_evenly() {
+    use super::remote::spread;
+    use std::path::PathBuf;
+    let files: Vec<PathBuf> = (0..10).map(|i| PathBuf::from(i.to_string())).collect();
+    assert_eq!(spread(&files, 20).len(), 10);
+    let picked = spread(&files, 5);
+    assert_eq!(picked, ["0", "2", "4", "6", "8"].map(PathBuf::from));
+}
+
+#[test]
+fn remote_failover_rows_count_failed_reads() {
+    use super::remotetable::{Phase, failover_rows};
+    let phase = |ms: &[f64], failed| Phase {
+        reads_ms: ms.to_vec(),
+        files: 1,
+        failed,
+        first_errors: Vec::new(),
+        fetches: Some([1, 2]),
+    };
+    let ok = [
+        phase(&[1.0, 2.0], 0),
+        phase(&[1.0, 900.0], 0),
+        phase(&[], 0),
+    ];
+    let rows = failover_rows(&ok, std::time::Duration::from_secs(12));
+    assert!(
+        rows[0].musicfs.starts_with("900.0 / "),
+        "{}",
+        rows[0].musicfs
+    );
+    assert_eq!(
+        rows[0].ratio,
+        "450.00x (longest)".replace("450.00x", &super::table::fmt_ratio(450.0))
+    );
+    assert_eq!(rows[1].target, "0: met");
+    let bad = [phase(&[1.0], 0), phase(&[1.0], 2), phase(&[1.0], 0)];
+    let rows = failover_rows(&bad, std::time::Duration::from_secs(12));
+    assert!(rows[1].musicfs.starts_with("2 (0 / 2 / 0)"));
+    assert_eq!(rows[1].target, "0: MISSED");
+}
+
+#[test]
+fn remote_scan_row_needs_the_file_count() {
+    use super::remotetable::scan_row;
+    let row = scan_row(Some(2000), Some(9000), std::time::Duration::from_secs(10));
+    assert!(row.musicfs.starts_with("200"), "{}", row.musicfs);
+    assert!(row.musicfs.contains("9000 ms"));
+    assert!(
+        scan_row(None, None, std::time::Duration::from_secs(1))
+            .musicfs
+            .starts_with("missing")
+    );
+}

@@ -138,6 +138,14 @@ pub(super) fn time_row(
     r
 }
 
+/// A row of microseconds per file (lower is better); the ratios are musicfs / other.
+pub(super) fn per_file_row(what: &str, t: &Samples, shown: &Shown) -> Row {
+    let m = all_medians(t, |p| p.secs * 1e6 / (p.files.max(1) as f64));
+    let mut r = row(what, &m, |us| format!("{us:.1}"), shown);
+    r.target = "-".into();
+    r
+}
+
 /// A row of read throughputs; the ratios are musicfs MB/s / other MB/s. The target is musicfs
 /// throughput >= 0.8x bindfs, the design goal musicfs time <= 1.1x bindfs.
 pub(super) fn read_row(what: &str, t: &Samples, shown: &Shown) -> Row {

@@ -17,7 +17,9 @@ use super::peers::{
 use super::runner::Bench;
 use super::setup::drop_caches;
 use super::table::fmt_bytes;
-use super::treerows::{ALL_ROOTS, Root, Samples, Shown, na_row, read_row, seen_row, time_row};
+use super::treerows::{
+    ALL_ROOTS, Root, Samples, Shown, na_row, per_file_row, read_row, seen_row, time_row,
+};
 use crate::harness::{run_captured, with_deadline};
 
 /// What one pass (walk or read) over a tree saw.
@@ -114,6 +116,37 @@ impl Bench {
             &format!("reading every file under {}", path.display()),
             self.io_timeout,
             move || read_tree(&path, READ_BUF),
+        )
+    }
+
+    /// open(2) + close of every regular file under the root, warm (the walk that lists them
+    /// is not timed), with a deadline: the time per open is the row.
+    fn open_every_file(&self, root: Root) -> Result<Pass> {
+        let path = self.root(root);
+        with_deadline(
+            &format!("opening every file under {}", path.display()),
+            self.io_timeout,
+            move || {
+                let files: Vec<PathBuf> = walkdir::WalkDir::new(&path)
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_file())
+                    .map(|e| e.into_path())
+                    .collect();
+                let mut pass = Pass::default();
+                let start = Instant::now();
+                for f in &files {
+                    match fs::File::open(f) {
+                        Ok(file) => {
+                            drop(file);
+                            pass.files += 1;
+                        }
+                        Err(e) => pass.error(format!("{}: {e}", f.display())),
+                    }
+                }
+                pass.secs = start.elapsed().as_secs_f64();
+                pass
+            },
         )
     }
 
@@ -282,6 +315,23 @@ impl Bench {
                 warm.push(root, pass);
             }
         }
+        // e. open + close of every file, warm (right after the warm reads)
+        let mut opens = Samples::default();
+        for i in 0..self.runs {
+            for &root in &roots {
+                let pass = self.open_every_file(root)?;
+                check(&mut mfs)?;
+                eprintln!(
+                    "bench: open {} {}/{}: {} files in {:.3} s",
+                    root.name(),
+                    i + 1,
+                    self.runs,
+                    pass.files,
+                    pass.secs
+                );
+                opens.push(root, pass);
+            }
+        }
         if !self.can_drop {
             self.note(
                 "the page cache could not be dropped: the walks and the warm-origin reads ran \
@@ -333,6 +383,11 @@ impl Bench {
             &shown,
         ));
         self.rows.push(seen_row(&warm, &shown));
+        self.rows.push(per_file_row(
+            "open+close of every file, warm (us per file)",
+            &opens,
+            &shown,
+        ));
         Ok(())
     }
 

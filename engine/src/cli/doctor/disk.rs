@@ -27,7 +27,16 @@ pub fn origins(config: &Config, probes: &[Option<Probe>]) -> Check {
     }
     let mut good = Vec::new();
     let mut bad = Vec::new();
+    let settings = config.origin_settings();
     for (o, p) in config.origins.iter().zip(probes) {
+        if crate::origins::remote::is_remote(o) {
+            let s = settings.get(o).cloned().unwrap_or_default();
+            match crate::origins::remote::check_once(o, &s) {
+                Ok(what) => good.push(format!("{} ({what})", o.display())),
+                Err(e) => bad.push(format!("{}: {e}", o.display())),
+            }
+            continue;
+        }
         match p {
             None => bad.push(format!(
                 "{}: no answer within {} ms (hung network filesystem?)",

@@ -114,7 +114,7 @@ pub fn mountpoint(m: &Path, root: bool) -> Check {
             NAME,
             Status::Fail,
             format!(
-                "{shown}: no answer within {} s (a hung mount on its path? musicfs unmount --lazy that mount)",
+                "{shown}: no answer within {} s (a hung mount on its path? musicfs unmount --abort that mount)",
                 DIR_DEADLINE.as_secs()
             ),
         ),

@@ -7,11 +7,10 @@
 //! against the file and the buffer. ID3v2 itself is parsed by the `id3`
 //! crate.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, SeekFrom};
 
 use crate::model::{AudioProps, Tags};
-use crate::scan::tags::MAX_HEADER_READ_BYTES;
+use crate::scan::tags::{MAX_HEADER_READ_BYTES, Source};
 
 mod apev2;
 mod asf;
@@ -26,7 +25,7 @@ pub(super) type Found = (String, Tags, AudioProps);
 
 /// Reads `file` if its magic is one of ours: `None` means "not ours, ask
 /// lofty".
-pub(super) fn read(file: &mut File, size: u64) -> Option<Result<Found, String>> {
+pub(super) fn read(file: &mut dyn Source, size: u64) -> Option<Result<Found, String>> {
     let mut magic = [0u8; 16];
     let n = read_up_to(file, 0, &mut magic).ok()?;
     let magic = &magic[..n];
@@ -50,7 +49,7 @@ pub(super) fn read(file: &mut File, size: u64) -> Option<Result<Found, String>> 
 }
 
 /// Reads into `buf` at `offset` until it is full or the file ends.
-fn read_up_to(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to(file: &mut dyn Source, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     file.seek(SeekFrom::Start(offset))?;
     let mut filled = 0;
     while filled < buf.len() {
@@ -66,13 +65,13 @@ fn read_up_to(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<usize>
 
 /// Reads of one file under one budget of bytes.
 pub(super) struct Budget<'f> {
-    file: &'f mut File,
+    file: &'f mut dyn Source,
     size: u64,
     left: u64,
 }
 
 impl<'f> Budget<'f> {
-    fn new(file: &'f mut File, size: u64) -> Budget<'f> {
+    fn new(file: &'f mut dyn Source, size: u64) -> Budget<'f> {
         Budget {
             file,
             size,
