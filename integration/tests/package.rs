@@ -1,4 +1,6 @@
-//! The Debian package, as an admin uses it: `cargo xtask deb` builds it,
+//! The Debian package, as an admin uses it: `cargo xtask deb --dev` builds
+//! it (of the dev-profile binaries the suite built; the packaging is the
+//! same as the release package's),
 //! `dpkg -i` installs both binaries, the units, the mount helper, the man
 //! pages and the completions; an /etc/fstab line of type `fuse.musicfs`
 //! mounts a library with `mount MNT` (through the installed helper and the
@@ -6,7 +8,6 @@
 //! behind: no file of the package, no mount, no process.
 //!
 //! Needs root and dpkg; without them it says loudly that it skipped.
-//! It builds the release binaries, so it takes minutes on a cold target dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -216,13 +217,15 @@ fn fstab_field(p: &Path) -> String {
         .replace('\t', "\\011")
 }
 
-/// `cargo xtask deb`; the path of the .deb it built (its last stdout line).
+/// `cargo xtask deb --dev` (the binaries the suite already built, not a
+/// second, release build of the whole tree); the path of the .deb it built
+/// (its last stdout line).
 fn build_package() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let t = Instant::now();
     let out = run_bounded(
         Command::new(cargo)
-            .args(["xtask", "deb"])
+            .args(["xtask", "deb", "--dev"])
             .current_dir(workspace_root()),
         Duration::from_secs(45 * 60),
     );

@@ -40,14 +40,30 @@ const COMPLETIONS: [(&str, &str); 3] = [
 
 const GENERATE_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn run() -> Result<()> {
+#[derive(clap::Args)]
+pub struct Args {
+    /// Package the dev-profile binaries (what `cargo build` and the test
+    /// suite build) instead of release ones: the package test checks the
+    /// packaging, and needs no second, optimised build of the whole tree.
+    #[arg(long)]
+    dev: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
     check_cargo_deb()?;
-    eprintln!("xtask deb: cargo build --release -p musicfs-engine -p musicfs-shim");
-    build_release()?;
-    let musicfs = target_dir().join("release/musicfs");
+    let profile_dir = if args.dev {
+        eprintln!("xtask deb: cargo build -p musicfs-engine -p musicfs-shim (dev profile)");
+        build_dev()?;
+        "debug"
+    } else {
+        eprintln!("xtask deb: cargo build --release -p musicfs-engine -p musicfs-shim");
+        build_release()?;
+        "release"
+    };
+    let musicfs = target_dir().join(profile_dir).join("musicfs");
     let assets = assets_dir();
     generate_assets(&musicfs, &assets)?;
-    let deb = cargo_deb()?;
+    let deb = cargo_deb(args.dev)?;
     eprintln!("xtask deb: built {}", deb.display());
     eprintln!(
         "xtask deb: install it with `sudo dpkg -i {}`",
@@ -145,12 +161,20 @@ fn generate_assets(musicfs: &Path, assets: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `cargo deb -p musicfs-engine --no-build --dbgsym`; returns the path of the
-/// .deb it printed.
-fn cargo_deb() -> Result<PathBuf> {
+fn build_dev() -> Result<()> {
+    crate::harness::run_cmd(cargo().args(["build", "-p", "musicfs-engine", "-p", "musicfs-shim"]))
+}
+
+/// `cargo deb -p musicfs-engine --no-build --dbgsym` (with `--profile dev`
+/// for `dev`: cargo-deb then takes the `target/release/` assets from
+/// `target/debug/`); returns the path of the .deb it printed.
+fn cargo_deb(dev: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["deb", "-p", "musicfs-engine", "--no-build", "--dbgsym"])
-        .stdin(Stdio::null())
+    cmd.args(["deb", "-p", "musicfs-engine", "--no-build", "--dbgsym"]);
+    if dev {
+        cmd.args(["--profile", "dev"]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("cannot run cargo deb")?;

@@ -36,7 +36,7 @@ enum Task {
     Bench(bench::Args),
     /// Build the Debian package (both binaries, units, mount helper, man pages,
     /// completions) with cargo-deb; prints the path of the .deb.
-    Deb,
+    Deb(deb::Args),
 }
 
 fn main() -> Result<()> {
@@ -48,6 +48,6 @@ fn main() -> Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Stall(args) => stall::run(&args),
         Task::Bench(args) => bench::run(&args),
-        Task::Deb => deb::run(),
+        Task::Deb(args) => deb::run(&args),
     }
 }

@@ -17,7 +17,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::catalog::records::{CoverSource, FileEntry, Invalidations, NodeRec};
 use crate::catalog::store::Store;
-use crate::catalog::tables::{META, file_key, split_file_key};
+use crate::catalog::tables::{META, child_value, file_key, split_child_value, split_file_key};
 use crate::catalog::tree::Writer;
 use crate::model::FileRecord;
 
@@ -164,7 +164,7 @@ impl Writer<'_> {
         let hi = (dir + 1).to_be_bytes();
         let mut inos = Vec::new();
         for row in self.children.range(lo.as_slice()..hi.as_slice())? {
-            inos.push(row?.1.value());
+            inos.push(split_child_value(row?.1.value()).0);
         }
         let (mut tracks, mut covers) = (Vec::new(), Vec::new());
         for ino in inos {
@@ -209,7 +209,7 @@ impl Writer<'_> {
                 self.put_node(ino, &node)?;
                 self.children.insert(
                     crate::catalog::tables::child_key(dir, &name).as_slice(),
-                    ino,
+                    child_value(ino, false),
                 )?;
                 self.touch_dir(dir, dirs)?;
                 inval.entries.push((dir, name));

@@ -47,6 +47,7 @@
 //! open reads the flag (`previous_close`: new, clean, unclean) and clears it.
 
 mod covers;
+mod known;
 mod listing;
 mod prefetch;
 mod reads;
@@ -59,6 +60,7 @@ mod tree;
 #[cfg(test)]
 mod tests;
 
+pub use known::KnownFiles;
 pub use records::{
     Child, CoverSource, FileEntry, InvalidationSink, Invalidations, KnownFile, NodeRec,
     PreviousClose,

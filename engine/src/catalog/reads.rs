@@ -1,16 +1,16 @@
 //! The request path's reads: short read transactions, listings through the
 //! hot cache.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use redb::ReadableDatabase;
 
+use crate::catalog::known::KnownFiles;
 use crate::catalog::records::{Child, FileEntry, KnownFile, NodeRec};
 use crate::catalog::store::Store;
 use crate::catalog::tables::{
-    CHILDREN, FILES, META, NODES, ROOT_INO, child_key, file_key, split_file_key,
+    CHILDREN, FILES, META, NODES, ROOT_INO, child_key, file_key, split_child_value, split_file_key,
 };
 
 impl Store {
@@ -32,7 +32,7 @@ impl Store {
         let children = txn.open_table(CHILDREN)?;
         let Some(ino) = children
             .get(child_key(parent, name).as_slice())?
-            .map(|v| v.value())
+            .map(|v| split_child_value(v.value()).0)
         else {
             return Ok(None);
         };
@@ -54,20 +54,13 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let children = txn.open_table(CHILDREN)?;
-        let nodes = txn.open_table(NODES)?;
         let lo = dir.to_be_bytes();
         let hi = (dir + 1).to_be_bytes();
         let mut list = Vec::new();
         for row in children.range(lo.as_slice()..hi.as_slice())? {
             let (k, v) = row?;
             let name = String::from_utf8_lossy(&k.value()[8..]).into_owned();
-            let ino = v.value();
-            let is_dir = match nodes.get(ino)? {
-                Some(n) => postcard::from_bytes::<NodeRec>(n.value())
-                    .map(|n| n.is_dir)
-                    .unwrap_or(false),
-                None => false,
-            };
+            let (ino, is_dir) = split_child_value(v.value());
             list.push(Child {
                 name: name.into(),
                 ino,
@@ -143,12 +136,14 @@ impl Store {
 
     /// (size, mtime, origin inode, fingerprint) of every file of `origin`
     /// under `prefix` (relative path bytes; empty = the whole origin).
-    pub fn file_stats(&self, origin: u32, prefix: &[u8]) -> Result<HashMap<Vec<u8>, KnownFile>> {
+    /// Every file of `origin` under `prefix` that the catalog knows, with
+    /// what a delta scan compares (packed: see `KnownFiles`).
+    pub fn file_stats(&self, origin: u32, prefix: &[u8]) -> Result<KnownFiles> {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let files = txn.open_table(FILES)?;
         let lo = file_key(origin, prefix);
-        let mut out = HashMap::new();
+        let mut out = KnownFiles::default();
         for row in files.range(lo.as_slice()..)? {
             let (k, v) = row?;
             let key = k.value();
@@ -160,8 +155,8 @@ impl Store {
             }
             let entry: FileEntry =
                 postcard::from_bytes(v.value()).context("corrupt file record")?;
-            out.insert(
-                rel.to_vec(),
+            out.push(
+                rel,
                 KnownFile {
                     size: entry.rec.size_bytes,
                     mtime_ns: entry.rec.mtime_ns,
@@ -170,7 +165,18 @@ impl Store {
                 },
             );
         }
-        Ok(out)
+        Ok(out.finish())
+    }
+
+    /// Whether the catalog holds any file of `origin` (one key read, where
+    /// `file_stats` would load them all).
+    pub fn has_files(&self, origin: u32) -> Result<bool> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let lo = file_key(origin, b"");
+        let first = files.range(lo.as_slice()..)?.next().transpose()?;
+        Ok(first.is_some_and(|(k, _)| split_file_key(k.value()).is_some_and(|(o, _)| o == origin)))
     }
 
     /// (files, nodes, bytes of all files), kept up to date by every write.

@@ -13,7 +13,7 @@ use crate::catalog::listing::ListingCache;
 use crate::catalog::records::{Invalidations, PreviousClose};
 use crate::catalog::tables::{
     CHILDREN, DB_CACHE_BYTES, FILES, INODES, META, NODES, ORIGINS, ROOT_INO, SCHEMA_VERSION,
-    split_file_key, template_hash,
+    child_value, split_file_key, template_hash,
 };
 use crate::catalog::tree::ensure_root;
 use crate::model::template::Template;
@@ -61,6 +61,31 @@ fn open_database(path: &Path) -> std::result::Result<Database, redb::DatabaseErr
         }
     });
     builder.create(path)
+}
+
+/// Schema 5 to 6: sets `CHILD_DIR` on the `children` value of every
+/// directory. Returns how many.
+fn mark_child_dirs(txn: &redb::WriteTransaction) -> Result<u64> {
+    let mut children = txn.open_table(CHILDREN)?;
+    let nodes = txn.open_table(NODES)?;
+    let mut dirs: Vec<(Vec<u8>, u64)> = Vec::new();
+    for row in children.iter()? {
+        let (k, v) = row?;
+        let ino = v.value();
+        let is_dir = match nodes.get(ino)? {
+            Some(n) => postcard::from_bytes::<crate::catalog::records::NodeRec>(n.value())
+                .map(|n| n.is_dir)
+                .unwrap_or(false),
+            None => false,
+        };
+        if is_dir {
+            dirs.push((k.value().to_vec(), ino));
+        }
+    }
+    for (k, ino) in &dirs {
+        children.insert(k.as_slice(), child_value(*ino, true))?;
+    }
+    Ok(dirs.len() as u64)
 }
 
 /// A generation for a new catalog: the clock and the pid, mixed, never 0
@@ -281,6 +306,16 @@ impl Store {
                     meta.insert("file_count", 0)?;
                     meta.insert("total_bytes", 0)?;
                     meta.insert("node_count", 1)?;
+                }
+                Some(5) => {
+                    // Schema 6 marks directories in `children`: set the
+                    // mark on every directory's entry (no rescan).
+                    let dirs = mark_child_dirs(&txn)?;
+                    info!(
+                        "migrated catalog {} from schema 5 to {SCHEMA_VERSION}: {dirs} directories marked",
+                        path.display()
+                    );
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(v) => bail!(

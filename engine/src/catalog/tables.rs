@@ -4,14 +4,30 @@ use redb::TableDefinition;
 
 use crate::model::template::Template;
 
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 pub const ROOT_INO: u64 = 1;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const INODES: TableDefinition<&str, u64> = TableDefinition::new("inodes");
 pub(super) const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 pub(super) const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+/// Parent inode BE + name -> the child's inode, with `CHILD_DIR` set for a
+/// directory (schema 6): a listing is one range read, with no node read per
+/// entry (a root of 100k artists lists in milliseconds).
 pub(super) const CHILDREN: TableDefinition<&[u8], u64> = TableDefinition::new("children");
+/// The bit of a `children` value that marks a directory. Inode numbers are
+/// drawn from a counter and never come near it.
+pub(super) const CHILD_DIR: u64 = 1 << 63;
+
+/// A `children` value.
+pub(super) fn child_value(ino: u64, is_dir: bool) -> u64 {
+    if is_dir { ino | CHILD_DIR } else { ino }
+}
+
+/// A `children` value's (inode, is a directory).
+pub(super) fn split_child_value(v: u64) -> (u64, bool) {
+    (v & !CHILD_DIR, v & CHILD_DIR != 0)
+}
 /// Origin directory (as configured) -> the id used in file keys. An id is
 /// never given to another directory, so reordering or removing origins in
 /// the configuration can never make a key point into the wrong directory.

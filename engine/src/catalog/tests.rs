@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use redb::Database;
+use redb::{Database, ReadableTable};
 
 use super::tables::META;
 use super::{ROOT_INO, Store, file_key};
@@ -349,4 +349,63 @@ fn tracks_have_tree_paths_first_seen_times_and_a_commit_sequence() {
         .unwrap();
     assert_eq!(gone.commit_seq, 2);
     assert!(s.track(all[0].ino).unwrap().is_none());
+}
+
+#[test]
+fn a_schema_5_catalog_gets_its_directories_marked_and_lists_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.redb");
+    let before: Vec<(String, bool)>;
+    {
+        let s = open(dir.path());
+        s.apply(
+            vec![rec("a.mp3", "A", "One"), rec("b.mp3", "B", "Two")],
+            &[],
+            true,
+        )
+        .unwrap();
+        let artist = resolve(&s, "A").unwrap();
+        let album = s.children(artist).unwrap()[0].ino;
+        before = [ROOT_INO, artist, album]
+            .iter()
+            .flat_map(|d| s.children(*d).unwrap().to_vec())
+            .map(|c| (c.name.to_string(), c.is_dir))
+            .collect();
+        assert!(before.iter().any(|c| c.1) && before.iter().any(|c| !c.1));
+        s.close(std::time::Duration::from_secs(5)).unwrap();
+    }
+    // What a schema 5 engine wrote: plain inode numbers, version 5.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut children = txn.open_table(super::tables::CHILDREN).unwrap();
+            let rows: Vec<(Vec<u8>, u64)> = children
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, v) = r.unwrap();
+                    (k.value().to_vec(), v.value() & !super::tables::CHILD_DIR)
+                })
+                .collect();
+            for (k, v) in rows {
+                children.insert(k.as_slice(), v).unwrap();
+            }
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 5)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path());
+    let artist = resolve(&s, "A").unwrap();
+    let album = s.children(artist).unwrap()[0].ino;
+    let after: Vec<(String, bool)> = [ROOT_INO, artist, album]
+        .iter()
+        .flat_map(|d| s.children(*d).unwrap().to_vec())
+        .map(|c| (c.name.to_string(), c.is_dir))
+        .collect();
+    assert_eq!(after, before);
+    assert!(resolve(&s, "B").is_some());
 }

@@ -7,8 +7,8 @@ use redb::{ReadableTable, WriteTransaction};
 use crate::catalog::records::{FileEntry, Invalidations, NodeRec};
 use crate::catalog::store::Store;
 use crate::catalog::tables::{
-    CHILDREN, FILES, FIRST_SEEN, INODES, META, NODES, ORIGINS, ROOT_INO, child_key, file_key,
-    split_file_key,
+    CHILDREN, FILES, FIRST_SEEN, INODES, META, NODES, ORIGINS, ROOT_INO, child_key, child_value,
+    file_key, split_child_value, split_file_key,
 };
 use crate::model::FileRecord;
 use crate::model::template::{Template, with_collision_suffix};
@@ -364,7 +364,7 @@ impl<'t> Writer<'t> {
         };
         self.put_node(ino, &node)?;
         self.children
-            .insert(child_key(parent, &name).as_slice(), ino)?;
+            .insert(child_key(parent, &name).as_slice(), child_value(ino, false))?;
         self.touch_dir(parent, dirs)?;
         self.cover_dirs.push(parent);
         inval.entries.push((parent, name));
@@ -403,7 +403,7 @@ impl<'t> Writer<'t> {
             match self
                 .children
                 .get(child_key(parent, &candidate).as_slice())?
-                .map(|v| v.value())
+                .map(|v| split_child_value(v.value()).0)
             {
                 None => break,
                 Some(ino) => {
@@ -439,8 +439,10 @@ impl<'t> Writer<'t> {
             cover: None,
         };
         self.put_node(ino, &node)?;
-        self.children
-            .insert(child_key(parent, &actual).as_slice(), ino)?;
+        self.children.insert(
+            child_key(parent, &actual).as_slice(),
+            child_value(ino, true),
+        )?;
         self.touch_dir(parent, dirs)?;
         dirs.push(ino);
         // The kernel may hold a negative entry for the new name.

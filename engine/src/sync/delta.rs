@@ -72,8 +72,9 @@ impl Syncer {
                 self.store.set_origin_device(origin, m.dev())?;
             }
         }
-        let known = self.store.file_stats(origin, &prefix)?;
-        let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(known.len());
+        // Known files are marked as the walk finds them; the unmarked are
+        // the removals.
+        let mut known = self.store.file_stats(origin, &prefix)?;
         // Directories that could not be read: files under them are kept.
         let mut unreadable: Vec<Vec<u8>> = Vec::new();
         let mut jobs = Vec::new();
@@ -114,20 +115,21 @@ impl Syncer {
                 let Ok(rel) = entry.path().strip_prefix(&root) else {
                     continue;
                 };
-                let rel = rel.as_os_str().as_bytes().to_vec();
-                if known.contains_key(&rel)
+                let rel = rel.as_os_str().as_bytes();
+                if known.contains(rel)
                     && entry
                         .path()
                         .parent()
                         .is_some_and(|p| quiet_dirs.contains(p))
                 {
-                    seen.insert(rel);
+                    known.mark_seen(rel);
                     self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let Ok(meta) = entry.metadata() else { continue };
-                let same = unchanged(known.get(&rel), entry.path(), &meta);
-                seen.insert(rel.clone());
+                let same = unchanged(known.get(rel), entry.path(), &meta);
+                known.mark_seen(rel);
+                let rel = rel.to_vec();
                 // Folder images (cover sources) are not tracks: not counted.
                 let track = u64::from(!crate::model::is_folder_image(&rel));
                 if same {
@@ -145,8 +147,7 @@ impl Syncer {
         }
         let recs = self.probe(jobs);
         let removals: Vec<Vec<u8>> = known
-            .keys()
-            .filter(|rel| !seen.contains(*rel))
+            .unseen()
             .filter(|rel| !unreadable.iter().any(|u| rel.starts_with(u)))
             .map(|rel| file_key(origin, rel))
             .collect();

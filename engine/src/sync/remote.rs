@@ -10,7 +10,6 @@
 //! catalog. The origin is marked away, its files stay and are served from
 //! the catalog and the cache.
 
-use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -145,7 +144,7 @@ impl Syncer {
             }
         };
         let exts = self.extensions();
-        let known = self.store.file_stats(origin, b"")?;
+        let mut known = self.store.file_stats(origin, b"")?;
         let listing: Vec<RemoteEntry> = listing
             .into_iter()
             .filter(|e| {
@@ -165,10 +164,9 @@ impl Syncer {
             bail!("origin {url}: an empty listing where the catalog holds files; kept them");
         }
         self.take_back_remote(origin, &url);
-        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(listing.len());
         let mut changed: Vec<&RemoteEntry> = Vec::new();
         for e in &listing {
-            seen.insert(&e.rel);
+            known.mark_seen(&e.rel);
             let same = known
                 .get(&e.rel)
                 .is_some_and(|k| (k.size, k.mtime_ns, k.ino) == (e.size, e.mtime_ns, e.ino()));
@@ -187,11 +185,7 @@ impl Syncer {
             let recs = self.probe_remote(origin, remote, batch);
             self.commit(recs, &[], false)?;
         }
-        let removals: Vec<Vec<u8>> = known
-            .keys()
-            .filter(|rel| !seen.contains(rel.as_slice()))
-            .map(|rel| file_key(origin, rel))
-            .collect();
+        let removals: Vec<Vec<u8>> = known.unseen().map(|rel| file_key(origin, rel)).collect();
         if !removals.is_empty() {
             self.commit(Vec::new(), &removals, false)?;
         }

@@ -126,10 +126,7 @@ impl Syncer {
             Ok(true) => {
                 let dev_now = std::fs::metadata(root).map(|m| m.dev()).ok();
                 let dev_before = self.store.origin_device(origin)?;
-                if dev_before.is_some()
-                    && dev_now != dev_before
-                    && !self.store.file_stats(origin, b"")?.is_empty()
-                {
+                if dev_before.is_some() && dev_now != dev_before && self.store.has_files(origin)? {
                     Some("its directory is empty and on another filesystem than at the last scan (not mounted?), but the catalog holds its files".into())
                 } else {
                     None
