@@ -289,7 +289,7 @@ impl Mount {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                abort_and_detach(&self.mnt);
                 panic!(
                     "musicfs mount did not exit within 20 s of signal {signal}:\n{}",
                     self.log_text()
@@ -306,11 +306,10 @@ impl Mount {
 
     fn stop_inner(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new(musicfs_bin())
-            .arg("unmount")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
+        let _ = run_bounded(
+            Command::new(musicfs_bin()).arg("unmount").arg(&self.mnt),
+            CLEANUP_TIMEOUT,
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -319,7 +318,7 @@ impl Mount {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                abort_and_detach(&self.mnt);
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -473,6 +472,55 @@ pub fn log_number(log: &str, marker: &str, key: &str) -> Option<u64> {
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
+/// How long a cleanup command (an unmount, a kill's reaping) may take.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `cmd` quietly, SIGKILLing it if it has not exited within `timeout`:
+/// a command that touches a mount whose server hangs (umount canonicalizes
+/// its path with a stat) would otherwise hang the test for ever. `None`
+/// when it did not finish in time.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Option<ExitStatus> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_bounded(child, timeout)
+}
+
+/// Reaps `child`, SIGKILLing it if it has not exited within `timeout`;
+/// gives up (leaving a zombie) if even that does not end it (a process in
+/// an uninterruptible wait).
+pub fn wait_bounded(mut child: Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Err(_) => return None,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = eventually(timeout, || !matches!(child.try_wait(), Ok(None)));
+                return None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Detaches whatever is mounted at `mnt` (`umount -l`), bounded.
+pub fn detach(mnt: &Path) {
+    let _ = run_bounded(Command::new("umount").arg("-l").arg(mnt), CLEANUP_TIMEOUT);
+}
+
+/// Ends a FUSE mount whose server may hang: its connection is aborted
+/// through fusectl first (which never touches the mountpoint), so that
+/// nothing waits on it, then it is detached.
+pub fn abort_and_detach(mnt: &Path) {
+    abort_fuse_connections(mnt);
+    detach(mnt);
+}
+
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

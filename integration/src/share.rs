@@ -664,31 +664,12 @@ fn dir_names(dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
 
 /// Runs `cmd` quietly, killing it if it takes longer than STOP_TIMEOUT.
 fn run_bounded(cmd: &mut Command) {
-    if let Ok(child) = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        wait_bounded(child);
-    }
+    let _ = crate::run_bounded(cmd, STOP_TIMEOUT);
 }
 
-/// Reaps `child`, SIGKILLing it if it has not exited within STOP_TIMEOUT;
-/// gives up (leaving a zombie) if even that does not end it.
-fn wait_bounded(mut child: Child) {
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = eventually(STOP_TIMEOUT, || !matches!(child.try_wait(), Ok(None)));
-                return;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
+/// Reaps `child`, SIGKILLing it if it has not exited within STOP_TIMEOUT.
+fn wait_bounded(child: Child) {
+    let _ = crate::wait_bounded(child, STOP_TIMEOUT);
 }
 
 fn tail(path: &Path) -> String {

@@ -617,7 +617,7 @@ impl TmpFs {
 
 impl Drop for TmpFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        detach(&self.0);
     }
 }
 
@@ -829,7 +829,10 @@ fn an_unwritable_cache_dir_is_bypassed_for_a_non_root_engine() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(shim.id() as i32, libc::SIGTERM) };
     let _ = within(Duration::from_secs(15), move || shim.wait());
-    let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+    let _ = run_bounded(
+        Command::new("fusermount3").arg("-uz").arg(&mnt),
+        CLEANUP_TIMEOUT,
+    );
     assert!(engine.stop().success());
 }
 

@@ -194,6 +194,21 @@ fn utf8_export(lib: &Path, export: &Path) -> Vec<String> {
     keys
 }
 
+/// An S3 server in `dir` whose bucket `music` holds `lib`, and `dir/export`
+/// with exactly the files S3 holds (UTF-8 names) for a second server.
+fn s3_and_export(lib: &Path, dir: &Path) -> (S3Server, Vec<String>, PathBuf) {
+    let s3 = S3Server::start(dir);
+    s3.create_bucket("music");
+    let keys = s3.upload_tree("music", lib);
+    let export = dir.join("export");
+    for k in &keys {
+        let to = export.join(k);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib.join(k), &to).unwrap();
+    }
+    (s3, keys, export)
+}
+
 #[test]
 fn reads_fail_over_between_replicas_with_no_failed_syscall() {
     let lib = library();
@@ -201,16 +216,7 @@ fn reads_fail_over_between_replicas_with_no_failed_syscall() {
         .prefix("mfs-failover")
         .tempdir_in("/tmp")
         .unwrap();
-    let s3 = S3Server::start(dir.path());
-    s3.create_bucket("music");
-    let keys = s3.upload_tree("music", &lib);
-    // WebDAV exports exactly the files S3 holds (UTF-8 names).
-    let export = dir.path().join("export");
-    for k in &keys {
-        let to = export.join(k);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(lib.join(k), &to).unwrap();
-    }
+    let (s3, keys, export) = s3_and_export(&lib, dir.path());
     let url = s3.url("music");
     fail_over(&mut (s3, url), dir.path(), &lib, &export, &keys);
 }
@@ -390,15 +396,7 @@ fn a_slow_first_copy_is_passed_over_within_the_deadline() {
         .prefix("mfs-slow")
         .tempdir_in("/tmp")
         .unwrap();
-    let s3 = S3Server::start(dir.path());
-    s3.create_bucket("music");
-    let keys = s3.upload_tree("music", &lib);
-    let export = dir.path().join("export");
-    for k in &keys {
-        let to = export.join(k);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(lib.join(k), &to).unwrap();
-    }
+    let (s3, _keys, export) = s3_and_export(&lib, dir.path());
     let dav = DavServer::start(&export, dir.path());
     // S3 is first, behind a proxy that answers 3 s late (its first-byte
     // deadline is 1 s), but only after the first scan: it lists fast

@@ -185,7 +185,7 @@ struct Unmount {
 impl Drop for Unmount {
     fn drop(&mut self) {
         if musicfs_mounts_at(&self.mnt) > 0 {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            detach(&self.mnt);
         }
         for pid in pids_with_cmdline(&self.needle) {
             // SAFETY: kill(2) of a process of this test's mount.

@@ -179,6 +179,19 @@ fn second_engine_on_the_same_state_dir_is_refused() {
     assert!(first.stop().success());
 }
 
+/// A mount of `lib` at `mnt` in a temporary directory of its own, with the
+/// pids of its shim and of its supervisor (`musicfs mount`).
+fn mount_in_own_dir(lib: &Path) -> (tempfile::TempDir, PathBuf, Mount, i32, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mount::start_at(&[lib], None, Some(&mnt), &[]);
+    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
+    assert_eq!(shim.len(), 1, "shim not found");
+    let supervisor = m.pid() as i32;
+    (dir, mnt, m, shim[0], supervisor)
+}
+
 /// A mount whose shim and supervisor both hang (SIGSTOP: no successor
 /// will come) is ended by `musicfs unmount --abort`: the request waiting
 /// on it fails at once and the mountpoint is free again, without touching
@@ -186,18 +199,12 @@ fn second_engine_on_the_same_state_dir_is_refused() {
 #[test]
 fn a_hung_mount_is_ended_by_unmount_abort() {
     let lib = generated_library(TRACKS, SEED);
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    let (_dir, mnt, mut m, shim, supervisor) = mount_in_own_dir(&lib);
     let state = m.state.clone();
-    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
-    assert_eq!(shim.len(), 1, "shim not found");
-    let supervisor = m.pid() as i32;
     // SAFETY: kill(2) on processes this test started.
     unsafe {
         libc::kill(supervisor, libc::SIGSTOP);
-        libc::kill(shim[0], libc::SIGSTOP);
+        libc::kill(shim, libc::SIGSTOP);
     }
     // A lookup nobody answers.
     let probe = mnt.join("never-looked-up.flac");
@@ -231,7 +238,7 @@ fn a_hung_mount_is_ended_by_unmount_abort() {
         started.elapsed()
     );
     let mut rest = pids_with_cmdline(&state.to_string_lossy());
-    rest.extend([supervisor, shim[0]]);
+    rest.extend([supervisor, shim]);
     for pid in rest {
         // SAFETY: as above; SIGCONT so the stopped ones die.
         unsafe {
@@ -247,28 +254,22 @@ fn a_hung_mount_is_ended_by_unmount_abort() {
 #[test]
 fn stale_mountpoint_is_cleaned_before_mounting() {
     let lib = generated_library(TRACKS, SEED);
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
+    let (_dir, mnt, mut m, shim, supervisor) = mount_in_own_dir(&lib);
     let state = m.state.clone();
     // Crash the shim (SIGKILL: no unmount) and its supervisor, which holds a
     // copy of the FUSE fd for shim takeovers and would otherwise start a
     // successor. The supervisor is stopped first: killed while the shim
     // still runs, it would send the shim its parent-death SIGTERM, and a
     // shim that wins that race unmounts cleanly, leaving nothing stale.
-    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
-    assert_eq!(shim.len(), 1, "shim not found");
-    let supervisor = m.pid() as i32;
     // SAFETY: kill(2) on processes this test started.
     unsafe {
         libc::kill(supervisor, libc::SIGSTOP);
-        libc::kill(shim[0], libc::SIGKILL);
+        libc::kill(shim, libc::SIGKILL);
     }
     // (Best effort: a shim stuck in the kernel is handled below.)
     let _ = eventually(Duration::from_secs(10), || {
-        !std::path::Path::new(&format!("/proc/{}", shim[0])).exists()
-            || std::fs::read_to_string(format!("/proc/{}/stat", shim[0]))
+        !std::path::Path::new(&format!("/proc/{}", shim)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", shim))
                 .is_ok_and(|s| s.contains(") Z "))
     });
     // SAFETY: as above.
@@ -326,17 +327,11 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
 #[test]
 fn hung_mountpoint_is_refused_not_waited_on() {
     let lib = generated_library(TRACKS, SEED);
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mut m = Mount::start_at(&[&lib], None, Some(&mnt), &[]);
-    let shim: Vec<i32> = pids_with_cmdline(&format!("--mountpoint {}", mnt.display()));
-    assert_eq!(shim.len(), 1, "shim not found");
-    let supervisor = m.pid() as i32;
+    let (dir, mnt, mut m, shim, supervisor) = mount_in_own_dir(&lib);
     // SAFETY: kill(2) on processes this test started.
     unsafe {
         libc::kill(supervisor, libc::SIGSTOP);
-        libc::kill(shim[0], libc::SIGSTOP);
+        libc::kill(shim, libc::SIGSTOP);
     }
     let state2 = dir.path().join("state2");
     let err_file = dir.path().join("second.err");
@@ -361,10 +356,10 @@ fn hung_mountpoint_is_refused_not_waited_on() {
     }
     let err = std::fs::read_to_string(&err_file).unwrap_or_default();
     // Unfreeze and clean up before judging, so a failure cannot hang the test.
-    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    abort_and_detach(&mnt);
     // SAFETY: as above.
     unsafe {
-        libc::kill(shim[0], libc::SIGKILL);
+        libc::kill(shim, libc::SIGKILL);
         libc::kill(supervisor, libc::SIGCONT);
     }
     let _ = m.stop_with_signal(libc::SIGTERM);
@@ -386,7 +381,7 @@ struct Mounted(Vec<PathBuf>);
 impl Drop for Mounted {
     fn drop(&mut self) {
         for p in self.0.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(p).status();
+            detach(p);
         }
     }
 }

@@ -366,8 +366,23 @@ impl Drop for Detach {
         // A connection this test holds but nobody serves would keep its
         // waiters in the kernel for ever: abort it first (fusectl).
         musicfs_integration::abort_fuse_connections(&self.0);
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        detach(&self.0);
     }
+}
+
+/// A bare `musicfs engine` of `lib` on `state`, not under (fake) systemd.
+fn engine_outside_systemd(lib: &Path, state: &Path, home: &Path) -> std::process::Child {
+    Command::new(musicfs_bin())
+        .arg("engine")
+        .arg("--origin")
+        .arg(lib)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("NOTIFY_SOCKET")
+        .env("HOME", home)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// After a shim dies, systemd hands the FUSE fd it stored to the next shim
@@ -384,17 +399,7 @@ fn restarted_shim_ends_the_connection_left_in_the_fd_store() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _detach = Detach(mnt.clone());
-    let mut engine = Command::new(musicfs_bin())
-        .arg("engine")
-        .arg("--origin")
-        .arg(&lib)
-        .arg("--state-dir")
-        .arg(&state)
-        .env_remove("NOTIFY_SOCKET")
-        .env("HOME", dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine = engine_outside_systemd(&lib, &state, dir.path());
     let shim_bin = musicfs_bin().with_file_name("musicfs-shim");
     let shim_log = dir.path().join("shims.log");
     let shim_args = |cmd: &mut Command| {
@@ -512,17 +517,7 @@ fn restarted_shim_takes_the_stored_connection_over() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _detach = Detach(mnt.clone());
-    let mut engine = Command::new(musicfs_bin())
-        .arg("engine")
-        .arg("--origin")
-        .arg(&lib)
-        .arg("--state-dir")
-        .arg(&state)
-        .env_remove("NOTIFY_SOCKET")
-        .env("HOME", dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine = engine_outside_systemd(&lib, &state, dir.path());
     let shim_bin = musicfs_bin().with_file_name("musicfs-shim");
     let shim_log = dir.path().join("shims.log");
     let log = || std::fs::read_to_string(&shim_log).unwrap_or_default();

@@ -73,6 +73,21 @@ fn kill(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// A mount of the test library with passthrough on or off.
+fn mount(passthrough: &str) -> Mount {
+    let lib = generated_library(TRACKS, SEED);
+    let mut env = ENV.to_vec();
+    env.push(("MUSICFS_PASSTHROUGH", passthrough));
+    Mount::start_with(&[&lib], None, &env)
+}
+
+/// Sends `sig` to the shim of `mnt` and waits until another serves it.
+fn replace_shim(mnt: &Path, sig: i32) {
+    let pid = shim_pid(mnt).expect("shim running");
+    kill(pid, sig);
+    wait_new_shim(mnt, pid);
+}
+
 fn origin_of(p: &Path) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(
         &getxattr(p, "user.musicfs.origin").unwrap(),
@@ -80,10 +95,7 @@ fn origin_of(p: &Path) -> PathBuf {
 }
 
 fn kill_shim_repeatedly(passthrough: &str, kills: usize) {
-    let lib = generated_library(TRACKS, SEED);
-    let mut env = ENV.to_vec();
-    env.push(("MUSICFS_PASSTHROUGH", passthrough));
-    let m = Mount::start_with(&[&lib], None, &env);
+    let m = mount(passthrough);
     let load = start_load(&m.mnt);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..kills {
@@ -91,9 +103,7 @@ fn kill_shim_repeatedly(passthrough: &str, kills: usize) {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(150 + rng % 400));
-        let pid = shim_pid(&m.mnt).expect("shim running");
-        kill(pid, libc::SIGKILL);
-        wait_new_shim(&m.mnt, pid);
+        replace_shim(&m.mnt, libc::SIGKILL);
     }
     std::thread::sleep(Duration::from_millis(300));
     let (hashed, walks) = load.finish(&format!("{kills} x kill -9 of the shim"), &m.log_text());
@@ -134,15 +144,10 @@ fn shim_kill_9_under_load_reads_through_the_shim() {
 /// and the readers finish with zero failures.
 #[test]
 fn stopped_shim_is_found_and_replaced() {
-    let lib = generated_library(TRACKS, SEED);
-    let mut env = ENV.to_vec();
-    env.push(("MUSICFS_PASSTHROUGH", "false"));
-    let m = Mount::start_with(&[&lib], None, &env);
+    let m = mount("false");
     let load = start_load(&m.mnt);
     std::thread::sleep(Duration::from_millis(300));
-    let pid = shim_pid(&m.mnt).unwrap();
-    kill(pid, libc::SIGSTOP);
-    wait_new_shim(&m.mnt, pid);
+    replace_shim(&m.mnt, libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(500));
     load.finish("SIGSTOP of the shim", &m.log_text());
     let log = m.log_text();
@@ -180,11 +185,8 @@ fn shim_and_engine_killed_together() {
 /// end with the origin's bytes (its handle lives in the connection).
 #[test]
 fn slow_reader_survives_shim_kills() {
-    let lib = generated_library(TRACKS, SEED);
     for passthrough in ["false", "true"] {
-        let mut env = ENV.to_vec();
-        env.push(("MUSICFS_PASSTHROUGH", passthrough));
-        let m = Mount::start_with(&[&lib], None, &env);
+        let m = mount(passthrough);
         let big = list_files(&m.mnt)
             .into_iter()
             .map(|r| m.mnt.join(r))
@@ -207,9 +209,7 @@ fn slow_reader_survives_shim_kills() {
         });
         for _ in 0..2 {
             std::thread::sleep(Duration::from_millis(300));
-            let pid = shim_pid(&m.mnt).unwrap();
-            kill(pid, libc::SIGKILL);
-            wait_new_shim(&m.mnt, pid);
+            replace_shim(&m.mnt, libc::SIGKILL);
         }
         let got = slow.join().unwrap();
         assert!(
@@ -227,16 +227,11 @@ fn slow_reader_survives_shim_kills() {
 /// close a new open still works.
 #[test]
 fn backing_id_outlives_its_shim() {
-    let lib = generated_library(TRACKS, SEED);
-    let mut env = ENV.to_vec();
-    env.push(("MUSICFS_PASSTHROUGH", "true"));
-    let m = Mount::start_with(&[&lib], None, &env);
+    let m = mount("true");
     let file = m.mnt.join(&list_files(&m.mnt)[3]);
     let want = std::fs::read(origin_of(&file)).unwrap();
     let held = std::fs::File::open(&file).unwrap();
-    let pid = shim_pid(&m.mnt).unwrap();
-    kill(pid, libc::SIGKILL);
-    wait_new_shim(&m.mnt, pid);
+    replace_shim(&m.mnt, libc::SIGKILL);
     assert!(
         eventually(Duration::from_secs(20), || m
             .log_text()
@@ -265,10 +260,7 @@ fn backing_id_outlives_its_shim() {
 /// the old handles and through new opens.
 #[test]
 fn open_cache_survives_its_shim() {
-    let lib = generated_library(TRACKS, SEED);
-    let mut env = ENV.to_vec();
-    env.push(("MUSICFS_PASSTHROUGH", "true"));
-    let m = Mount::start_with(&[&lib], None, &env);
+    let m = mount("true");
     let files = list_files(&m.mnt);
     let (idle, held) = (m.mnt.join(&files[5]), m.mnt.join(&files[6]));
     let want_idle = std::fs::read(origin_of(&idle)).unwrap();
@@ -279,9 +271,7 @@ fn open_cache_survives_its_shim() {
     let handles: Vec<std::fs::File> = (0..2)
         .map(|_| std::fs::File::open(&held).unwrap())
         .collect();
-    let pid = shim_pid(&m.mnt).unwrap();
-    kill(pid, libc::SIGKILL);
-    wait_new_shim(&m.mnt, pid);
+    replace_shim(&m.mnt, libc::SIGKILL);
     assert!(
         eventually(Duration::from_secs(20), || m
             .log_text()
@@ -308,10 +298,7 @@ fn open_cache_survives_its_shim() {
 /// every reader gets the origin's bytes; the new shim logs the resent ids.
 #[test]
 fn requests_a_dead_shim_had_read_are_resent() {
-    let lib = generated_library(TRACKS, SEED);
-    let mut env = ENV.to_vec();
-    env.push(("MUSICFS_PASSTHROUGH", "false"));
-    let m = Mount::start_with(&[&lib], None, &env);
+    let m = mount("false");
     let files: Vec<PathBuf> = list_files(&m.mnt)
         .into_iter()
         .take(4)

@@ -151,17 +151,14 @@ fn xattrs_of_local_files() {
     assert!(m.stop().success());
 }
 
-/// The same on files of an sshfs share, read through the chunk cache:
-/// `cached` counts the bytes in the cache, and grows to the file's size
-/// once it was read.
-#[test]
-fn xattrs_of_cached_files() {
-    let lib = generated_library(4, 1502);
+/// `lib` on an sshfs share, and a config in a temporary directory that
+/// mounts it through a chunk cache there.
+fn cached_share(lib: &Path) -> (tempfile::TempDir, SshShare, PathBuf) {
     let root = tempfile::Builder::new()
         .prefix("mfs-views")
         .tempdir_in("/tmp")
         .unwrap();
-    let share = SshShare::start(&lib);
+    let share = SshShare::start(lib);
     let config = root.path().join("config.toml");
     std::fs::write(
         &config,
@@ -172,6 +169,16 @@ fn xattrs_of_cached_files() {
         ),
     )
     .unwrap();
+    (root, share, config)
+}
+
+/// The same on files of an sshfs share, read through the chunk cache:
+/// `cached` counts the bytes in the cache, and grows to the file's size
+/// once it was read.
+#[test]
+fn xattrs_of_cached_files() {
+    let lib = generated_library(4, 1502);
+    let (_root, _share, config) = cached_share(&lib);
     let m = Mount::start_with_config(&config, &[]);
     let files = check_xattrs(&m.mnt, &lib, true);
     let p = m.mnt.join(normal_file(&m.mnt, &lib, &files));
@@ -220,21 +227,7 @@ fn prefetch_fills_the_cache_ahead_of_an_album_play() {
         41,
         &["--seconds", "12", "--formats", "wav=2,flac=1,mp3=1"],
     );
-    let root = tempfile::Builder::new()
-        .prefix("mfs-views")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let share = SshShare::start(&lib);
-    let config = root.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "origins = [{:?}]\ncache_dir = {:?}\n# The test disk is shared: no eviction by free space.\ncache_min_free_percent = 0\n",
-            share.mountpoint(),
-            root.path().join("cache")
-        ),
-    )
-    .unwrap();
+    let (_root, _share, config) = cached_share(&lib);
     let m = Mount::start_with_config(
         &config,
         &[("MUSICFS_LOG", "info,musicfs_engine::serve::prefetch=debug")],

@@ -40,8 +40,19 @@ pub fn run() -> Result<()> {
     // (for gen-library). Not `current_exe()`: the workspace build above may
     // have relinked this very binary (feature unification).
     let xtask = crate::harness::target_dir().join("debug/xtask");
+    // Every test binary runs under `xtask test-runner`, with a deadline: a
+    // hung test fails its binary with what its processes wait on, instead
+    // of holding the suite until CI gives up. A copy of the runner, so that
+    // no build during the tests can replace it under cargo.
+    let runner = crate::harness::target_dir().join("xtask-test-runner");
+    std::fs::copy(&xtask, &runner)?;
+    let runner_config = format!(
+        "target.'cfg(all())'.runner = [{:?}, \"test-runner\"]",
+        runner.display().to_string()
+    );
     run_cmd(
         cargo()
+            .args(["--config", &runner_config])
             .args([
                 "test",
                 "--workspace",

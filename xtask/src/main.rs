@@ -8,6 +8,7 @@ mod deb;
 mod demo;
 mod genlib;
 mod harness;
+mod runner;
 mod stall;
 
 use anyhow::Result;
@@ -37,6 +38,13 @@ enum Task {
     /// Build the Debian package (both binaries, units, mount helper, man pages,
     /// completions) with cargo-deb; prints the path of the .deb.
     Deb(deb::Args),
+    /// Run one test binary with a deadline (the runner `ci` gives cargo);
+    /// on the deadline, print what its processes wait on and kill them.
+    #[command(hide = true)]
+    TestRunner {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -49,5 +57,6 @@ fn main() -> Result<()> {
         Task::Stall(args) => stall::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Deb(args) => deb::run(&args),
+        Task::TestRunner { argv } => runner::run(&argv),
     }
 }

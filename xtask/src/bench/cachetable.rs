@@ -17,16 +17,16 @@ pub(super) struct CacheRow {
     pub(super) target: String,
 }
 
-const HEADERS: [&str; 6] = [
-    "chunk cache",
-    "musicfs",
-    "baseline",
-    "baseline value",
-    "musicfs/baseline",
-    "target",
-];
-
-pub(super) fn render_cache_table(rows: &[CacheRow]) -> String {
+/// A table of rows measured against a baseline, its first column headed `title`.
+pub(super) fn render_ratio_table(title: &str, rows: &[CacheRow]) -> String {
+    let headers = [
+        title,
+        "musicfs",
+        "baseline",
+        "baseline value",
+        "musicfs/baseline",
+        "target",
+    ];
     let cells: Vec<Vec<&str>> = rows
         .iter()
         .map(|r| {
@@ -40,7 +40,7 @@ pub(super) fn render_cache_table(rows: &[CacheRow]) -> String {
             ]
         })
         .collect();
-    render_grid(&HEADERS, &cells)
+    render_grid(&headers, &cells)
 }
 
 /// What the cache rows measure (printed under their table).

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::cachetable::{CacheRow, percentile};
-use super::table::{fmt_rate, fmt_ratio, render_grid};
+use super::table::{fmt_rate, fmt_ratio};
 use super::trees::Pass;
 
 /// The samples of the WebDAV read rows (one pass each).
@@ -45,32 +45,6 @@ pub(super) struct Phase {
     pub(super) first_errors: Vec<String>,
     /// Chunk fetches from S3 and from WebDAV meanwhile (the engine's metrics), if known.
     pub(super) fetches: Option<[u64; 2]>,
-}
-
-const HEADERS: [&str; 6] = [
-    "remote origins",
-    "musicfs",
-    "baseline",
-    "baseline value",
-    "musicfs/baseline",
-    "target",
-];
-
-pub(super) fn render_remote_table(rows: &[CacheRow]) -> String {
-    let cells: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.what.as_str(),
-                &r.musicfs,
-                &r.baseline,
-                &r.base_value,
-                &r.ratio,
-                &r.target,
-            ]
-        })
-        .collect();
-    render_grid(&HEADERS, &cells)
 }
 
 /// What the remote rows measure (printed under their table).

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::cachetable::{CACHE_NOTE, CacheRow, render_cache_table};
+use super::cachetable::{CACHE_NOTE, CacheRow, render_ratio_table};
 use super::consts::SECTION_END;
 use super::procfs::meminfo_kb;
 use super::record::section_start;
-use super::remotetable::{REMOTE_NOTE, render_remote_table};
+use super::remotetable::REMOTE_NOTE;
 use super::table::{Row, render_table};
 use crate::harness::{run_captured, workspace_root};
 
@@ -56,13 +56,13 @@ impl Report {
         s.push_str(&render_table(&self.rows));
         if !self.cache_rows.is_empty() {
             let _ = writeln!(s);
-            s.push_str(&render_cache_table(&self.cache_rows));
+            s.push_str(&render_ratio_table("chunk cache", &self.cache_rows));
             let _ = writeln!(s);
             s.push_str(CACHE_NOTE);
         }
         if !self.remote_rows.is_empty() {
             let _ = writeln!(s);
-            s.push_str(&render_remote_table(&self.remote_rows));
+            s.push_str(&render_ratio_table("remote origins", &self.remote_rows));
             let _ = writeln!(s);
             s.push_str(REMOTE_NOTE);
         }
