@@ -6,10 +6,11 @@
 //! `front.*`, `album.*`, any case; kept in the files table as records that
 //! are no tracks, `is_image`) of the origin folders the directory's tracks
 //! come from, else the embedded front cover of its first track (by name)
-//! that has one. The node names the origin file (`file_key`) and the range
+//! that has one; of its first `COVER_TRACKS_MAX` tracks by name, so that
+//! the work per commit is bounded however big a directory grows. The node names the origin file (`file_key`) and the range
 //! of it to serve (`NodeRec::cover`); no byte is copied.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
@@ -17,13 +18,32 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::catalog::records::{CoverSource, FileEntry, Invalidations, NodeRec};
 use crate::catalog::store::Store;
-use crate::catalog::tables::{META, child_value, file_key, split_child_value, split_file_key};
+use crate::catalog::tables::{
+    META, child_key, child_value, file_key, split_child_value, split_file_key,
+};
 use crate::catalog::tree::Writer;
-use crate::model::FileRecord;
+use crate::model::{FileRecord, is_folder_image};
 
 /// Rows looked at per folder, per first letter of an image's name, at
 /// most (a folder with thousands of files costs no more than this).
 const ROWS_MAX: usize = 2000;
+
+/// Tracks of a directory its cover is chosen from, at most (its first by
+/// name): a catch-all directory of thousands of tracks (`Unknown Album`)
+/// costs a commit that adds to it no more than an album does.
+const COVER_TRACKS_MAX: usize = 64;
+
+/// The best image of each origin folder, as far as one commit looked.
+type FolderImages = HashMap<(u32, Vec<u8>), Option<FileRecord>>;
+
+/// Whether `rec` beats `best` as a cover: the largest wins; of equal ones,
+/// the first by name.
+fn better_image(rec: &FileRecord, best: Option<&FileRecord>) -> bool {
+    best.is_none_or(|b| {
+        rec.size_bytes > b.size_bytes
+            || (rec.size_bytes == b.size_bytes && rec.rel_path < b.rel_path)
+    })
+}
 
 /// The folder of a relative path (`b""` for the origin's root).
 fn folder_of(rel: &[u8]) -> &[u8] {
@@ -86,8 +106,9 @@ impl Writer<'_> {
             .push((rec.origin, folder_of(&rec.rel_path).to_vec()));
     }
 
-    /// Files directly in a folder whose names start with one of `firsts`
-    /// (each range bounded by `ROWS_MAX`), or all of them.
+    /// Files directly in a folder: the folder images among the names that
+    /// start with one of `firsts` (each range bounded by `ROWS_MAX`), or
+    /// all of them.
     fn files_in(
         &self,
         origin: u32,
@@ -114,10 +135,29 @@ impl Writer<'_> {
                 if !k.starts_with(&start) {
                     break;
                 }
-                if k[base.len()..].contains(&b'/') {
+                let name = &k[base.len()..];
+                // Only images are wanted when looking by first letter: any
+                // other name is skipped before its record is decoded.
+                if name.contains(&b'/') || (firsts.is_some() && !is_folder_image(name)) {
                     continue;
                 }
                 out.push(postcard::from_bytes(v.value()).context("corrupt file record")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The inodes of the files (no directories) among the children keyed
+    /// `lo..hi`, in name order, `max` at most.
+    fn files_among(&self, lo: Vec<u8>, hi: Vec<u8>, max: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for row in self.children.range(lo.as_slice()..hi.as_slice())? {
+            if out.len() == max {
+                break;
+            }
+            let (ino, is_dir) = split_child_value(row?.1.value());
+            if !is_dir {
+                out.push(ino);
             }
         }
         Ok(out)
@@ -142,9 +182,13 @@ impl Writer<'_> {
             }
         }
         let mut done = BTreeSet::new();
+        // The best image of each origin folder, looked up once per commit
+        // (the tracks of one flat folder of thousands may land in as many
+        // directories).
+        let mut images = FolderImages::new();
         while let Some(dir) = self.cover_dirs.pop() {
             if done.insert(dir) {
-                self.refresh_cover(dir, on, inval, dirs)?;
+                self.refresh_cover(dir, on, inval, dirs, &mut images)?;
             }
         }
         Ok(())
@@ -156,27 +200,34 @@ impl Writer<'_> {
         on: bool,
         inval: &mut Invalidations,
         dirs: &mut Vec<u64>,
+        images: &mut FolderImages,
     ) -> Result<()> {
         if !self.get_node(dir)?.is_some_and(|d| d.is_dir) {
             return Ok(());
         }
-        let lo = dir.to_be_bytes();
-        let hi = (dir + 1).to_be_bytes();
-        let mut inos = Vec::new();
-        for row in self.children.range(lo.as_slice()..hi.as_slice())? {
-            inos.push(split_child_value(row?.1.value()).0);
-        }
-        let (mut tracks, mut covers) = (Vec::new(), Vec::new());
-        for ino in inos {
-            match self.get_node(ino)? {
-                Some(n) if n.is_dir => {}
-                Some(n) if n.cover.is_some() => covers.push((ino, n)),
-                Some(n) => tracks.push(n),
-                None => {}
+        // Its covers: `cover.<ext>`, or `cover (2).<ext>` beside a track of
+        // that name, so all in the children named `cover...`.
+        let mut covers = Vec::new();
+        let (lo, hi) = (child_key(dir, "cover"), child_key(dir, "coves"));
+        for ino in self.files_among(lo, hi, usize::MAX)? {
+            if let Some(n) = self.get_node(ino)?
+                && n.cover.is_some()
+            {
+                covers.push((ino, n));
             }
         }
+        // The tracks it is chosen from: the first COVER_TRACKS_MAX by name.
+        let (lo, hi) = (dir.to_be_bytes().to_vec(), (dir + 1).to_be_bytes().to_vec());
+        let mut tracks = Vec::new();
+        for ino in self.files_among(lo, hi, COVER_TRACKS_MAX + covers.len())? {
+            match self.get_node(ino)? {
+                Some(n) if n.cover.is_none() => tracks.push(n),
+                _ => {}
+            }
+        }
+        tracks.truncate(COVER_TRACKS_MAX);
         let want = if on && !tracks.is_empty() {
-            self.choose(dir, &tracks)?
+            self.choose(dir, &tracks, images)?
         } else {
             None
         };
@@ -218,28 +269,44 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// The best image with a picture directly in `folder` of `origin`.
+    fn folder_image(&self, origin: u32, folder: &[u8]) -> Result<Option<FileRecord>> {
+        let mut best: Option<FileRecord> = None;
+        for e in self.files_in(origin, folder, Some(b"ACFacf"))? {
+            if e.rec.is_image && e.rec.art.is_some() && better_image(&e.rec, best.as_ref()) {
+                best = Some(e.rec);
+            }
+        }
+        Ok(best)
+    }
+
     /// The cover node `dir` should have, from its tracks' folder images or
     /// embedded pictures.
-    fn choose(&self, dir: u64, tracks: &[NodeRec]) -> Result<Option<NodeRec>> {
+    fn choose(
+        &self,
+        dir: u64,
+        tracks: &[NodeRec],
+        images: &mut FolderImages,
+    ) -> Result<Option<NodeRec>> {
         let folders: BTreeSet<(u32, Vec<u8>)> = tracks
             .iter()
             .filter_map(|t| split_file_key(&t.file_key))
             .map(|(o, rel)| (o, folder_of(rel).to_vec()))
             .collect();
         let mut best: Option<FileRecord> = None;
-        for (origin, folder) in &folders {
-            for e in self.files_in(*origin, folder, Some(b"ACFacf"))? {
-                if !e.rec.is_image || e.rec.art.is_none() {
-                    continue;
+        for key in folders {
+            let image = match images.get(&key) {
+                Some(i) => i.clone(),
+                None => {
+                    let i = self.folder_image(key.0, &key.1)?;
+                    images.insert(key, i.clone());
+                    i
                 }
-                // The largest wins; of equal ones, the first by name.
-                let better = best.as_ref().is_none_or(|b| {
-                    e.rec.size_bytes > b.size_bytes
-                        || (e.rec.size_bytes == b.size_bytes && e.rec.rel_path < b.rel_path)
-                });
-                if better {
-                    best = Some(e.rec);
-                }
+            };
+            if let Some(rec) = image
+                && better_image(&rec, best.as_ref())
+            {
+                best = Some(rec);
             }
         }
         if best.is_none() {

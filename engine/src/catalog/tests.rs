@@ -409,3 +409,64 @@ fn a_schema_5_catalog_gets_its_directories_marked_and_lists_the_same() {
     assert_eq!(after, before);
     assert!(resolve(&s, "B").is_some());
 }
+
+fn with_art(mut r: FileRecord, len: u64) -> FileRecord {
+    r.art = Some(crate::model::Art {
+        offset: 0,
+        len,
+        ext: "jpg".into(),
+    });
+    r
+}
+
+/// A flat origin folder (`Incoming`) of tracks of many albums, with a
+/// folder image among names that start with the same letters: every album
+/// directory its tracks land in gets that image as its cover (looked up
+/// once for the commit). A directory of more tracks than a cover is chosen
+/// from takes an embedded picture from its first tracks by name only, so a
+/// commit adding to a catch-all directory of thousands costs what one to
+/// an album does.
+#[test]
+fn covers_of_a_flat_folder_and_of_a_big_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut files: Vec<FileRecord> = (0..20)
+        .map(|i| {
+            rec(
+                &format!("Incoming/Folder song {i}.mp3"),
+                &format!("Artist {i}"),
+                "Song",
+            )
+        })
+        .collect();
+    let mut image = with_art(rec("Incoming/FOLDER.jpg", "", ""), 5000);
+    image.is_image = true;
+    image.tags = Tags::default();
+    files.push(image);
+    s.apply(files, &[], true).unwrap();
+    for i in 0..20 {
+        let album = resolve(&s, &format!("Artist {i}/Album")).unwrap();
+        assert!(
+            ls(&s, album).contains(&"cover.jpg".to_string()),
+            "Artist {i}: {:?}",
+            ls(&s, album)
+        );
+    }
+
+    let big = |i: usize| rec(&format!("big/{i:03}/t.mp3"), "Big", &format!("Song {i:03}"));
+    let mut files: Vec<FileRecord> = (0..100).map(big).collect();
+    files[80] = with_art(big(80), 100);
+    s.apply(files, &[], true).unwrap();
+    let album = resolve(&s, "Big/Album").unwrap();
+    assert_eq!(
+        ls(&s, album).len(),
+        100,
+        "the 81st track's picture is past the first 64"
+    );
+    s.apply(vec![with_art(big(10), 100)], &[], true).unwrap();
+    assert!(
+        ls(&s, album).contains(&"cover.jpg".to_string()),
+        "{:?}",
+        ls(&s, album)
+    );
+}
