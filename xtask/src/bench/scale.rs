@@ -218,6 +218,17 @@ impl Bench {
         let shim = shim_pid(mnt)?;
         let engine_rss = proc_status_kb(engine, "VmRSS").map(|kb| kb as f64 / 1e3);
         let shim_rss = proc_status_kb(shim, "VmRSS").map(|kb| kb as f64 / 1e3);
+        if let (Some(anon), Some(file)) = (
+            proc_status_kb(engine, "RssAnon"),
+            proc_status_kb(engine, "RssFile"),
+        ) {
+            self.note(format!(
+                "{n} tracks: engine idle RSS = anonymous {} MB + file-backed {} MB (the search \
+                 index's mapped segments and the binary: clean pages the kernel may reclaim)",
+                fmt_mb(anon as f64 / 1e3),
+                fmt_mb(file as f64 / 1e3)
+            ));
+        }
         let debounce_ms = proc_env(engine, "MUSICFS_DEBOUNCE_MS").and_then(|v| v.parse().ok());
         eprintln!(
             "bench: {label}: idle VmRSS engine {} MB, shim {} MB",
