@@ -24,7 +24,6 @@ fn install_panic_hook() {
 }
 
 fn main() -> ExitCode {
-    musicfs_engine::sys::memory::limit_malloc_arenas();
     install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {

@@ -7,6 +7,8 @@ use crate::config::state::supervisor_socket;
 use crate::{control, logging, runtime, scan, supervisor};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // First, before any thread starts.
+    crate::sys::memory::limit_malloc_arenas();
     if let Command::Unmount {
         lazy,
         abort,

@@ -19,7 +19,7 @@ pub fn release_free_memory() {
 const MALLOC_ARENAS_MAX: usize = 8;
 
 /// Bounds glibc's malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise).
-/// Called first in `main`, before any thread starts.
+/// Called first in `cli::run`, before any thread starts.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
