@@ -140,22 +140,33 @@ impl S3Server {
         opendal::Operator::new(b).expect("an S3 operator")
     }
 
-    /// Creates `bucket` (moto takes an unsigned PUT).
+    /// Creates `bucket` (moto takes an unsigned PUT). A moto that has just
+    /// started may take a connection and close it without an answer:
+    /// asked again, bounded.
     pub fn create_bucket(&self, bucket: &str) {
         use std::io::{Read, Write};
-        let mut s = TcpStream::connect(("127.0.0.1", self.proc.port)).expect("connecting to moto");
-        write!(
-            s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.proc.port
-        )
-        .expect("asking moto for a bucket");
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
-        assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "create bucket: {answer}"
-        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let mut s =
+                TcpStream::connect(("127.0.0.1", self.proc.port)).expect("connecting to moto");
+            write!(
+                s,
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.proc.port
+            )
+            .expect("asking moto for a bucket");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "create bucket: {answer}"
+            );
+            return;
+        }
     }
 
     pub fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {

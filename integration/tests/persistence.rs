@@ -201,20 +201,18 @@ fn a_hung_mount_is_ended_by_unmount_abort() {
     let lib = generated_library(TRACKS, SEED);
     let (_dir, mnt, mut m, shim, supervisor) = mount_in_own_dir(&lib);
     let state = m.state.clone();
-    // SAFETY: kill(2) on processes this test started.
-    unsafe {
-        libc::kill(supervisor, libc::SIGSTOP);
-        libc::kill(shim, libc::SIGSTOP);
-    }
+    stop_process(supervisor);
+    stop_process(shim);
     // A lookup nobody answers.
     let probe = mnt.join("never-looked-up.flac");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(std::fs::metadata(&probe).map(drop));
     });
+    let early = rx.recv_timeout(Duration::from_secs(2));
     assert!(
-        rx.recv_timeout(Duration::from_secs(2)).is_err(),
-        "the lookup was answered by a stopped shim"
+        early.is_err(),
+        "the lookup was answered by a stopped shim: {early:?}"
     );
     let started = std::time::Instant::now();
     let out = std::process::Command::new(musicfs_bin())
@@ -261,11 +259,9 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
     // successor. The supervisor is stopped first: killed while the shim
     // still runs, it would send the shim its parent-death SIGTERM, and a
     // shim that wins that race unmounts cleanly, leaving nothing stale.
-    // SAFETY: kill(2) on processes this test started.
-    unsafe {
-        libc::kill(supervisor, libc::SIGSTOP);
-        libc::kill(shim, libc::SIGKILL);
-    }
+    stop_process(supervisor);
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
     // (Best effort: a shim stuck in the kernel is handled below.)
     let _ = eventually(Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/proc/{}", shim)).exists()
@@ -328,11 +324,8 @@ fn stale_mountpoint_is_cleaned_before_mounting() {
 fn hung_mountpoint_is_refused_not_waited_on() {
     let lib = generated_library(TRACKS, SEED);
     let (dir, mnt, mut m, shim, supervisor) = mount_in_own_dir(&lib);
-    // SAFETY: kill(2) on processes this test started.
-    unsafe {
-        libc::kill(supervisor, libc::SIGSTOP);
-        libc::kill(shim, libc::SIGSTOP);
-    }
+    stop_process(supervisor);
+    stop_process(shim);
     let state2 = dir.path().join("state2");
     let err_file = dir.path().join("second.err");
     let mut second = Command::new(musicfs_bin())
