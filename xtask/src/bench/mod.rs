@@ -91,7 +91,7 @@ use cachelib::{TRACK_SECS, ensure_cache_library};
 use consts::RECORD_FILE;
 use mounts::clear_stale_mount;
 use peers::{PeerPaths, PeerPlan};
-use record::record;
+use record::{record, section_start};
 use report::{Report, command_line, git_commit, machine_info};
 use runner::Bench;
 use setup::{build, drop_caches, target_dir};
@@ -338,6 +338,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let report = Report {
+        marker: section_start(
+            args.tracks,
+            args.big_tracks,
+            !args.no_remote && !bench.remote_rows.is_empty(),
+            args.search_only,
+        ),
         tracks: args.tracks,
         command: command_line(
             args.big_tracks,
@@ -371,7 +377,7 @@ pub fn run(args: &Args) -> Result<()> {
         println!("bench: --no-record given; {RECORD_FILE} left alone");
     } else {
         let path = workspace_root().join(RECORD_FILE);
-        record(&path, args.tracks, &section)?;
+        record(&path, &section)?;
         println!("bench: recorded in {}", path.display());
     }
     match failure {

@@ -1,4 +1,4 @@
-//! BENCHMARKS.md: its fixed header and one section per library size, newest first.
+//! BENCHMARKS.md: its fixed header and one section per kind of run, newest first.
 
 use std::fs;
 use std::path::Path;
@@ -7,8 +7,21 @@ use anyhow::{Context, Result};
 
 use super::consts::SECTION_END;
 
-pub(super) fn section_start(tracks: usize) -> String {
-    format!("<!-- bench tracks={tracks} -->")
+/// The marker line that starts a section: the library size and what else
+/// the run measured (`scale=M` for the big library, `remote`, `search`), so
+/// that a run replaces only an earlier run of the same kind.
+pub(super) fn section_start(tracks: usize, scale: usize, remote: bool, search: bool) -> String {
+    let mut key = format!("tracks={tracks}");
+    if scale > 0 {
+        key.push_str(&format!(" scale={scale}"));
+    }
+    if remote {
+        key.push_str(" remote");
+    }
+    if search {
+        key.push_str(" search");
+    }
+    format!("<!-- bench {key} -->")
 }
 
 pub(super) const HEADER: &str = "\
@@ -55,17 +68,18 @@ default 2000, sizes the S3 scan library, `--remote-read-tracks`, default 24, the
 needs `moto_server` (PyPI `moto[server]`) and `rclone`: S3 on moto and WebDAV on `rclone serve
 webdav`, both on 127.0.0.1; the note under it says what each row measures.
 
-This file keeps the latest run per library size, newest first.
+This file keeps the latest run of each kind, newest first: the marker line over a section names\nthe library sizes and which optional rows ran; sections written by hand carry markers of their own.
 ";
 
-/// Writes `section` into the record file, replacing an older section for the same size.
-pub(super) fn record(path: &Path, tracks: usize, section: &str) -> Result<()> {
+/// Writes `section` into the record file, replacing an older section with
+/// the same marker line (its first line).
+pub(super) fn record(path: &Path, section: &str) -> Result<()> {
     let old = match fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mine = section_start(tracks);
+    let mine = section.lines().next().unwrap_or_default().trim_end();
     let mut out = String::from(HEADER);
     out.push('\n');
     out.push_str(section);

@@ -9,12 +9,13 @@ use std::time::Duration;
 use super::cachetable::{CACHE_NOTE, CacheRow, render_ratio_table};
 use super::consts::SECTION_END;
 use super::procfs::meminfo_kb;
-use super::record::section_start;
 use super::remotetable::REMOTE_NOTE;
 use super::table::{Row, render_table};
 use crate::harness::{run_captured, workspace_root};
 
 pub(super) struct Report {
+    /// The section's marker line (`record::section_start`).
+    pub(super) marker: String,
     pub(super) tracks: usize,
     pub(super) command: String,
     pub(super) date: String,
@@ -36,7 +37,7 @@ pub(super) struct Report {
 impl Report {
     pub(super) fn section(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{}", section_start(self.tracks));
+        let _ = writeln!(s, "{}", self.marker);
         let _ = writeln!(s, "## {} tracks, {}", self.tracks, self.date);
         let _ = writeln!(s);
         let _ = writeln!(s, "- command: `{}`", self.command);

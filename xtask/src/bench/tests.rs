@@ -4,7 +4,7 @@ use super::cachetable::{
 };
 use super::logs::log_field;
 use super::mounts::unescape_mountinfo;
-use super::record::{HEADER, sections};
+use super::record::{HEADER, record, section_start, sections};
 use super::table::{Row, Stats, fmt_thousands, render_grid, render_table};
 use super::treerows::{Root, Samples, Shown, time_row};
 use super::trees::Pass;
@@ -33,6 +33,34 @@ fn sections_are_replaced_per_size() {
     assert_eq!(found.len(), 2);
     assert_eq!(found[0], ("<!-- bench tracks=10 -->", a));
     assert_eq!(found[1], ("<!-- bench tracks=20 -->", b));
+}
+
+/// A run of one size with other rows keeps the other run's section; a run
+/// of the same kind replaces it; sections written by hand stay.
+#[test]
+fn a_run_replaces_only_a_run_of_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("B.md");
+    let section = |marker: &str, what: &str| format!("{marker}\n## {what}\n<!-- /bench -->\n");
+    let remote = section_start(200, 0, true, false);
+    let scale = section_start(200, 1_000_000, false, false);
+    assert_ne!(remote, scale);
+    let by_hand = section("<!-- bench tracks=200000 by-hand -->", "by hand");
+    std::fs::write(&path, format!("{HEADER}\n{by_hand}")).unwrap();
+    record(&path, &section(&remote, "remote 1")).unwrap();
+    record(&path, &section(&scale, "scale 1")).unwrap();
+    record(&path, &section(&scale, "scale 2")).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let found: Vec<&str> = sections(&text).iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        found,
+        [
+            scale.as_str(),
+            remote.as_str(),
+            "<!-- bench tracks=200000 by-hand -->"
+        ]
+    );
+    assert!(text.contains("scale 2") && !text.contains("scale 1") && text.contains("remote 1"));
 }
 
 #[test]
