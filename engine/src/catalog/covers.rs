@@ -7,8 +7,9 @@
 //! are no tracks, `is_image`) of the origin folders the directory's tracks
 //! come from, else the embedded front cover of its first track (by name)
 //! that has one; of its first `COVER_TRACKS_MAX` tracks by name, so that
-//! the work per commit is bounded however big a directory grows. The node names the origin file (`file_key`) and the range
-//! of it to serve (`NodeRec::cover`); no byte is copied.
+//! the work per commit is bounded however big a directory grows. The node
+//! names the origin file (`file_key`) and the range of it to serve
+//! (`NodeRec::cover`); no byte is copied.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
