@@ -465,17 +465,20 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn stop_process(pid: i32) {
     // SAFETY: kill(2) on a process the calling test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let stopped = eventually(Duration::from_secs(10), || {
-        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
-            tasks.flatten().all(|t| {
-                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                    s.rsplit_once(") ")
-                        .is_some_and(|(_, r)| r.starts_with('T') || r.starts_with('t'))
-                })
+    let stopped = eventually(Duration::from_secs(10), || all_threads_stopped(pid));
+    assert!(stopped, "process {pid} did not stop within 10 s of SIGSTOP");
+}
+
+/// Whether every thread of `pid` is stopped (state `T`, or `t` when traced).
+pub fn all_threads_stopped(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('T') || r.starts_with('t'))
             })
         })
-    });
-    assert!(stopped, "process {pid} did not stop within 10 s of SIGSTOP");
+    })
 }
 
 /// PIDs of processes whose command line contains `needle`.

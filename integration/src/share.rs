@@ -139,9 +139,12 @@ impl SshShare {
             let pid = child.id() as i32;
             // SAFETY: plain kill(2) on the process group of our child.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
-            wait_bounded(child);
+            let _ = crate::wait_bounded(child, STOP_TIMEOUT);
         }
-        run_bounded(Command::new("umount").arg("-l").arg(&self.mnt));
+        let _ = crate::run_bounded(
+            Command::new("umount").arg("-l").arg(&self.mnt),
+            STOP_TIMEOUT,
+        );
         assert!(
             !is_mounted(&self.mnt),
             "the dead sshfs mount at {} could not be detached",
@@ -384,7 +387,10 @@ impl Drop for SshShare {
         self.resume_all();
         // Lazy: a hung share cannot block the unmount.
         if is_mounted(&self.mnt) {
-            run_bounded(Command::new("fusermount3").arg("-uz").arg(&self.mnt));
+            let _ = crate::run_bounded(
+                Command::new("fusermount3").arg("-uz").arg(&self.mnt),
+                STOP_TIMEOUT,
+            );
         }
         // Collected before the kills: once their parents are gone, the
         // session processes are reparented and no longer found by ppid.
@@ -406,10 +412,13 @@ impl Drop for SshShare {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         for child in [self.sshfs.take(), self.sshd.take()].into_iter().flatten() {
-            wait_bounded(child);
+            let _ = crate::wait_bounded(child, STOP_TIMEOUT);
         }
         if is_mounted(&self.mnt) {
-            run_bounded(Command::new("umount").arg("-l").arg(&self.mnt));
+            let _ = crate::run_bounded(
+                Command::new("umount").arg("-l").arg(&self.mnt),
+                STOP_TIMEOUT,
+            );
         }
         if is_mounted(&self.mnt) {
             // Never remove_dir_all through a live mount (it would delete the
@@ -660,16 +669,6 @@ fn dir_names(dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
         .collect::<std::io::Result<Vec<_>>>()?;
     names.sort();
     Ok(names)
-}
-
-/// Runs `cmd` quietly, killing it if it takes longer than STOP_TIMEOUT.
-fn run_bounded(cmd: &mut Command) {
-    let _ = crate::run_bounded(cmd, STOP_TIMEOUT);
-}
-
-/// Reaps `child`, SIGKILLing it if it has not exited within STOP_TIMEOUT.
-fn wait_bounded(child: Child) {
-    let _ = crate::wait_bounded(child, STOP_TIMEOUT);
 }
 
 fn tail(path: &Path) -> String {

@@ -57,17 +57,6 @@ fn in_syscall(tid: i32) -> bool {
         .is_ok_and(|s| !s.starts_with("running") && !s.starts_with("-1"))
 }
 
-/// Whether every thread of `pid` is stopped (state `T`).
-fn all_stopped(pid: i32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
-        })
-}
-
 fn kill(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a process this test's mount started.
     unsafe { libc::kill(pid, sig) };
@@ -311,7 +300,7 @@ fn requests_a_dead_shim_had_read_are_resent() {
     let engine = engine_pid(&m.state).unwrap();
     kill(engine, libc::SIGSTOP);
     assert!(
-        eventually(Duration::from_secs(20), || all_stopped(engine)),
+        eventually(Duration::from_secs(20), || all_threads_stopped(engine)),
         "the engine did not stop"
     );
     let (tx, rx) = std::sync::mpsc::channel();

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::harness::unescape_mountinfo;
+
 /// How long one test binary may run, unless MUSICFS_TEST_BINARY_TIMEOUT
 /// (seconds) says otherwise. The slowest binary takes a few minutes.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -67,7 +69,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             continue;
         }
         let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1");
-        if let Ok(path) = std::ffi::CString::new(mountpoint.clone()) {
+        if let Ok(path) = std::ffi::CString::new(unescape_mountinfo(&mountpoint)) {
             // SAFETY: a NUL-terminated path; MNT_DETACH never waits on the mount.
             unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
         }

@@ -3,11 +3,11 @@ use super::cachetable::{
     CacheFigures, ProbeSample, fmt_percent, hit_ratio, percentile, probe_row, toml_string,
 };
 use super::logs::log_field;
-use super::mounts::unescape_mountinfo;
 use super::record::{HEADER, record, section_start, sections};
 use super::table::{Row, Stats, fmt_thousands, render_grid, render_table};
 use super::treerows::{Root, Samples, Shown, time_row};
 use super::trees::Pass;
+use crate::harness::unescape_mountinfo;
 
 #[test]
 fn stats() {
