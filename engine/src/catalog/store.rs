@@ -198,15 +198,15 @@ impl Store {
         self.previous_close
     }
 
-    /// Closes the catalog in order: waits (up to `timeout`) for transactions
-    /// in flight, records the clean close and closes the database, so the
-    /// next open has nothing to recover. Later calls fail with "closed".
     /// Reads the catalog file ahead of a walk (see `prefetch`): the data
     /// plane calls it when a listing of the root starts.
     pub fn read_ahead(&self) {
         self.prefetch.start(&self.path);
     }
 
+    /// Closes the catalog in order: waits (up to `timeout`) for transactions
+    /// in flight, records the clean close and closes the database, so the
+    /// next open has nothing to recover. Later calls fail with "closed".
     pub fn close(&self, timeout: std::time::Duration) -> Result<()> {
         self.prefetch.join();
         let Some(mut guard) = self.db.try_write_for(timeout) else {

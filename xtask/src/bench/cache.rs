@@ -76,6 +76,7 @@ impl Bench {
             return Ok(());
         }
         let started = Instant::now();
+        let local = self.measure_local_reads(lib, tracks)?;
         let mnt_dir = self.work.join("mnt");
         let share_mnt = mnt_dir.join("sshfs");
         let mnt = mnt_dir.join("musicfs-cache");
@@ -112,7 +113,8 @@ impl Bench {
         }
         let reads = self.cache_reads(&mut rig)?;
         let rows = read_rows(&reads);
-        self.cache_rows.splice(start..start, rows);
+        self.cache_rows
+            .splice(start..start, local.into_iter().chain(rows));
         let took = started.elapsed().as_secs_f64();
         eprintln!("bench: cache rows took {took:.1} s");
         self.note(format!(

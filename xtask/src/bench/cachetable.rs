@@ -52,6 +52,11 @@ chunks in `<work-dir>/cache-<K>`, verified on every read from the disk). The pag
 before every pass. Reads are whole files in one thread with a 1 MiB buffer, MB/s over all the bytes
 read.
 
+- realistic tracks, local origin: the cache library mounted with its directory as a local origin
+  (no cache; as root the kernel reads the origin files by passthrough), every file read whole,
+  cold (page cache dropped before each pass) and warm (origin pages cached), musicfs and native
+  passes alternating in the same run.
+
 - cold read through the cache: right after `musicfs cache clear`, every file read through the
   mount (every chunk fetched from the share, with read-ahead; written to the cache behind the
   reader); baseline: the same read on the sshfs mount itself.

@@ -57,6 +57,7 @@ mod cachetable;
 mod consts;
 mod logs;
 mod mounts;
+mod passthrough;
 mod peers;
 mod procfs;
 mod record;
@@ -79,6 +80,7 @@ mod table;
 mod tests;
 mod treerows;
 mod trees;
+mod wakeup;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,6 +147,12 @@ pub struct Args {
     /// rebuild) on the `--big-tracks` library; the table is printed, not recorded.
     #[arg(long)]
     pub search_only: bool,
+    /// Set the guest's halt polling (`/sys/module/haltpoll/parameters/guest_halt_poll_ns`, a KVM
+    /// guest's cpuidle driver) to N ns for the run, and put it back after: an idle vCPU then
+    /// polls before it halts, so a wakeup costs what it costs on hardware (see `wakeup`). The
+    /// run is recorded as a kind of its own.
+    #[arg(long)]
+    pub guest_halt_poll_ns: Option<u64>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -211,6 +219,10 @@ pub fn run(args: &Args) -> Result<()> {
         None
     };
 
+    let _halt_poll = args
+        .guest_halt_poll_ns
+        .map(wakeup::HaltPoll::set)
+        .transpose()?;
     let can_drop = match drop_caches() {
         Ok(()) => true,
         Err(e) => {
@@ -343,6 +355,7 @@ pub fn run(args: &Args) -> Result<()> {
             args.big_tracks,
             !args.no_remote && !bench.remote_rows.is_empty(),
             args.search_only,
+            args.guest_halt_poll_ns,
         ),
         tracks: args.tracks,
         command: command_line(

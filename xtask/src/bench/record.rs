@@ -10,7 +10,13 @@ use super::consts::SECTION_END;
 /// The marker line that starts a section: the library size and what else
 /// the run measured (`scale=M` for the big library, `remote`, `search`), so
 /// that a run replaces only an earlier run of the same kind.
-pub(super) fn section_start(tracks: usize, scale: usize, remote: bool, search: bool) -> String {
+pub(super) fn section_start(
+    tracks: usize,
+    scale: usize,
+    remote: bool,
+    search: bool,
+    halt_poll_ns: Option<u64>,
+) -> String {
     let mut key = format!("tracks={tracks}");
     if scale > 0 {
         key.push_str(&format!(" scale={scale}"));
@@ -20,6 +26,9 @@ pub(super) fn section_start(tracks: usize, scale: usize, remote: bool, search: b
     }
     if search {
         key.push_str(" search");
+    }
+    if let Some(ns) = halt_poll_ns {
+        key.push_str(&format!(" halt-poll={ns}"));
     }
     format!("<!-- bench {key} -->")
 }

@@ -159,7 +159,8 @@ pub(super) fn machine_info(work: &Path) -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     format!(
-        "Linux {kernel}, {cpu}, {nproc} CPUs, {ram} RAM, work dir on {fs_type} (`{}`)",
-        work.display()
+        "Linux {kernel}, {cpu}, {nproc} CPUs, {ram} RAM, work dir on {fs_type} (`{}`); {}",
+        work.display(),
+        super::wakeup::describe()
     )
 }

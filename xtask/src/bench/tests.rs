@@ -42,8 +42,8 @@ fn a_run_replaces_only_a_run_of_its_kind() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("B.md");
     let section = |marker: &str, what: &str| format!("{marker}\n## {what}\n<!-- /bench -->\n");
-    let remote = section_start(200, 0, true, false);
-    let scale = section_start(200, 1_000_000, false, false);
+    let remote = section_start(200, 0, true, false, None);
+    let scale = section_start(200, 1_000_000, false, false, None);
     assert_ne!(remote, scale);
     let by_hand = section("<!-- bench tracks=200000 by-hand -->", "by hand");
     std::fs::write(&path, format!("{HEADER}\n{by_hand}")).unwrap();
