@@ -71,6 +71,14 @@ memory in MB (10^6 bytes).
 The second table, the chunk cache rows, ran on a third library of `--cache-tracks` noise-encoded
 4-minute tracks (default 8, half flac, half 320k mp3; `0` skips them) shared over sshfs (sshd on
 127.0.0.1); each row is beside its own baseline, and the note under it says what each row measures.
+Its first two rows read that library as a local origin (kernel passthrough as root) beside native.
+
+The machine line gives what a wakeup costs there: a blocking pipe ping-pong between two threads
+on two CPUs and on one. Every FUSE request is a chain of such wakeups (caller, shim, engine, shim,
+caller), so the walk, open and small-file rows of musicfs and of every FUSE peer are bounded by it:
+a KVM guest whose idle vCPUs halt without polling pays tens of microseconds per wakeup across
+vCPUs. `--guest-halt-poll-ns N` sets the guest's halt polling for the run (and puts it back); such
+a run is recorded as a kind of its own (`halt-poll=N` in its marker).
 
 The third table, the remote-origin rows (issue 13; `--no-remote` skips them, `--remote-tracks`,
 default 2000, sizes the S3 scan library, `--remote-read-tracks`, default 24, the read library),
