@@ -65,7 +65,8 @@ is retagged with lofty (new album artist, album and title) into a temporary file
 renamed over the original, as a tagger does; the engine apply time is the `elapsed_us` of the
 engine's `checkpoint committed` log line for that change, the end-to-end time runs from the rename
 until the new path answers a lookup in the mount and includes the watcher's debounce
-(`debounce_ms`). Idle RSS is `VmRSS` of the engine and the shim 2 s after the reconcile finished;
+(`debounce_ms`). Idle RSS is `VmRSS` of the engine and the shim from 2 s after the reconcile
+finished, once the engine's holds still (two readings 1 s apart within 256 kB, at most 30 s);
 memory in MB (10^6 bytes).
 
 The second table, the chunk cache rows, ran on a third library of `--cache-tracks` noise-encoded

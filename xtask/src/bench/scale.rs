@@ -31,6 +31,30 @@ const IDLE_RSS_TRACKS: usize = 100_000;
 /// DESIGN section 5: the engine's peak RSS bound (MB) at 1M tracks.
 const PEAK_RSS_MB_AT_1M: f64 = 500.0;
 
+/// The idle RSS is read once two readings this far apart differ by less than
+/// `IDLE_RSS_STEADY_KB`, or after `IDLE_RSS_WAIT_MAX`.
+const IDLE_RSS_EVERY: Duration = Duration::from_millis(1000);
+const IDLE_RSS_STEADY_KB: u64 = 256;
+const IDLE_RSS_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The engine's VmRSS (kB) once it holds still, and how long that took.
+fn settled_rss_kb(pid: u32) -> (Option<u64>, Duration) {
+    let start = Instant::now();
+    let mut last = proc_status_kb(pid, "VmRSS");
+    while start.elapsed() < IDLE_RSS_WAIT_MAX {
+        std::thread::sleep(IDLE_RSS_EVERY);
+        let now = proc_status_kb(pid, "VmRSS");
+        match (last, now) {
+            (Some(a), Some(b)) if a.abs_diff(b) < IDLE_RSS_STEADY_KB => {
+                return (now, start.elapsed());
+            }
+            (_, None) => return (None, start.elapsed()),
+            _ => last = now,
+        }
+    }
+    (last, start.elapsed())
+}
+
 /// What one change of a track measured.
 struct Change {
     /// `elapsed_us` of the engine's commit, in ms.
@@ -236,12 +260,23 @@ impl Bench {
             ));
         }
 
-        // 4. Idle RSS.
+        // 4. Idle RSS: once it stops moving (memory the reconcile freed may take a moment to
+        // go back to the system).
         std::thread::sleep(IDLE_BEFORE_RSS);
         m.check_alive()?;
         let engine = engine_pid(state)?;
         let shim = shim_pid(mnt)?;
-        let engine_rss = proc_status_kb(engine, "VmRSS").map(|kb| kb as f64 / 1e3);
+        let (settled, waited) = settled_rss_kb(engine);
+        if let Some(kb) = settled {
+            self.note(format!(
+                "{n} tracks: engine idle RSS read {} s after the reconcile, once two readings \
+                 {} ms apart differed by less than {IDLE_RSS_STEADY_KB} kB: {} MB",
+                fmt_secs((IDLE_BEFORE_RSS + waited).as_secs_f64()),
+                IDLE_RSS_EVERY.as_millis(),
+                fmt_mb(kb as f64 / 1e3)
+            ));
+        }
+        let engine_rss = settled.map(|kb| kb as f64 / 1e3);
         let shim_rss = proc_status_kb(shim, "VmRSS").map(|kb| kb as f64 / 1e3);
         if let (Some(anon), Some(file)) = (
             proc_status_kb(engine, "RssAnon"),
