@@ -89,6 +89,20 @@ impl FdCacheInner {
         if count <= keep {
             return;
         }
+        // One over (every open of a new file once the cache is full): the
+        // oldest found in one pass, nothing allocated or sorted.
+        if count == keep + 1 {
+            let oldest = self
+                .files
+                .iter()
+                .filter(|(_, h)| (h.pins > 0) == pinned)
+                .min_by_key(|(_, h)| h.used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.files.remove(&k);
+            }
+            return;
+        }
         let mut of_kind: Vec<((u64, u64), u64)> = self
             .files
             .iter()

@@ -358,18 +358,20 @@ impl Passthrough {
         cache: &PageCache,
     ) {
         let mut t = self.table.lock();
-        if let Some(old) = t.current.insert(ino, fh)
-            && old != fh
-        {
+        let previous = t.current.insert(ino, fh).filter(|old| *old != fh);
+        if let Some(old) = previous {
             t.drop_idle(ino, old);
         }
         if let Some(id) = t.open_existing(ino, fh, false) {
             return Self::send(reply, fh, id);
         }
-        if let Some(((_, old), b)) = t.backing.iter().find(|((i, _), _)| *i == ino) {
+        // The previous version's backing is left only if handles hold it
+        // (its idle one was just dropped). Looked up by key: a scan of the
+        // table cost every open that missed about 10 us at 8,192 idle ids.
+        if let Some((old, b)) = previous.and_then(|old| Some((old, t.backing.get(&(ino, old))?))) {
             warn!(
                 ino,
-                old_version = *old,
+                old_version = old,
                 open_handles = b.engine_opens + b.local_opens,
                 "the file changed while handles of its previous version may still be open by passthrough; the kernel takes one backing file per inode, so until they close this open fails (passthrough = false avoids it)"
             );
