@@ -60,7 +60,8 @@ struct Reads {
     share_opens: Opens,
 }
 
-fn rate(p: &Pass) -> f64 {
+/// MB/s of a pass.
+pub(super) fn rate(p: &Pass) -> f64 {
     p.bytes as f64 / 1e6 / p.secs.max(1e-9)
 }
 
@@ -346,10 +347,25 @@ impl Bench {
 
     /// A read of every file under `root`, page cache dropped first.
     fn cache_read(&self, root: &Path, what: &str, i: usize) -> Result<Pass> {
-        drop_caches().context("dropping the page cache")?;
+        self.read_pass(root, "cache rows: read", what, i, true)
+    }
+
+    /// A read of every file under `root` with the cache rows' buffer, the page cache dropped
+    /// first if `cold`; printed as run `i` of `label`.
+    pub(super) fn read_pass(
+        &self,
+        root: &Path,
+        label: &str,
+        what: &str,
+        i: usize,
+        cold: bool,
+    ) -> Result<Pass> {
+        if cold {
+            drop_caches().context("dropping the page cache")?;
+        }
         let pass = read_tree_within(root, CACHE_READ_BUF, self.io_timeout)?;
         eprintln!(
-            "bench: cache rows: read {what} {}/{}: {} files, {} bytes in {:.3} s ({:.1} MB/s)",
+            "bench: {label} {what} {}/{}: {} files, {} bytes in {:.3} s ({:.1} MB/s)",
             i + 1,
             self.runs,
             pass.files,

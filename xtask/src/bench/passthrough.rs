@@ -8,23 +8,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::cache::rate;
 use super::cachetable::CacheRow;
 use super::consts::{CACHE_READ_BUF, MOUNT_READY_TIMEOUT};
 use super::logs::{log_len, log_since};
 use super::mounts::clear_stale_mount;
 use super::runner::{Bench, settle};
-use super::setup::drop_caches;
 use super::table::{Stats, fmt_rate, fmt_ratio, show_opt};
-use super::trees::{Pass, read_tree_within};
+use super::trees::Pass;
 
 /// DESIGN section 5: passthrough reads reach this share of native.
 const TARGET: f64 = 0.9;
 /// What the shim logs when the kernel refuses passthrough.
 const NO_PASSTHROUGH: &str = "kernel passthrough unavailable";
-
-fn rate(p: &Pass) -> f64 {
-    p.bytes as f64 / 1e6 / p.secs.max(1e-9)
-}
 
 #[derive(Default)]
 struct Passes {
@@ -51,21 +47,8 @@ impl Bench {
         let (mut m, _) = self.mount_at(lib, &state, &mnt, label, &[], MOUNT_READY_TIMEOUT)?;
         settle(&mut m, offset, tracks)?;
         let mut p = Passes::default();
-        let pass = |root: &Path, what: &str, i: usize, cold: bool| -> Result<Pass> {
-            if cold {
-                drop_caches().context("dropping the page cache")?;
-            }
-            let pass = read_tree_within(root, CACHE_READ_BUF, self.io_timeout)?;
-            eprintln!(
-                "bench: {label}: {what} {}/{}: {} files, {} bytes in {:.3} s ({:.1} MB/s)",
-                i + 1,
-                self.runs,
-                pass.files,
-                pass.bytes,
-                pass.secs,
-                rate(&pass)
-            );
-            Ok(pass)
+        let pass = |root: &Path, what: &str, i: usize, cold: bool| {
+            self.read_pass(root, &format!("{label}:"), what, i, cold)
         };
         for i in 0..self.runs {
             p.cold.push(pass(&mnt, "musicfs, cold", i, true)?);
