@@ -171,34 +171,11 @@ fn fuse_minor(mountinfo: &str, target: &Path) -> Option<u32> {
     mountinfo
         .lines()
         .rfind(|l| {
-            let point = l.split(' ').nth(4).map(unescape);
+            let point = l.split(' ').nth(4).map(crate::sys::mountinfo::unescape);
             let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
             point.as_deref() == Some(want) && fstype.is_some_and(|t| t.starts_with("fuse"))
         })
         .and_then(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse().ok())
-}
-
-/// mountinfo's octal escapes (`\040` for a space) undone.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .and_then(|o| std::str::from_utf8(o).ok());
-        match (b[i], oct.and_then(|o| u8::from_str_radix(o, 8).ok())) {
-            (b'\\', Some(v)) => {
-                out.push(v);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

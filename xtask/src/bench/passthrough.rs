@@ -63,7 +63,7 @@ impl Bench {
         self.unmount_musicfs(m, label)?;
         let how = if log.contains(NO_PASSTHROUGH) {
             "without passthrough: the kernel refused it, see the log"
-        } else if nix_is_root() {
+        } else if is_root() {
             "by kernel passthrough"
         } else {
             "through the shim (not root: no passthrough)"
@@ -106,7 +106,7 @@ impl Bench {
     }
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
